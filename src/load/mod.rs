@@ -1,0 +1,1 @@
+//! The load tester and the protocol client the tests use.

@@ -1,0 +1,6 @@
+//! The data plane: RTP from publishers to subscribers.
+
+pub mod downtrack;
+pub mod forwarder;
+pub mod keyframe;
+pub mod receiver;

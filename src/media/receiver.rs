@@ -1,0 +1,242 @@
+//! Receiver: reads one published track's RTP and fans it out to every DownTrack.
+//!
+//! The fan-out takes no lock and awaits nothing: the set of sinks is an `ArcSwap` swapped on
+//! subscribe and unsubscribe (copy-on-write), and each sink is a bounded queue filled with
+//! `try_send`. The only allocation per packet is the one `Arc` the sinks share. A sink whose
+//! queue is full drops the packet, counts it and marks itself for a resync on the next
+//! keyframe, so a slow subscriber never stalls the publisher's track or the other subscribers.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, Instrument};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+
+use crate::media::keyframe::VideoCodec;
+use crate::metrics::Metrics;
+use crate::signal::protocol::TrackKind;
+
+/// One RTP packet as read from the publisher, shared by every DownTrack.
+#[derive(Debug)]
+pub struct ForwardedPacket {
+    pub packet: rtp::Packet,
+    pub is_keyframe: bool,
+}
+
+/// The Receiver's handle on one DownTrack's queue.
+pub struct DownTrackSink {
+    pub subscriber_id: String,
+    tx: mpsc::Sender<Arc<ForwardedPacket>>,
+    /// Set when a packet was dropped or the subscriber's transport (re)connected: the
+    /// DownTrack restarts on the next keyframe.
+    resync: AtomicBool,
+    dropped: AtomicU64,
+}
+
+impl DownTrackSink {
+    pub fn new(subscriber_id: String, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Arc<ForwardedPacket>>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let sink = Arc::new(DownTrackSink {
+            subscriber_id,
+            tx,
+            resync: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        });
+        (sink, rx)
+    }
+
+    /// Asks the DownTrack to restart on the next keyframe.
+    pub fn request_resync(&self) {
+        self.resync.store(true, Ordering::Release);
+    }
+
+    /// Takes the resync request, if any.
+    pub fn take_resync(&self) -> bool {
+        self.resync.swap(false, Ordering::AcqRel)
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// Static facts about the published track.
+#[derive(Debug, Clone)]
+pub struct TrackMeta {
+    pub publisher_id: String,
+    pub track_id: String,
+    pub kind: TrackKind,
+    pub codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+}
+
+pub struct Receiver {
+    pub meta: TrackMeta,
+    video_codec: Option<VideoCodec>,
+    sinks: ArcSwap<Vec<Arc<DownTrackSink>>>,
+    keyframe_wanted: Notify,
+    media_ssrc: AtomicU32,
+    metrics: Arc<Metrics>,
+}
+
+impl Receiver {
+    pub fn new(meta: TrackMeta, metrics: Arc<Metrics>) -> Arc<Self> {
+        Metrics::inc(&metrics.receivers);
+        let video_codec = match meta.kind {
+            TrackKind::Video => Some(VideoCodec::from_mime(&meta.codec.mime_type)),
+            TrackKind::Audio => None,
+        };
+        Arc::new(Receiver {
+            meta,
+            video_codec,
+            sinks: ArcSwap::from_pointee(Vec::new()),
+            keyframe_wanted: Notify::new(),
+            media_ssrc: AtomicU32::new(0),
+            metrics,
+        })
+    }
+
+    pub fn is_video(&self) -> bool {
+        self.video_codec.is_some()
+    }
+
+    pub fn add_sink(&self, sink: Arc<DownTrackSink>) {
+        self.sinks.rcu(|sinks| {
+            let mut next = Vec::with_capacity(sinks.len() + 1);
+            next.extend(sinks.iter().cloned());
+            next.push(sink.clone());
+            next
+        });
+    }
+
+    /// Removes every sink of one subscriber; its DownTracks' queues close with them.
+    pub fn remove_subscriber(&self, subscriber_id: &str) {
+        self.sinks.rcu(|sinks| {
+            sinks
+                .iter()
+                .filter(|s| s.subscriber_id != subscriber_id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    pub fn remove_sink(&self, sink: &Arc<DownTrackSink>) {
+        self.sinks.rcu(|sinks| {
+            sinks
+                .iter()
+                .filter(|s| !Arc::ptr_eq(s, sink))
+                .cloned()
+                .collect::<Vec<_>>()
+        });
+    }
+
+    pub fn sink_count(&self) -> usize {
+        self.sinks.load().len()
+    }
+
+    /// Asks the publisher for a keyframe. Requests are coalesced and rate-limited by the
+    /// keyframe task, so callers may ask as often as they like.
+    pub fn request_keyframe(&self) {
+        if self.video_codec.is_some() {
+            self.keyframe_wanted.notify_one();
+        }
+    }
+
+    /// Reads the publisher's track until it ends; then calls `on_end`.
+    pub fn spawn(
+        self: &Arc<Self>,
+        track: Arc<dyn TrackRemote>,
+        pli_interval: Duration,
+        on_end: impl FnOnce() + Send + 'static,
+    ) {
+        let span = tracing::info_span!(
+            "receiver",
+            participant = %self.meta.publisher_id,
+            track = %self.meta.track_id
+        );
+        let keyframes = tokio::spawn(
+            self.clone()
+                .request_keyframes(track.clone(), pli_interval)
+                .instrument(span.clone()),
+        );
+        let this = self.clone();
+        tokio::spawn(
+            async move {
+                this.pump(track).await;
+                keyframes.abort();
+                // Closing the queues ends the DownTracks' writers.
+                this.sinks.store(Arc::new(Vec::new()));
+                debug!("track ended");
+                on_end();
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn pump(&self, track: Arc<dyn TrackRemote>) {
+        while let Some(event) = track.poll().await {
+            match event {
+                TrackRemoteEvent::OnRtpPacket(packet) => self.fan_out(packet),
+                TrackRemoteEvent::OnEnded => break,
+                _ => {}
+            }
+        }
+    }
+
+    /// The hot path: one packet to every DownTrack.
+    pub fn fan_out(&self, mut packet: rtp::Packet) {
+        Metrics::add(&self.metrics.packets_in, 1);
+        Metrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
+        self.media_ssrc
+            .store(packet.header.ssrc, Ordering::Relaxed);
+        // Extension ids are negotiated per peer connection: the publisher's mean nothing to
+        // a subscriber. The subscriber's interceptors add their own (transport-cc).
+        packet.header.extension = false;
+        packet.header.extension_profile = 0;
+        packet.header.extensions.clear();
+        packet.header.extensions_padding = 0;
+        let is_keyframe = match self.video_codec {
+            Some(codec) => codec.is_keyframe(&packet.payload),
+            None => true,
+        };
+        let shared = Arc::new(ForwardedPacket {
+            packet,
+            is_keyframe,
+        });
+        for sink in self.sinks.load().iter() {
+            if sink.tx.try_send(shared.clone()).is_err() {
+                sink.dropped.fetch_add(1, Ordering::Relaxed);
+                sink.request_resync();
+                Metrics::add(&self.metrics.packets_dropped, 1);
+            }
+        }
+    }
+
+    async fn request_keyframes(self: Arc<Self>, track: Arc<dyn TrackRemote>, interval: Duration) {
+        loop {
+            self.keyframe_wanted.notified().await;
+            let media_ssrc = self.media_ssrc.load(Ordering::Relaxed);
+            if media_ssrc != 0 {
+                let pli = PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                };
+                if track.write_rtcp(vec![Box::new(pli)]).await.is_err() {
+                    return;
+                }
+                Metrics::add(&self.metrics.plis_sent, 1);
+            }
+            // Requests made meanwhile left a permit: they are answered after the interval.
+            tokio::time::sleep(interval).await;
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        Metrics::dec(&self.metrics.receivers);
+    }
+}

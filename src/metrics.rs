@@ -1,0 +1,106 @@
+//! Counters and gauges an operator asks for, rendered in Prometheus text format.
+//!
+//! Gauges of objects (peer connections, receivers, downtracks) move in constructors and
+//! `Drop`, so they count what is really alive, not what the control plane believes.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+macro_rules! metrics {
+    (
+        gauges { $($g:ident: $gh:literal,)* }
+        counters { $($c:ident: $ch:literal,)* }
+    ) => {
+        #[derive(Debug, Default)]
+        pub struct Metrics {
+            $(pub $g: AtomicI64,)*
+            $(pub $c: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of every metric.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct MetricsSnapshot {
+            $(pub $g: i64,)*
+            $(pub $c: u64,)*
+        }
+
+        impl Metrics {
+            pub fn snapshot(&self) -> MetricsSnapshot {
+                MetricsSnapshot {
+                    $($g: self.$g.load(Ordering::Relaxed),)*
+                    $($c: self.$c.load(Ordering::Relaxed),)*
+                }
+            }
+
+            pub fn render_prometheus(&self) -> String {
+                let mut out = String::new();
+                $(
+                    let _ = writeln!(out, "# HELP switchboard_{} {}", stringify!($g), $gh);
+                    let _ = writeln!(out, "# TYPE switchboard_{} gauge", stringify!($g));
+                    let _ = writeln!(out, "switchboard_{} {}", stringify!($g), self.$g.load(Ordering::Relaxed));
+                )*
+                $(
+                    let _ = writeln!(out, "# HELP switchboard_{}_total {}", stringify!($c), $ch);
+                    let _ = writeln!(out, "# TYPE switchboard_{}_total counter", stringify!($c));
+                    let _ = writeln!(out, "switchboard_{}_total {}", stringify!($c), self.$c.load(Ordering::Relaxed));
+                )*
+                out
+            }
+        }
+    };
+}
+
+metrics! {
+    gauges {
+        rooms: "Rooms open.",
+        participants: "Participants joined.",
+        published_tracks: "Tracks published and forwarded.",
+        peer_connections: "Peer connections alive.",
+        receivers: "Receivers alive (one per published track).",
+        downtracks: "DownTracks alive (one per forwarded track per subscriber).",
+        websockets: "Signaling sockets open.",
+    }
+    counters {
+        packets_in: "RTP packets received from publishers.",
+        bytes_in: "RTP payload bytes received from publishers.",
+        packets_out: "RTP packets forwarded to subscribers.",
+        bytes_out: "RTP payload bytes forwarded to subscribers.",
+        packets_dropped: "RTP packets a DownTrack dropped because its subscriber fell behind.",
+        keyframe_waits: "RTP packets held back while a DownTrack waited for a keyframe.",
+        plis_sent: "Keyframe requests (PLI) sent to publishers.",
+        keyframe_requests_received: "Keyframe requests (PLI/FIR) received from subscribers.",
+        chat_messages: "Chat messages relayed.",
+        signaling_errors: "Error replies sent on signaling sockets.",
+        joins: "Successful joins.",
+    }
+}
+
+impl Metrics {
+    pub fn inc(gauge: &AtomicI64) {
+        gauge.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dec(gauge: &AtomicI64) {
+        gauge.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        Metrics::inc(&m.rooms);
+        Metrics::add(&m.packets_out, 42);
+        let text = m.render_prometheus();
+        assert!(text.contains("# TYPE switchboard_rooms gauge\nswitchboard_rooms 1\n"));
+        assert!(text.contains("switchboard_packets_out_total 42\n"));
+        assert_eq!(m.snapshot().packets_out, 42);
+    }
+}

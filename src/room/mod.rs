@@ -1,0 +1,435 @@
+//! The control plane: rooms, their participants and published tracks.
+//!
+//! A Room's state sits behind one lock, held only to read or change the state, never across
+//! an `await` or I/O: messages to participants are queued (`try_send`) after the lock is
+//! released. The data plane never takes it.
+
+pub mod participant;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use serde::Serialize;
+use tracing::info;
+
+use crate::media::receiver::Receiver;
+use crate::metrics::Metrics;
+use crate::rtc::subscriber::SubscriberCommand;
+use crate::signal::protocol::{ErrorCode, ParticipantState, ServerMessage, TrackInfo};
+pub use participant::Participant;
+
+/// A track published in a room.
+pub struct PublishedTrack {
+    pub receiver: Arc<Receiver>,
+    muted: AtomicBool,
+}
+
+impl PublishedTrack {
+    pub fn new(receiver: Arc<Receiver>, muted: bool) -> Arc<Self> {
+        Arc::new(PublishedTrack {
+            receiver,
+            muted: AtomicBool::new(muted),
+        })
+    }
+
+    pub fn publisher_id(&self) -> &str {
+        &self.receiver.meta.publisher_id
+    }
+
+    pub fn track_id(&self) -> &str {
+        &self.receiver.meta.track_id
+    }
+
+    pub fn info(&self) -> TrackInfo {
+        TrackInfo {
+            id: self.track_id().to_string(),
+            kind: self.receiver.meta.kind,
+            muted: self.muted.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Why a join or publish was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Refusal {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Default)]
+struct RoomState {
+    /// In join order.
+    participants: Vec<Arc<Participant>>,
+    tracks: Vec<Arc<PublishedTrack>>,
+    /// Set when the last participant left: a closed room takes no joins.
+    closed: bool,
+}
+
+impl RoomState {
+    fn snapshot_of(&self, p: &Participant) -> ParticipantState {
+        ParticipantState {
+            id: p.id.clone(),
+            name: p.name.clone(),
+            tracks: self
+                .tracks
+                .iter()
+                .filter(|t| t.publisher_id() == p.id)
+                .map(|t| t.info())
+                .collect(),
+        }
+    }
+
+    fn others(&self, id: &str) -> Vec<Arc<Participant>> {
+        self.participants
+            .iter()
+            .filter(|p| p.id != id)
+            .cloned()
+            .collect()
+    }
+}
+
+pub struct Room {
+    pub name: String,
+    state: Mutex<RoomState>,
+    max_participants: usize,
+    max_tracks_per_participant: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Room {
+    fn new(
+        name: String,
+        max_participants: usize,
+        max_tracks_per_participant: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Metrics::inc(&metrics.rooms);
+        Room {
+            name,
+            state: Mutex::new(RoomState::default()),
+            max_participants,
+            max_tracks_per_participant,
+            metrics,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, RoomState> {
+        // A panic while holding the lock leaves plain data, still consistent per field.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a participant. `joined` builds its `joined` message from the others as they are
+    /// now; it is queued under the lock, so no event about the room can overtake it.
+    fn join(
+        &self,
+        participant: &Arc<Participant>,
+        joined: impl FnOnce(Vec<ParticipantState>) -> ServerMessage,
+    ) -> Result<(), Refusal> {
+        let (others, tracks) = {
+            let mut state = self.state();
+            if state.closed {
+                return Err(Refusal::new(ErrorCode::Internal, "room is closing; retry"));
+            }
+            if state.participants.len() >= self.max_participants {
+                return Err(Refusal::new(
+                    ErrorCode::RoomFull,
+                    format!("room {} is full ({} participants)", self.name, self.max_participants),
+                ));
+            }
+            let snapshot: Vec<ParticipantState> = state
+                .participants
+                .iter()
+                .map(|p| state.snapshot_of(p))
+                .collect();
+            let others = state.participants.clone();
+            state.participants.push(participant.clone());
+            participant.send(joined(snapshot));
+            (others, state.tracks.clone())
+        };
+        Metrics::inc(&self.metrics.participants);
+        for other in &others {
+            other.send(ServerMessage::ParticipantJoined {
+                participant: participant.info(),
+            });
+        }
+        for track in tracks {
+            participant.subscriber(SubscriberCommand::Subscribe(track));
+        }
+        Ok(())
+    }
+
+    /// Removes a participant and everything it published; returns true when the room is
+    /// now empty (and closed).
+    fn leave(&self, participant_id: &str) -> bool {
+        let (removed, others, gone_tracks, kept_tracks, empty) = {
+            let mut state = self.state();
+            let before = state.participants.len();
+            state.participants.retain(|p| p.id != participant_id);
+            let removed = state.participants.len() != before;
+            let (gone, kept): (Vec<_>, Vec<_>) = state
+                .tracks
+                .drain(..)
+                .partition(|t| t.publisher_id() == participant_id);
+            state.tracks = kept.clone();
+            let empty = state.participants.is_empty();
+            if empty {
+                state.closed = true;
+            }
+            (removed, state.participants.clone(), gone, kept, empty)
+        };
+        if !removed {
+            return empty;
+        }
+        Metrics::dec(&self.metrics.participants);
+        for track in &kept_tracks {
+            track.receiver.remove_subscriber(participant_id);
+        }
+        for track in &gone_tracks {
+            Metrics::dec(&self.metrics.published_tracks);
+            self.announce_unpublished(&others, track);
+        }
+        for other in &others {
+            other.send(ServerMessage::ParticipantLeft {
+                participant_id: participant_id.to_string(),
+            });
+        }
+        empty
+    }
+
+    fn announce_unpublished(&self, others: &[Arc<Participant>], track: &PublishedTrack) {
+        for other in others {
+            other.subscriber(SubscriberCommand::Unsubscribe {
+                publisher_id: track.publisher_id().to_string(),
+                track_id: track.track_id().to_string(),
+            });
+            other.send(ServerMessage::TrackUnpublished {
+                participant_id: track.publisher_id().to_string(),
+                track_id: track.track_id().to_string(),
+            });
+        }
+    }
+
+    /// Publishes a track and subscribes everyone else to it.
+    pub fn publish(&self, track: Arc<PublishedTrack>) -> Result<(), Refusal> {
+        let publisher_id = track.publisher_id();
+        let others = {
+            let mut state = self.state();
+            if !state.participants.iter().any(|p| p.id == publisher_id) {
+                return Err(Refusal::new(ErrorCode::NotJoined, "publisher left the room"));
+            }
+            if state.tracks.iter().any(|t| t.track_id() == track.track_id()) {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!("track id {:?} is already published in this room", track.track_id()),
+                ));
+            }
+            let own = state
+                .tracks
+                .iter()
+                .filter(|t| t.publisher_id() == publisher_id)
+                .count();
+            if own >= self.max_tracks_per_participant {
+                return Err(Refusal::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "a participant may publish at most {} tracks",
+                        self.max_tracks_per_participant
+                    ),
+                ));
+            }
+            state.tracks.push(track.clone());
+            state.others(publisher_id)
+        };
+        Metrics::inc(&self.metrics.published_tracks);
+        info!(room = %self.name, participant = %publisher_id, track = %track.track_id(), kind = ?track.receiver.meta.kind, codec = %track.receiver.meta.codec.mime_type, "track published");
+        for other in &others {
+            other.send(ServerMessage::TrackPublished {
+                participant_id: publisher_id.to_string(),
+                track: track.info(),
+            });
+            other.subscriber(SubscriberCommand::Subscribe(track.clone()));
+        }
+        Ok(())
+    }
+
+    /// Removes one published track, if it is still there.
+    pub fn unpublish(&self, publisher_id: &str, track_id: &str) {
+        let (track, others) = {
+            let mut state = self.state();
+            let Some(pos) = state
+                .tracks
+                .iter()
+                .position(|t| t.publisher_id() == publisher_id && t.track_id() == track_id)
+            else {
+                return;
+            };
+            let track = state.tracks.remove(pos);
+            (track, state.others(publisher_id))
+        };
+        Metrics::dec(&self.metrics.published_tracks);
+        info!(room = %self.name, participant = %publisher_id, track = %track_id, "track unpublished");
+        self.announce_unpublished(&others, &track);
+    }
+
+    /// Track ids a participant has published.
+    pub fn tracks_of(&self, publisher_id: &str) -> Vec<String> {
+        self.state()
+            .tracks
+            .iter()
+            .filter(|t| t.publisher_id() == publisher_id)
+            .map(|t| t.track_id().to_string())
+            .collect()
+    }
+
+    /// Sets a track's muted flag and tells the others; false when the track is unknown.
+    pub fn set_muted(&self, publisher_id: &str, track_id: &str, muted: bool) -> bool {
+        let others = {
+            let state = self.state();
+            let Some(track) = state
+                .tracks
+                .iter()
+                .find(|t| t.publisher_id() == publisher_id && t.track_id() == track_id)
+            else {
+                return false;
+            };
+            track.muted.store(muted, Ordering::Relaxed);
+            state.others(publisher_id)
+        };
+        for other in others {
+            other.send(ServerMessage::TrackMuted {
+                participant_id: publisher_id.to_string(),
+                track_id: track_id.to_string(),
+                muted,
+            });
+        }
+        true
+    }
+
+    /// Everyone in the room but `participant_id`.
+    pub fn others(&self, participant_id: &str) -> Vec<Arc<Participant>> {
+        self.state().others(participant_id)
+    }
+
+    pub fn snapshot(&self) -> RoomSnapshot {
+        let state = self.state();
+        RoomSnapshot {
+            name: self.name.clone(),
+            participants: state
+                .participants
+                .iter()
+                .map(|p| state.snapshot_of(p))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Room {
+    fn drop(&mut self) {
+        Metrics::dec(&self.metrics.rooms);
+    }
+}
+
+/// A room as `/api/rooms` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct RoomSnapshot {
+    pub name: String,
+    pub participants: Vec<ParticipantState>,
+}
+
+/// Every room of the server, by name.
+pub struct Registry {
+    rooms: Mutex<HashMap<String, Arc<Room>>>,
+    max_rooms: usize,
+    max_participants: usize,
+    max_tracks_per_participant: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl Registry {
+    pub fn new(
+        max_rooms: usize,
+        max_participants: usize,
+        max_tracks_per_participant: usize,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Registry {
+            rooms: Mutex::new(HashMap::new()),
+            max_rooms,
+            max_participants,
+            max_tracks_per_participant,
+            metrics,
+        }
+    }
+
+    fn rooms(&self) -> MutexGuard<'_, HashMap<String, Arc<Room>>> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Joins a room, creating it on first join.
+    pub fn join(
+        &self,
+        room_name: &str,
+        participant: &Arc<Participant>,
+        joined: impl FnOnce(Vec<ParticipantState>) -> ServerMessage,
+    ) -> Result<Arc<Room>, Refusal> {
+        // Held across the room's own short lock, so that a room emptied and dropped by a
+        // concurrent leave is never joined.
+        let mut rooms = self.rooms();
+        let room = match rooms.get(room_name) {
+            Some(room) => room.clone(),
+            None => {
+                if rooms.len() >= self.max_rooms {
+                    return Err(Refusal::new(
+                        ErrorCode::RoomFull,
+                        format!("the server holds its maximum of {} rooms", self.max_rooms),
+                    ));
+                }
+                let room = Arc::new(Room::new(
+                    room_name.to_string(),
+                    self.max_participants,
+                    self.max_tracks_per_participant,
+                    self.metrics.clone(),
+                ));
+                rooms.insert(room_name.to_string(), room.clone());
+                room
+            }
+        };
+        match room.join(participant, joined) {
+            Ok(()) => Ok(room),
+            Err(refusal) => {
+                if room.state().participants.is_empty() {
+                    rooms.remove(room_name);
+                }
+                Err(refusal)
+            }
+        }
+    }
+
+    /// Leaves a room, dropping it when empty.
+    pub fn leave(&self, room: &Arc<Room>, participant_id: &str) {
+        let mut rooms = self.rooms();
+        if room.leave(participant_id) {
+            if rooms.get(&room.name).is_some_and(|r| Arc::ptr_eq(r, room)) {
+                rooms.remove(&room.name);
+            }
+            info!(room = %room.name, "room closed");
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<RoomSnapshot> {
+        let rooms: Vec<Arc<Room>> = self.rooms().values().cloned().collect();
+        let mut out: Vec<RoomSnapshot> = rooms.iter().map(|r| r.snapshot()).collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}

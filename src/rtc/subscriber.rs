@@ -1,0 +1,325 @@
+//! The subscriber PC: the server offers it, and it carries everything a participant receives
+//! plus the `chat` data channel.
+//!
+//! One task owns it and takes commands from a channel, which serializes negotiation: at most
+//! one server offer is outstanding, and changes made while it is (tracks added or removed)
+//! go into the next offer, sent when the answer arrives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn, Instrument};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::peer_connection::{
+    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
+    RTCPeerConnectionState, RTCSessionDescription,
+};
+use webrtc::rtp_transceiver::RtpSender;
+
+use crate::chat;
+use crate::media::downtrack::DownTrack;
+use crate::metrics::Metrics;
+use crate::room::{Participant, PublishedTrack, Room};
+use crate::rtc::{Pc, PcFactory};
+use crate::signal::protocol::{Candidate, ErrorCode, PcKind, ServerMessage};
+
+pub enum SubscriberCommand {
+    Subscribe(Arc<PublishedTrack>),
+    Unsubscribe {
+        publisher_id: String,
+        track_id: String,
+    },
+    Answer(String),
+    Candidate(Option<Candidate>),
+    /// The transport came up (again): restart every DownTrack on a keyframe.
+    Connected,
+    Close,
+}
+
+/// Sends the PC's events to the participant's socket and to the actor.
+struct Events {
+    participant: Arc<Participant>,
+    commands: mpsc::UnboundedSender<SubscriberCommand>,
+    pc_kind: PcKind,
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for Events {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            self.participant.send(ServerMessage::Candidate {
+                pc: self.pc_kind,
+                candidate: Some(candidate_from_init(init)),
+            });
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        debug!(participant = %self.participant.id, pc = ?self.pc_kind, %state, "connection state");
+        if state == RTCPeerConnectionState::Connected && self.pc_kind == PcKind::Subscriber {
+            let _ = self.commands.send(SubscriberCommand::Connected);
+        }
+    }
+}
+
+pub fn candidate_from_init(init: RTCIceCandidateInit) -> Candidate {
+    Candidate {
+        candidate: init.candidate,
+        sdp_mid: init.sdp_mid,
+        sdp_mline_index: init.sdp_mline_index,
+        username_fragment: init.username_fragment,
+    }
+}
+
+pub fn candidate_to_init(c: Candidate) -> RTCIceCandidateInit {
+    RTCIceCandidateInit {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_mline_index: c.sdp_mline_index,
+        username_fragment: c.username_fragment,
+        url: None,
+    }
+}
+
+/// An event handler for a participant's PC that relays candidates to its socket.
+pub fn events_handler(
+    participant: Arc<Participant>,
+    commands: mpsc::UnboundedSender<SubscriberCommand>,
+    pc_kind: PcKind,
+) -> Arc<dyn PeerConnectionEventHandler> {
+    Arc::new(Events {
+        participant,
+        commands,
+        pc_kind,
+    })
+}
+
+struct Forwarded {
+    downtrack: Arc<DownTrack>,
+    sender: Arc<dyn RtpSender>,
+}
+
+/// State of one subscriber PC, owned by its task.
+pub struct SubscriberPc {
+    pc: Pc,
+    participant: Arc<Participant>,
+    forwarded: HashMap<(String, String), Forwarded>,
+    offer_outstanding: bool,
+    needs_offer: bool,
+    queue_packets: usize,
+    metrics: Arc<Metrics>,
+}
+
+pub struct SubscriberSettings {
+    pub queue_packets: usize,
+    pub max_chat_bytes: usize,
+    pub message_rate_per_sec: u32,
+}
+
+impl SubscriberPc {
+    /// Builds the PC and its chat channel, then runs the task until `Close` or the
+    /// participant's command channel closes.
+    pub async fn spawn(
+        factory: &PcFactory,
+        participant: Arc<Participant>,
+        room: Arc<Room>,
+        commands_tx: mpsc::UnboundedSender<SubscriberCommand>,
+        commands: mpsc::UnboundedReceiver<SubscriberCommand>,
+        settings: SubscriberSettings,
+        metrics: Arc<Metrics>,
+    ) -> Result<(), crate::Error> {
+        let handler = events_handler(participant.clone(), commands_tx, PcKind::Subscriber);
+        let pc = factory.build(handler, true).await?;
+        let chat_channel = pc
+            .create_data_channel(chat::LABEL, None)
+            .await
+            .map_err(|e| crate::Error::Rtc(format!("creating the chat channel: {e}")))?;
+        participant.set_chat_channel(Some(chat_channel.clone()));
+        let span = tracing::info_span!("subscriber", room = %room.name, participant = %participant.id);
+        tokio::spawn(
+            chat::serve(
+                chat_channel,
+                participant.clone(),
+                room,
+                settings.max_chat_bytes,
+                settings.message_rate_per_sec,
+                metrics.clone(),
+            )
+            .instrument(span.clone()),
+        );
+        let actor = SubscriberPc {
+            pc,
+            participant,
+            forwarded: HashMap::new(),
+            offer_outstanding: false,
+            needs_offer: true,
+            queue_packets: settings.queue_packets,
+            metrics,
+        };
+        tokio::spawn(actor.run(commands).instrument(span));
+        Ok(())
+    }
+
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<SubscriberCommand>) {
+        // The first offer goes out at once: it carries the chat channel and whatever the room
+        // already publishes (queued before this task started).
+        'outer: loop {
+            // Apply everything queued before offering, so one offer covers a burst of changes.
+            while let Ok(command) = commands.try_recv() {
+                if !self.apply(command).await {
+                    break 'outer;
+                }
+            }
+            if self.needs_offer && !self.offer_outstanding {
+                self.offer().await;
+            }
+            match commands.recv().await {
+                Some(command) => {
+                    if !self.apply(command).await {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        self.close().await;
+    }
+
+    /// Applies one command; false means stop.
+    async fn apply(&mut self, command: SubscriberCommand) -> bool {
+        match command {
+            SubscriberCommand::Subscribe(track) => self.subscribe(track).await,
+            SubscriberCommand::Unsubscribe {
+                publisher_id,
+                track_id,
+            } => self.unsubscribe(publisher_id, track_id).await,
+            SubscriberCommand::Answer(sdp) => self.answer(sdp).await,
+            SubscriberCommand::Candidate(candidate) => {
+                if let Some(candidate) = candidate {
+                    if let Err(e) = self.pc.add_ice_candidate(candidate_to_init(candidate)).await
+                    {
+                        debug!(error = %e, "ignoring a subscriber candidate");
+                    }
+                }
+            }
+            SubscriberCommand::Connected => {
+                for f in self.forwarded.values() {
+                    f.downtrack.resync();
+                }
+            }
+            SubscriberCommand::Close => return false,
+        }
+        true
+    }
+
+    async fn subscribe(&mut self, track: Arc<PublishedTrack>) {
+        let key = (
+            track.publisher_id().to_string(),
+            track.track_id().to_string(),
+        );
+        if self.forwarded.contains_key(&key) || key.0 == self.participant.id {
+            return;
+        }
+        let (downtrack, rx) = DownTrack::new(
+            track.receiver.clone(),
+            &self.participant.id,
+            self.queue_packets,
+            self.metrics.clone(),
+        );
+        let sender = match self
+            .pc
+            .add_track(downtrack.local.clone() as Arc<dyn TrackLocal>)
+            .await
+        {
+            Ok(sender) => sender,
+            Err(e) => {
+                warn!(error = %e, track = %key.1, "cannot forward track");
+                return;
+            }
+        };
+        downtrack.start(&sender, rx).await;
+        self.forwarded.insert(key, Forwarded { downtrack, sender });
+        self.needs_offer = true;
+    }
+
+    async fn unsubscribe(&mut self, publisher_id: String, track_id: String) {
+        if let Some(f) = self.forwarded.remove(&(publisher_id, track_id)) {
+            f.downtrack.stop();
+            if let Err(e) = self.pc.remove_track(&f.sender).await {
+                debug!(error = %e, "removing a forwarded track");
+            }
+            self.needs_offer = true;
+        }
+    }
+
+    async fn offer(&mut self) {
+        let offer = match self.pc.create_offer(None).await {
+            Ok(offer) => offer,
+            Err(e) => {
+                warn!(error = %e, "creating the subscriber offer");
+                return;
+            }
+        };
+        let sdp = offer.sdp.clone();
+        if let Err(e) = self.pc.set_local_description(offer).await {
+            warn!(error = %e, "setting the subscriber offer");
+            return;
+        }
+        self.needs_offer = false;
+        self.offer_outstanding = true;
+        self.participant.send(ServerMessage::Offer {
+            pc: PcKind::Subscriber,
+            sdp,
+        });
+    }
+
+    async fn answer(&mut self, sdp: String) {
+        if !self.offer_outstanding {
+            self.participant.send(error(
+                ErrorCode::BadRequest,
+                "no subscriber offer is outstanding".into(),
+            ));
+            return;
+        }
+        let result = match RTCSessionDescription::answer(sdp) {
+            Ok(desc) => self.pc.set_remote_description(desc).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                self.offer_outstanding = false;
+                // Payload types are final once the answer is applied.
+                for f in self.forwarded.values() {
+                    f.downtrack.resolve_payload_type(&f.sender).await;
+                }
+                info!(tracks = self.forwarded.len(), "subscriber negotiated");
+            }
+            Err(e) => {
+                self.participant.send(error(
+                    ErrorCode::InvalidSdp,
+                    format!("subscriber answer rejected: {e}"),
+                ));
+                // The offer stays outstanding; the client may send a corrected answer.
+            }
+        }
+    }
+
+    async fn close(mut self) {
+        for (_, f) in self.forwarded.drain() {
+            f.downtrack.stop();
+        }
+        self.participant.set_chat_channel(None);
+        if let Err(e) = self.pc.close().await {
+            debug!(error = %e, "closing the subscriber PC");
+        }
+    }
+}
+
+fn error(code: ErrorCode, message: String) -> ServerMessage {
+    ServerMessage::Error {
+        code,
+        message,
+        request_type: Some("answer".into()),
+    }
+}

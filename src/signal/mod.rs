@@ -1,0 +1,4 @@
+//! Signaling: the JSON protocol over `/ws`.
+
+pub mod protocol;
+pub mod session;

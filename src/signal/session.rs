@@ -1,0 +1,546 @@
+//! One signaling socket's state machine: not joined, then joined until leave or drop.
+//!
+//! The socket is read here and written by a separate task fed from the participant's
+//! bounded outbox, so nothing the room does ever waits on this client's network.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, Instrument};
+use webrtc::peer_connection::RTCSessionDescription;
+
+use crate::metrics::Metrics;
+use crate::ratelimit::TokenBucket;
+use crate::room::{Participant, Room};
+use crate::rtc::publisher::{media_sections, offer_error, PublisherEvents};
+use crate::rtc::subscriber::{candidate_to_init, SubscriberCommand, SubscriberPc, SubscriberSettings};
+use crate::rtc::Pc;
+use crate::signal::protocol::{
+    decode_client, Candidate, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
+};
+use crate::AppState;
+
+/// Close codes the server uses.
+const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_TOO_LARGE: u16 = 1009;
+const CLOSE_UNAUTHORIZED: u16 = 4001;
+const CLOSE_POLICY: u16 = 1008;
+
+/// Messages queued for one socket before the client counts as not reading.
+const OUTBOX_CAPACITY: usize = 512;
+/// Publisher candidates kept while the publisher PC does not exist yet.
+const MAX_EARLY_CANDIDATES: usize = 64;
+
+struct Joined {
+    participant: Arc<Participant>,
+    room: Arc<Room>,
+    publisher: Option<Pc>,
+}
+
+/// What the reader decided after a frame.
+enum Flow {
+    Continue,
+    Close(u16, &'static str),
+}
+
+struct Session {
+    state: Arc<AppState>,
+    outbox: mpsc::Sender<ServerMessage>,
+    /// Taken by the join: the subscriber PC's command channel is made with the participant.
+    joined: Option<Joined>,
+    early_candidates: Vec<Candidate>,
+    bucket: TokenBucket,
+}
+
+pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+    Metrics::inc(&state.metrics.websockets);
+    let (sink, mut stream) = socket.split();
+    let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (close_tx, close_rx) = oneshot::channel::<(u16, &'static str)>();
+    let writer = tokio::spawn(write_loop(sink, outbox_rx, close_rx, state.config.ping_interval));
+
+    let mut session = Session {
+        bucket: TokenBucket::new(state.config.message_rate_per_sec),
+        state: state.clone(),
+        outbox: outbox_tx,
+        joined: None,
+        early_candidates: Vec::new(),
+    };
+    let idle = state.config.idle_timeout;
+    let close = loop {
+        let kicked = async {
+            match &session.joined {
+                Some(j) => j.participant.kick_notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(idle, stream.next()) => frame,
+            _ = kicked => break (CLOSE_POLICY, "signaling queue overflow"),
+        };
+        let frame = match frame {
+            Err(_) => {
+                debug!("signaling peer silent; dropping");
+                break (CLOSE_POLICY, "idle timeout");
+            }
+            Ok(None) => break (CLOSE_NORMAL, "closed"),
+            Ok(Some(Err(e))) => {
+                // axum refuses frames over its own cap with an error: tell the client why.
+                let text = e.to_string();
+                if text.contains("too long") || text.contains("too big") || text.contains("size") {
+                    session.error(ErrorCode::TooLarge, format!("frame refused: {text}"), None);
+                    break (CLOSE_TOO_LARGE, "message too large");
+                }
+                debug!(error = %text, "signaling socket error");
+                break (CLOSE_NORMAL, "socket error");
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let flow = match frame {
+            Message::Text(text) => session.on_text(text.as_str()).await,
+            Message::Binary(_) => {
+                session.error(
+                    ErrorCode::BadRequest,
+                    "binary frames are not part of the protocol; send JSON text".into(),
+                    None,
+                );
+                Flow::Continue
+            }
+            Message::Close(_) => break (CLOSE_NORMAL, "closed"),
+            // Pings are answered by axum; any frame proves the peer alive.
+            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
+        };
+        if let Flow::Close(code, reason) = flow {
+            break (code, reason);
+        }
+    };
+    session.leave().await;
+    let _ = close_tx.send(close);
+    drop(session);
+    let _ = writer.await;
+    Metrics::dec(&state.metrics.websockets);
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
+    mut outbox: mpsc::Receiver<ServerMessage>,
+    mut close: oneshot::Receiver<(u16, &'static str)>,
+    ping_interval: Duration,
+) {
+    let mut ping = tokio::time::interval(ping_interval);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            message = outbox.recv() => {
+                let Some(message) = message else { break };
+                let Ok(json) = serde_json::to_string(&message) else { continue };
+                if sink.send(Message::Text(Utf8Bytes::from(json))).await.is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+            reason = &mut close => {
+                // Flush what was queued (the error that explains the close, say) first.
+                while let Ok(message) = outbox.try_recv() {
+                    if let Ok(json) = serde_json::to_string(&message) {
+                        let _ = sink.send(Message::Text(Utf8Bytes::from(json))).await;
+                    }
+                }
+                let (code, reason) = reason.unwrap_or((CLOSE_NORMAL, "closed"));
+                let _ = sink
+                    .send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
+                    .await;
+                let _ = sink.close().await;
+                return;
+            }
+        }
+    }
+}
+
+/// Room names: 1–64 of `A-Za-z0-9_-`.
+pub fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Names: 1–64 characters after trimming, no control characters.
+pub fn normalize_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if (1..=64).contains(&chars) && !name.chars().any(char::is_control) {
+        Some(name.to_string())
+    } else {
+        None
+    }
+}
+
+fn new_participant_id() -> String {
+    format!("p{:016x}", rand::random::<u64>())
+}
+
+impl Session {
+    fn send(&self, message: ServerMessage) {
+        let _ = self.outbox.try_send(message);
+    }
+
+    fn error(&self, code: ErrorCode, message: String, request_type: Option<String>) {
+        Metrics::add(&self.state.metrics.signaling_errors, 1);
+        debug!(?code, %message, "signaling error");
+        self.send(ServerMessage::Error {
+            code,
+            message,
+            request_type,
+        });
+    }
+
+    async fn on_text(&mut self, text: &str) -> Flow {
+        if text.len() > self.state.config.max_message_bytes {
+            self.error(
+                ErrorCode::TooLarge,
+                format!(
+                    "message of {} bytes is over the limit of {}",
+                    text.len(),
+                    self.state.config.max_message_bytes
+                ),
+                None,
+            );
+            return Flow::Close(CLOSE_TOO_LARGE, "message too large");
+        }
+        if !self.bucket.allow(Instant::now()) {
+            self.error(
+                ErrorCode::RateLimited,
+                "too many messages; slow down".into(),
+                None,
+            );
+            return Flow::Continue;
+        }
+        let message = match decode_client(text) {
+            Ok(message) => message,
+            Err(e) => {
+                self.error(e.code, e.message, e.request_type);
+                return Flow::Continue;
+            }
+        };
+        match message {
+            ClientMessage::Ping => {
+                self.send(ServerMessage::Pong);
+                Flow::Continue
+            }
+            ClientMessage::Join { room, name, token } => self.join(room, name, token).await,
+            other if self.joined.is_none() => {
+                self.error(
+                    ErrorCode::NotJoined,
+                    "send join first".into(),
+                    Some(type_name(&other).into()),
+                );
+                Flow::Continue
+            }
+            ClientMessage::Leave => Flow::Close(CLOSE_NORMAL, "left"),
+            ClientMessage::Offer { pc, sdp } => {
+                self.publisher_offer(pc, sdp).await;
+                Flow::Continue
+            }
+            ClientMessage::Answer { pc, sdp } => {
+                match (pc, &self.joined) {
+                    (PcKind::Subscriber, Some(j)) => {
+                        j.participant.subscriber(SubscriberCommand::Answer(sdp));
+                    }
+                    _ => self.error(
+                        ErrorCode::BadRequest,
+                        "only the subscriber PC takes an answer; the publisher PC is offered by the client".into(),
+                        Some("answer".into()),
+                    ),
+                }
+                Flow::Continue
+            }
+            ClientMessage::Candidate { pc, candidate } => {
+                self.candidate(pc, candidate).await;
+                Flow::Continue
+            }
+            ClientMessage::Mute { track_id, muted } => {
+                if let Some(j) = &self.joined {
+                    if !j.room.set_muted(&j.participant.id, &track_id, muted) {
+                        self.error(
+                            ErrorCode::BadRequest,
+                            format!("you publish no track {track_id:?}"),
+                            Some("mute".into()),
+                        );
+                    }
+                }
+                Flow::Continue
+            }
+        }
+    }
+
+    async fn join(&mut self, room: String, name: String, token: Option<String>) -> Flow {
+        let request_type = Some("join".to_string());
+        if self.joined.is_some() {
+            self.error(
+                ErrorCode::AlreadyJoined,
+                "this socket has joined already".into(),
+                request_type,
+            );
+            return Flow::Continue;
+        }
+        if let Some(expected) = &self.state.config.auth_token {
+            if token.as_deref() != Some(expected.as_str()) {
+                self.error(
+                    ErrorCode::Unauthorized,
+                    "missing or wrong token".into(),
+                    request_type,
+                );
+                return Flow::Close(CLOSE_UNAUTHORIZED, "unauthorized");
+            }
+        }
+        if !valid_room(&room) {
+            self.error(
+                ErrorCode::InvalidRoom,
+                "room must be 1 to 64 of A-Z a-z 0-9 _ -".into(),
+                request_type,
+            );
+            return Flow::Continue;
+        }
+        let Some(name) = normalize_name(&name) else {
+            self.error(
+                ErrorCode::InvalidName,
+                "name must be 1 to 64 characters after trimming, with no control characters"
+                    .into(),
+                request_type,
+            );
+            return Flow::Continue;
+        };
+        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
+        let participant = Arc::new(Participant::new(
+            new_participant_id(),
+            name,
+            self.outbox.clone(),
+            commands_tx.clone(),
+        ));
+        let ice_servers: Vec<IceServerInfo> = self
+            .state
+            .config
+            .ice_servers
+            .iter()
+            .map(IceServerInfo::from)
+            .collect();
+        let room_name = room.clone();
+        let me = participant.info();
+        let joined = self
+            .state
+            .registry
+            .join(&room, &participant, move |participants| ServerMessage::Joined {
+                room: room_name,
+                participant: me,
+                participants,
+                ice_servers,
+            });
+        let room = match joined {
+            Ok(room) => room,
+            Err(refusal) => {
+                self.error(refusal.code, refusal.message, request_type);
+                return Flow::Continue;
+            }
+        };
+        Metrics::add(&self.state.metrics.joins, 1);
+        info!(room = %room.name, participant = %participant.id, name = %participant.name, "joined");
+        let span = tracing::info_span!("participant", room = %room.name, participant = %participant.id);
+        let settings = SubscriberSettings {
+            queue_packets: self.state.config.downtrack_queue_packets,
+            max_chat_bytes: self.state.config.max_chat_bytes,
+            message_rate_per_sec: self.state.config.message_rate_per_sec,
+        };
+        let started = SubscriberPc::spawn(
+            &self.state.pc_factory,
+            participant.clone(),
+            room.clone(),
+            commands_tx,
+            commands_rx,
+            settings,
+            self.state.metrics.clone(),
+        )
+        .instrument(span)
+        .await;
+        self.joined = Some(Joined {
+            participant,
+            room,
+            publisher: None,
+        });
+        if let Err(e) = started {
+            self.error(ErrorCode::Internal, format!("cannot start media: {e}"), Some("join".into()));
+            return Flow::Close(CLOSE_NORMAL, "internal error");
+        }
+        Flow::Continue
+    }
+
+    async fn publisher_offer(&mut self, pc_kind: PcKind, sdp: String) {
+        if pc_kind != PcKind::Publisher {
+            self.error(
+                ErrorCode::BadRequest,
+                "only the publisher PC is offered by the client".into(),
+                Some("offer".into()),
+            );
+            return;
+        }
+        let Some(j) = self.joined.as_mut() else {
+            return;
+        };
+        let sections = media_sections(&sdp);
+        let sending: Vec<_> = sections.iter().filter(|s| s.sending).collect();
+        let max_tracks = self.state.config.max_tracks_per_participant;
+        if sending.len() > max_tracks {
+            self.error(
+                ErrorCode::BadRequest,
+                format!("a participant may publish at most {max_tracks} tracks"),
+                Some("offer".into()),
+            );
+            return;
+        }
+        let desc = match RTCSessionDescription::offer(sdp) {
+            Ok(desc) => desc,
+            Err(e) => {
+                self.send_offer_error(ErrorCode::InvalidSdp, format!("offer rejected: {e}"));
+                return;
+            }
+        };
+        let pc = match &j.publisher {
+            Some(pc) => pc.clone(),
+            None => {
+                let handler = Arc::new(PublisherEvents {
+                    participant: j.participant.clone(),
+                    room: j.room.clone(),
+                    pli_interval: self.state.config.pli_interval(),
+                    metrics: self.state.metrics.clone(),
+                });
+                match self.state.pc_factory.build(handler, false).await {
+                    Ok(pc) => {
+                        j.publisher = Some(pc.clone());
+                        pc
+                    }
+                    Err(e) => {
+                        self.send_offer_error(ErrorCode::Internal, format!("cannot create the publisher PC: {e}"));
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = pc.set_remote_description(desc).await {
+            self.send_offer_error(ErrorCode::InvalidSdp, format!("offer rejected: {e}"));
+            return;
+        }
+        let answer = match pc.create_answer(None).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.send_offer_error(ErrorCode::InvalidSdp, format!("cannot answer this offer: {e}"));
+                return;
+            }
+        };
+        let answer_sdp = answer.sdp.clone();
+        if let Err(e) = pc.set_local_description(answer).await {
+            self.send_offer_error(ErrorCode::Internal, format!("cannot apply the answer: {e}"));
+            return;
+        }
+        self.send(ServerMessage::Answer {
+            pc: PcKind::Publisher,
+            sdp: answer_sdp,
+        });
+        for candidate in std::mem::take(&mut self.early_candidates) {
+            let _ = pc.add_ice_candidate(candidate_to_init(candidate)).await;
+        }
+        // A track the new offer no longer sends is unpublished at once, whatever the
+        // transport does with it later.
+        if let Some(j) = &self.joined {
+            let still_sent: Vec<String> = sections
+                .iter()
+                .filter(|s| s.sending)
+                .filter_map(|s| s.track_id.clone())
+                .collect();
+            for track_id in j.room.tracks_of(&j.participant.id) {
+                if !still_sent.contains(&track_id) {
+                    j.room.unpublish(&j.participant.id, &track_id);
+                }
+            }
+        }
+    }
+
+    fn send_offer_error(&self, code: ErrorCode, message: String) {
+        Metrics::add(&self.state.metrics.signaling_errors, 1);
+        self.send(offer_error(code, message));
+    }
+
+    async fn candidate(&mut self, pc_kind: PcKind, candidate: Option<Candidate>) {
+        let Some(j) = &self.joined else { return };
+        match pc_kind {
+            PcKind::Subscriber => j
+                .participant
+                .subscriber(SubscriberCommand::Candidate(candidate)),
+            PcKind::Publisher => {
+                let Some(candidate) = candidate else { return };
+                match &j.publisher {
+                    Some(pc) => {
+                        if let Err(e) = pc.add_ice_candidate(candidate_to_init(candidate)).await {
+                            debug!(error = %e, "ignoring a publisher candidate");
+                        }
+                    }
+                    None if self.early_candidates.len() < MAX_EARLY_CANDIDATES => {
+                        self.early_candidates.push(candidate);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Tears down everything of this participant and tells the others.
+    async fn leave(&mut self) {
+        let Some(j) = self.joined.take() else { return };
+        self.state.registry.leave(&j.room, &j.participant.id);
+        j.participant.subscriber(SubscriberCommand::Close);
+        if let Some(pc) = j.publisher {
+            if let Err(e) = pc.close().await {
+                debug!(error = %e, "closing the publisher PC");
+            }
+        }
+        info!(room = %j.room.name, participant = %j.participant.id, "left");
+    }
+}
+
+fn type_name(message: &ClientMessage) -> &'static str {
+    match message {
+        ClientMessage::Join { .. } => "join",
+        ClientMessage::Offer { .. } => "offer",
+        ClientMessage::Answer { .. } => "answer",
+        ClientMessage::Candidate { .. } => "candidate",
+        ClientMessage::Mute { .. } => "mute",
+        ClientMessage::Leave => "leave",
+        ClientMessage::Ping => "ping",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn room_and_name_rules() {
+        assert!(valid_room("demo_1-A"));
+        assert!(!valid_room(""));
+        assert!(!valid_room("has space"));
+        assert!(!valid_room("ünï"));
+        assert!(!valid_room(&"r".repeat(65)));
+        assert_eq!(normalize_name("  Alice  ").as_deref(), Some("Alice"));
+        assert_eq!(normalize_name("Zoë 🎉").as_deref(), Some("Zoë 🎉"));
+        assert_eq!(normalize_name("   "), None);
+        assert_eq!(normalize_name("bad\u{7}name"), None);
+        assert!(normalize_name(&"é".repeat(64)).is_some());
+        assert!(normalize_name(&"é".repeat(65)).is_none());
+    }
+}
