@@ -1,1 +1,4 @@
-//! The load tester and the protocol client the tests use.
+//! The load tester and the protocol client the tests use: one client, two users.
+
+pub mod client;
+pub mod payload;

@@ -1,0 +1,873 @@
+//! A protocol client: a real WebRTC participant speaking the signaling protocol.
+//!
+//! The integration tests and the load tester both use it. It joins a room, answers the
+//! server's subscriber offers, publishes synthetic VP8 and Opus over its own publisher PC,
+//! records every packet it receives per remote track, and chats over the `chat` channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use rtc::media_stream::MediaStreamTrack;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
+};
+use tokio::sync::{mpsc, Mutex as AsyncMutex};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription,
+};
+
+use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Stamp};
+use crate::metrics::Metrics;
+use crate::rtc::subscriber::{candidate_from_init, candidate_to_init};
+use crate::rtc::{is_keyframe_request, IceSettings, Pc, PcFactory};
+use crate::signal::protocol::{
+    ChatRelay, ParticipantState, PcKind, ServerMessage,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {url}: {source}")]
+    Connect {
+        url: String,
+        source: tokio_tungstenite::tungstenite::Error,
+    },
+    #[error("the server closed the signaling socket")]
+    Closed,
+    #[error("timed out waiting for {0}")]
+    Timeout(&'static str),
+    #[error("server refused: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("WebRTC: {0}")]
+    Rtc(String),
+}
+
+/// What one subscriber saw of one remote track.
+#[derive(Debug, Clone, Default)]
+pub struct RemoteTrackStats {
+    pub stream_id: String,
+    pub track_id: String,
+    pub kind: String,
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets whose stamp named a publisher other than the stream id.
+    pub foreign_packets: u64,
+    pub publishers_seen: Vec<String>,
+    pub first_packet_at: Option<Instant>,
+    pub last_packet_at: Option<Instant>,
+    /// RTP sequence bookkeeping for loss.
+    pub highest_seq: Option<u64>,
+    pub first_seq: Option<u64>,
+    /// Latencies in microseconds (publisher send to subscriber receive).
+    pub latencies_us: Vec<u64>,
+    /// RFC 3550 interarrival jitter, in RTP timestamp units.
+    pub jitter: f64,
+    last_transit: Option<f64>,
+    clock_rate: u32,
+}
+
+impl RemoteTrackStats {
+    /// Expected minus received, from the sequence numbers.
+    pub fn lost(&self) -> u64 {
+        match (self.first_seq, self.highest_seq) {
+            (Some(first), Some(high)) => (high - first + 1).saturating_sub(self.packets),
+            _ => 0,
+        }
+    }
+
+    fn record(&mut self, packet: &rtp::Packet, now: Instant) {
+        self.packets += 1;
+        self.bytes += packet.payload.len() as u64;
+        self.first_packet_at.get_or_insert(now);
+        self.last_packet_at = Some(now);
+        // Extend the 16-bit sequence number by the nearest cycle.
+        let seq = u64::from(packet.header.sequence_number);
+        let extended = match self.highest_seq {
+            None => seq + (1 << 16),
+            Some(high) => {
+                let cycle = high & !0xffff;
+                let candidates = [cycle.wrapping_sub(1 << 16) | seq, cycle | seq, (cycle + (1 << 16)) | seq];
+                candidates
+                    .into_iter()
+                    .min_by_key(|c| c.abs_diff(high))
+                    .unwrap_or(cycle | seq)
+            }
+        };
+        if self.first_seq.is_none_or(|f| extended < f) {
+            self.first_seq = Some(extended);
+        }
+        if self.highest_seq.is_none_or(|h| extended > h) {
+            self.highest_seq = Some(extended);
+        }
+        if let Some(stamp) = read_stamp(&packet.payload) {
+            if stamp.publisher_id != self.stream_id {
+                self.foreign_packets += 1;
+            }
+            if !self.publishers_seen.contains(&stamp.publisher_id) {
+                self.publishers_seen.push(stamp.publisher_id.clone());
+            }
+            let now_us = unix_micros();
+            self.latencies_us
+                .push(now_us.saturating_sub(stamp.sent_at_micros));
+            if self.clock_rate > 0 {
+                let arrival = now_us as f64 * f64::from(self.clock_rate) / 1e6;
+                let transit = arrival - f64::from(packet.header.timestamp);
+                if let Some(last) = self.last_transit {
+                    let d = (transit - last).abs();
+                    // Reordered or restarted streams make wild transits: ignore those jumps.
+                    if d < f64::from(self.clock_rate) {
+                        self.jitter += (d - self.jitter) / 16.0;
+                    }
+                }
+                self.last_transit = Some(transit);
+            }
+        }
+    }
+}
+
+/// What to publish.
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    pub video: bool,
+    pub audio: bool,
+    pub video_bitrate_bps: u32,
+    pub frame_rate: u32,
+    /// A keyframe every this long (and on every PLI).
+    pub keyframe_interval: Duration,
+}
+
+impl Default for PublishOptions {
+    fn default() -> Self {
+        PublishOptions {
+            video: true,
+            audio: true,
+            video_bitrate_bps: 300_000,
+            frame_rate: 30,
+            keyframe_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Counters of what this client published.
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    pub video_packets: AtomicU64,
+    pub audio_packets: AtomicU64,
+    pub keyframes: AtomicU64,
+    pub plis_received: AtomicU64,
+}
+
+#[derive(Default)]
+struct Shared {
+    tracks: Mutex<HashMap<(String, String), RemoteTrackStats>>,
+    chat: Mutex<Vec<ChatRelay>>,
+    chat_errors: Mutex<Vec<String>>,
+    chat_channel: Mutex<Option<Arc<dyn DataChannel>>>,
+    subscriber_connected: AtomicBool,
+}
+
+pub struct Client {
+    pub id: String,
+    pub name: String,
+    pub room: String,
+    pub participants_at_join: Vec<ParticipantState>,
+    pub join_time: Duration,
+    outgoing: mpsc::UnboundedSender<String>,
+    events: AsyncMutex<mpsc::UnboundedReceiver<ServerMessage>>,
+    shared: Arc<Shared>,
+    factory: Arc<PcFactory>,
+    subscriber: Arc<AsyncMutex<Option<Pc>>>,
+    publisher: Arc<AsyncMutex<Option<Pc>>>,
+    pub publish_stats: Arc<PublishStats>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct SubscriberEvents {
+    outgoing: mpsc::UnboundedSender<String>,
+    shared: Arc<Shared>,
+    pc: PcKind,
+}
+
+fn to_json(message: &serde_json::Value) -> String {
+    message.to_string()
+}
+
+#[async_trait::async_trait]
+impl PeerConnectionEventHandler for SubscriberEvents {
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        if let Ok(init) = event.candidate.to_json() {
+            let msg = serde_json::json!({
+                "type": "candidate",
+                "pc": self.pc,
+                "candidate": candidate_from_init(init),
+            });
+            let _ = self.outgoing.send(to_json(&msg));
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        if self.pc == PcKind::Subscriber && state == RTCPeerConnectionState::Connected {
+            self.shared
+                .subscriber_connected
+                .store(true, Ordering::Release);
+        }
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        let stream_id = track.stream_id().await;
+        let track_id = track.track_id().await;
+        let kind = track.kind().await;
+        let ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+        let clock_rate = track.codec(ssrc).await.map(|c| c.clock_rate).unwrap_or(0);
+        let key = (stream_id.clone(), track_id.clone());
+        {
+            let Ok(mut tracks) = self.shared.tracks.lock() else { return };
+            tracks.insert(
+                key.clone(),
+                RemoteTrackStats {
+                    stream_id,
+                    track_id,
+                    kind: kind.to_string().to_lowercase(),
+                    clock_rate,
+                    ..Default::default()
+                },
+            );
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                match event {
+                    TrackRemoteEvent::OnRtpPacket(packet) => {
+                        if let Ok(mut tracks) = shared.tracks.lock() {
+                            if let Some(stats) = tracks.get_mut(&key) {
+                                stats.record(&packet, Instant::now());
+                            }
+                        }
+                    }
+                    TrackRemoteEvent::OnEnded => break,
+                    _ => {}
+                }
+            }
+        });
+    }
+
+    async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
+        if channel.label().await.ok().as_deref() != Some(crate::chat::LABEL) {
+            return;
+        }
+        if let Ok(mut slot) = self.shared.chat_channel.lock() {
+            *slot = Some(channel.clone());
+        }
+        let shared = self.shared.clone();
+        tokio::spawn(async move {
+            while let Some(event) = channel.poll().await {
+                if let DataChannelEvent::OnMessage(message) = event {
+                    let Ok(text) = std::str::from_utf8(&message.data) else { continue };
+                    if let Ok(relay) = serde_json::from_str::<ChatRelay>(text) {
+                        if let Ok(mut chat) = shared.chat.lock() {
+                            chat.push(relay);
+                        }
+                    } else if let Ok(mut errors) = shared.chat_errors.lock() {
+                        errors.push(text.to_string());
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Client {
+    /// Connects, joins and returns once `joined` arrived.
+    pub async fn join(url: &str, room: &str, name: &str) -> Result<Client, ClientError> {
+        Self::join_with_token(url, room, name, None).await
+    }
+
+    pub async fn join_with_token(
+        url: &str,
+        room: &str,
+        name: &str,
+        token: Option<&str>,
+    ) -> Result<Client, ClientError> {
+        let started = Instant::now();
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|source| ClientError::Connect {
+                url: url.to_string(),
+                source,
+            })?;
+        let (mut sink, mut stream) = socket.split();
+        let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel::<String>();
+        let writer = tokio::spawn(async move {
+            while let Some(text) = outgoing_rx.recv().await {
+                if sink.send(Message::text(text)).await.is_err() {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        let mut join = serde_json::json!({"type": "join", "room": room, "name": name});
+        if let Some(token) = token {
+            join["token"] = token.into();
+        }
+        let _ = outgoing.send(to_json(&join));
+        // Read until joined (or an error) before handing the socket to the reader task.
+        let joined = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(frame) = stream.next().await {
+                let Ok(Message::Text(text)) = frame else {
+                    if matches!(frame, Ok(Message::Close(_)) | Err(_)) {
+                        return Err(ClientError::Closed);
+                    }
+                    continue;
+                };
+                match serde_json::from_str::<ServerMessage>(&text) {
+                    Ok(m @ ServerMessage::Joined { .. }) => return Ok(m),
+                    Ok(ServerMessage::Error { code, message, .. }) => {
+                        return Err(ClientError::Refused {
+                            code: serde_json::to_value(code)
+                                .ok()
+                                .and_then(|v| v.as_str().map(str::to_string))
+                                .unwrap_or_default(),
+                            message,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            Err(ClientError::Closed)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout("joined"))??;
+        let ServerMessage::Joined {
+            participant,
+            participants,
+            room,
+            ..
+        } = joined
+        else {
+            return Err(ClientError::Closed);
+        };
+
+        let metrics = Arc::new(Metrics::default());
+        let factory = Arc::new(PcFactory::new(IceSettings::loopback(), metrics));
+        let shared = Arc::new(Shared::default());
+        let subscriber: Arc<AsyncMutex<Option<Pc>>> = Arc::new(AsyncMutex::new(None));
+        let publisher: Arc<AsyncMutex<Option<Pc>>> = Arc::new(AsyncMutex::new(None));
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let reader = tokio::spawn(read_loop(
+            stream,
+            outgoing.clone(),
+            events_tx,
+            factory.clone(),
+            shared.clone(),
+            subscriber.clone(),
+            publisher.clone(),
+        ));
+        Ok(Client {
+            id: participant.id,
+            name: participant.name,
+            room,
+            participants_at_join: participants,
+            join_time: started.elapsed(),
+            outgoing,
+            events: AsyncMutex::new(events),
+            shared,
+            factory,
+            subscriber,
+            publisher,
+            publish_stats: Arc::new(PublishStats::default()),
+            tasks: Mutex::new(vec![writer, reader]),
+        })
+    }
+
+    /// Sends a raw text frame (tests use it to send malformed input).
+    pub fn send_raw(&self, text: impl Into<String>) {
+        let _ = self.outgoing.send(text.into());
+    }
+
+    pub fn send_json(&self, value: serde_json::Value) {
+        self.send_raw(value.to_string());
+    }
+
+    /// Waits for the next server message matching `pred`, skipping others.
+    pub async fn wait_for(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        mut pred: impl FnMut(&ServerMessage) -> bool,
+    ) -> Result<ServerMessage, ClientError> {
+        let mut events = self.events.lock().await;
+        tokio::time::timeout(timeout, async {
+            while let Some(event) = events.recv().await {
+                if pred(&event) {
+                    return Ok(event);
+                }
+            }
+            Err(ClientError::Closed)
+        })
+        .await
+        .map_err(|_| ClientError::Timeout(what))?
+    }
+
+    /// Every server message received and not yet consumed.
+    pub async fn drain_events(&self) -> Vec<ServerMessage> {
+        let mut events = self.events.lock().await;
+        let mut out = Vec::new();
+        while let Ok(e) = events.try_recv() {
+            out.push(e);
+        }
+        out
+    }
+
+    /// Publishes synthetic media; returns once the publisher PC is answered.
+    pub async fn publish(&self, options: PublishOptions) -> Result<(), ClientError> {
+        let handler = Arc::new(SubscriberEvents {
+            outgoing: self.outgoing.clone(),
+            shared: self.shared.clone(),
+            pc: PcKind::Publisher,
+        });
+        let pc = self
+            .factory
+            .build(handler, true)
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let mut senders = Vec::new();
+        if options.audio {
+            let codec = RTCRtpCodec {
+                mime_type: "audio/opus".into(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
+                rtcp_feedback: vec![],
+            };
+            senders.push(self.add_local_track(&pc, "audio", RtpCodecKind::Audio, codec).await?);
+        }
+        if options.video {
+            let codec = RTCRtpCodec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+                rtcp_feedback: vec![],
+            };
+            senders.push(self.add_local_track(&pc, "video", RtpCodecKind::Video, codec).await?);
+        }
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        *self.publisher.lock().await = Some(pc.clone());
+        self.send_json(serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
+        // The reader applies the answer; wait until it has.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pc.remote_description().await.is_none() {
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout("publisher answer"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for (kind, track, ssrc, payload_type) in senders {
+            let stats = self.publish_stats.clone();
+            let id = self.id.clone();
+            let options = options.clone();
+            let task = tokio::spawn(async move {
+                if kind == RtpCodecKind::Video {
+                    send_video(track, ssrc, payload_type, id, options, stats).await
+                } else {
+                    send_audio(track, ssrc, payload_type, id, stats).await
+                }
+            });
+            if let Ok(mut tasks) = self.tasks.lock() {
+                tasks.push(task);
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_local_track(
+        &self,
+        pc: &Pc,
+        label: &str,
+        kind: RtpCodecKind,
+        codec: RTCRtpCodec,
+    ) -> Result<(RtpCodecKind, Arc<TrackLocalStaticRTP>, u32, u8), ClientError> {
+        let ssrc = rand::random::<u32>() | 1;
+        let track_id = format!("{}-{label}", self.id);
+        let mime = codec.mime_type.clone();
+        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+            self.id.clone(),
+            track_id,
+            label.to_string(),
+            kind,
+            vec![RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec,
+                ..Default::default()
+            }],
+        )));
+        let sender = pc
+            .add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let params = sender
+            .get_parameters()
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let payload_type = params
+            .rtp_parameters
+            .codecs
+            .iter()
+            .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
+            .map(|c| c.payload_type)
+            .ok_or_else(|| ClientError::Rtc(format!("{mime} not negotiable")))?;
+        Ok((kind, track, ssrc, payload_type))
+    }
+
+    /// Track ids this client publishes, as the server announces them.
+    pub fn published_track_ids(&self) -> Vec<String> {
+        vec![format!("{}-audio", self.id), format!("{}-video", self.id)]
+    }
+
+    /// Stops publishing one kind by renegotiating the publisher PC without it.
+    pub async fn unpublish(&self, label: &str) -> Result<(), ClientError> {
+        let pc = self
+            .publisher
+            .lock()
+            .await
+            .clone()
+            .ok_or(ClientError::Rtc("nothing published".into()))?;
+        let track_id = format!("{}-{label}", self.id);
+        for sender in pc.get_senders().await {
+            if sender.track().track_id().await == track_id {
+                pc.remove_track(&sender)
+                    .await
+                    .map_err(|e| ClientError::Rtc(e.to_string()))?;
+            }
+        }
+        let offer = pc
+            .create_offer(None)
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let sdp = offer.sdp.clone();
+        pc.set_local_description(offer)
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        self.send_json(serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
+        Ok(())
+    }
+
+    /// A copy of what was received so far, per (stream id, track id).
+    pub fn received(&self) -> HashMap<(String, String), RemoteTrackStats> {
+        self.shared
+            .tracks
+            .lock()
+            .map(|t| t.clone())
+            .unwrap_or_default()
+    }
+
+    /// Waits until `pred` holds on what was received.
+    pub async fn wait_received(
+        &self,
+        what: &'static str,
+        timeout: Duration,
+        pred: impl Fn(&HashMap<(String, String), RemoteTrackStats>) -> bool,
+    ) -> Result<HashMap<(String, String), RemoteTrackStats>, ClientError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let received = self.received();
+            if pred(&received) {
+                return Ok(received);
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout(what));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn subscriber_connected(&self) -> bool {
+        self.shared.subscriber_connected.load(Ordering::Acquire)
+    }
+
+    /// Sends a chat message once the chat channel is open.
+    pub async fn chat(&self, text: &str) -> Result<(), ClientError> {
+        self.chat_raw(&serde_json::json!({ "text": text }).to_string())
+            .await
+    }
+
+    pub async fn chat_raw(&self, raw: &str) -> Result<(), ClientError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let channel = self.shared.chat_channel.lock().ok().and_then(|c| c.clone());
+            if let Some(channel) = channel {
+                if channel.send_text(raw).await.is_ok() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(ClientError::Timeout("chat channel"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn chat_received(&self) -> Vec<ChatRelay> {
+        self.shared.chat.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn chat_errors(&self) -> Vec<String> {
+        self.shared
+            .chat_errors
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
+    }
+
+    /// Sends `leave` and closes everything.
+    pub async fn leave(self) {
+        self.send_json(serde_json::json!({"type": "leave"}));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        self.close().await;
+    }
+
+    /// Drops the socket and the PCs without a word, like a closed browser tab.
+    pub async fn close(self) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+        for pc in [self.subscriber.lock().await.take(), self.publisher.lock().await.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = pc.close().await;
+        }
+    }
+}
+
+type WsStream = futures_util::stream::SplitStream<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+>;
+
+/// Reads the socket: negotiation is handled here; everything else goes to `events`.
+async fn read_loop(
+    mut stream: WsStream,
+    outgoing: mpsc::UnboundedSender<String>,
+    events: mpsc::UnboundedSender<ServerMessage>,
+    factory: Arc<PcFactory>,
+    shared: Arc<Shared>,
+    subscriber: Arc<AsyncMutex<Option<Pc>>>,
+    publisher: Arc<AsyncMutex<Option<Pc>>>,
+) {
+    while let Some(frame) = stream.next().await {
+        let Ok(Message::Text(text)) = frame else {
+            if matches!(frame, Ok(Message::Close(_)) | Err(_)) {
+                break;
+            }
+            continue;
+        };
+        let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else {
+            continue;
+        };
+        match message {
+            ServerMessage::Offer {
+                pc: PcKind::Subscriber,
+                sdp,
+            } => {
+                let mut slot = subscriber.lock().await;
+                if slot.is_none() {
+                    let handler = Arc::new(SubscriberEvents {
+                        outgoing: outgoing.clone(),
+                        shared: shared.clone(),
+                        pc: PcKind::Subscriber,
+                    });
+                    match factory.build(handler, false).await {
+                        Ok(pc) => *slot = Some(pc),
+                        Err(_) => continue,
+                    }
+                }
+                let Some(pc) = slot.clone() else { continue };
+                drop(slot);
+                let Ok(offer) = RTCSessionDescription::offer(sdp) else { continue };
+                if pc.set_remote_description(offer).await.is_err() {
+                    continue;
+                }
+                let Ok(answer) = pc.create_answer(None).await else { continue };
+                let sdp = answer.sdp.clone();
+                if pc.set_local_description(answer).await.is_err() {
+                    continue;
+                }
+                let _ = outgoing.send(to_json(
+                    &serde_json::json!({"type": "answer", "pc": "subscriber", "sdp": sdp}),
+                ));
+            }
+            ServerMessage::Answer {
+                pc: PcKind::Publisher,
+                sdp,
+            } => {
+                let pc = publisher.lock().await.clone();
+                if let (Some(pc), Ok(answer)) = (pc, RTCSessionDescription::answer(sdp)) {
+                    let _ = pc.set_remote_description(answer).await;
+                }
+            }
+            ServerMessage::Candidate {
+                pc: kind,
+                candidate: Some(candidate),
+            } => {
+                let slot = match kind {
+                    PcKind::Subscriber => &subscriber,
+                    PcKind::Publisher => &publisher,
+                };
+                if let Some(pc) = slot.lock().await.clone() {
+                    let _ = pc.add_ice_candidate(candidate_to_init(candidate)).await;
+                }
+            }
+            other => {
+                let _ = events.send(other);
+            }
+        }
+    }
+}
+
+/// Paces VP8-like frames at the configured bitrate and frame rate, split into packets of
+/// at most 1100 bytes; keyframes at the interval and on PLI.
+async fn send_video(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    publisher_id: String,
+    options: PublishOptions,
+    stats: Arc<PublishStats>,
+) {
+    const MAX_PAYLOAD: usize = 1100;
+    let keyframe_wanted = Arc::new(AtomicBool::new(true));
+    let feedback = {
+        let track = track.clone();
+        let wanted = keyframe_wanted.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        stats.plis_received.fetch_add(1, Ordering::Relaxed);
+                        wanted.store(true, Ordering::Release);
+                    }
+                }
+            }
+        })
+    };
+    let frame_rate = options.frame_rate.max(1);
+    let frame_bytes = (options.video_bitrate_bps / 8 / frame_rate).max(200) as usize;
+    let ts_step = 90_000 / frame_rate;
+    let mut interval = tokio::time::interval(Duration::from_secs(1) / frame_rate);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seq: u16 = rand::random();
+    let mut timestamp: u32 = rand::random();
+    let counter = AtomicU32::new(0);
+    let mut last_keyframe = Instant::now();
+    let mut payload = Vec::with_capacity(MAX_PAYLOAD + 64);
+    loop {
+        interval.tick().await;
+        let keyframe = keyframe_wanted.swap(false, Ordering::AcqRel)
+            || last_keyframe.elapsed() >= options.keyframe_interval;
+        if keyframe {
+            last_keyframe = Instant::now();
+            stats.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        // Keyframes are bigger, as real ones are.
+        let size = if keyframe { frame_bytes * 3 } else { frame_bytes };
+        let packets = size.div_ceil(MAX_PAYLOAD).max(1);
+        for i in 0..packets {
+            payload.clear();
+            vp8_prefix(&mut payload, i == 0, keyframe);
+            let stamp = Stamp {
+                sent_at_micros: unix_micros(),
+                publisher_id: publisher_id.clone(),
+                counter: counter.fetch_add(1, Ordering::Relaxed),
+            };
+            write_stamp(&mut payload, &stamp, size.min(MAX_PAYLOAD));
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == packets,
+                    payload_type,
+                    sequence_number: seq,
+                    timestamp,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload: bytes::Bytes::copy_from_slice(&payload),
+            };
+            seq = seq.wrapping_add(1);
+            if track.write_rtp(packet).await.is_err() {
+                feedback.abort();
+                return;
+            }
+            stats.video_packets.fetch_add(1, Ordering::Relaxed);
+        }
+        timestamp = timestamp.wrapping_add(ts_step);
+    }
+}
+
+/// One Opus-sized packet every 20 ms.
+async fn send_audio(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    publisher_id: String,
+    stats: Arc<PublishStats>,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seq: u16 = rand::random();
+    let mut timestamp: u32 = rand::random();
+    let mut counter = 0u32;
+    let mut payload = Vec::with_capacity(160);
+    loop {
+        interval.tick().await;
+        payload.clear();
+        // An Opus TOC byte for a 20 ms frame, then the stamp.
+        payload.push(0x78);
+        let stamp = Stamp {
+            sent_at_micros: unix_micros(),
+            publisher_id: publisher_id.clone(),
+            counter,
+        };
+        counter = counter.wrapping_add(1);
+        write_stamp(&mut payload, &stamp, 120);
+        let packet = rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker: false,
+                payload_type,
+                sequence_number: seq,
+                timestamp,
+                ssrc,
+                ..Default::default()
+            },
+            payload: bytes::Bytes::copy_from_slice(&payload),
+        };
+        seq = seq.wrapping_add(1);
+        timestamp = timestamp.wrapping_add(960);
+        if track.write_rtp(packet).await.is_err() {
+            return;
+        }
+        stats.audio_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}

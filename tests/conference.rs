@@ -1,0 +1,105 @@
+//! A conference end to end: real server, real WebRTC peers on loopback.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use switchboard::load::client::{Client, PublishOptions};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_participants_each_receive_exactly_the_other_two() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let a = Client::join(&url, "conf", "alice").await.expect("alice joins");
+    let b = Client::join(&url, "conf", "bob").await.expect("bob joins");
+    let c = Client::join(&url, "conf", "carol").await.expect("carol joins");
+    // Someone in another room must not leak into this one, nor see it.
+    let x = Client::join(&url, "elsewhere", "xavier").await.expect("xavier joins");
+    assert!(x.participants_at_join.is_empty());
+    for client in [&a, &b, &c, &x] {
+        client.publish(PublishOptions::default()).await.expect("publish");
+    }
+    let clients = [&a, &b, &c];
+    for me in clients {
+        let others: HashSet<String> = clients
+            .iter()
+            .filter(|o| o.id != me.id)
+            .map(|o| o.id.clone())
+            .collect();
+        let received = me
+            .wait_received("two others' four tracks flowing", WAIT, |r| {
+                r.len() >= 4 && r.values().all(|t| t.packets >= 20)
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}; got {:?}", me.name, me.received().keys().collect::<Vec<_>>()));
+        assert_eq!(received.len(), 4, "{} receives exactly four tracks", me.name);
+        let streams: HashSet<String> = received.keys().map(|(s, _)| s.clone()).collect();
+        assert_eq!(streams, others, "{} receives from the other two only", me.name);
+        for ((stream, track), stats) in &received {
+            assert_eq!(stats.foreign_packets, 0, "{track}: payloads from the stream's own publisher");
+            assert_eq!(stats.publishers_seen, vec![stream.clone()]);
+            assert!(track.starts_with(stream.as_str()), "track id {track} belongs to {stream}");
+        }
+        let kinds: Vec<_> = received.values().map(|t| t.kind.clone()).collect();
+        assert_eq!(kinds.iter().filter(|k| *k == "video").count(), 2);
+        assert_eq!(kinds.iter().filter(|k| *k == "audio").count(), 2);
+    }
+    // Xavier's room has no one else: he receives nothing, and nobody receives him.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(x.received().is_empty(), "nothing crosses rooms");
+    for me in clients {
+        assert!(me.received().keys().all(|(s, _)| *s != x.id));
+    }
+    let m = server.metrics();
+    assert_eq!(m.rooms, 2);
+    assert_eq!(m.participants, 4);
+    assert_eq!(m.published_tracks, 8);
+    assert!(m.packets_out > 0 && m.bytes_out > 0);
+
+    for client in [a, b, c, x] {
+        client.leave().await;
+    }
+    wait_metrics(&server, "everything torn down", |m| {
+        m.rooms == 0
+            && m.participants == 0
+            && m.published_tracks == 0
+            && m.receivers == 0
+            && m.downtracks == 0
+            && m.peer_connections == 0
+            && m.websockets == 0
+    })
+    .await;
+    server.shutdown().await.expect("shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_triggers_a_keyframe_request_and_gets_existing_tracks() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let a = Client::join(&url, "late", "alice").await.expect("alice joins");
+    a.publish(PublishOptions::default()).await.expect("publish");
+    wait_metrics(&server, "alice's tracks published", |m| m.published_tracks == 2).await;
+    // Let the publisher's first keyframe pass; its keyframe interval is a minute.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let plis_before = a.publish_stats.plis_received.load(std::sync::atomic::Ordering::Relaxed);
+
+    let b = Client::join(&url, "late", "bob").await.expect("bob joins");
+    assert_eq!(b.participants_at_join.len(), 1);
+    assert_eq!(b.participants_at_join[0].id, a.id);
+    assert_eq!(b.participants_at_join[0].tracks.len(), 2);
+    let received = b
+        .wait_received("alice's video and audio", WAIT, |r| {
+            r.len() == 2 && r.values().all(|t| t.packets >= 10)
+        })
+        .await
+        .expect("bob receives alice");
+    assert!(received.keys().all(|(s, _)| *s == a.id));
+    let plis_after = a.publish_stats.plis_received.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(plis_after > plis_before, "the publisher was asked for a keyframe ({plis_before} -> {plis_after})");
+    assert!(server.metrics().plis_sent >= 1);
+    a.leave().await;
+    b.leave().await;
+    server.shutdown().await.expect("shutdown");
+}
