@@ -4,7 +4,7 @@
 //! fed by the Receiver, and its own writer task: awaiting the subscriber's peer connection
 //! happens here, where it can only slow this subscriber.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -32,6 +32,8 @@ pub struct DownTrack {
     pub ssrc: u32,
     /// Payload type negotiated on the subscriber's PC for the publisher's codec.
     payload_type: AtomicU8,
+    /// False until the subscriber's transport is up: SRTP cannot protect anything before.
+    transport_ready: AtomicBool,
     tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
@@ -75,6 +77,7 @@ impl DownTrack {
             local,
             ssrc,
             payload_type: AtomicU8::new(0),
+            transport_ready: AtomicBool::new(false),
             tasks: std::sync::Mutex::new(Vec::new()),
             metrics,
         });
@@ -130,6 +133,7 @@ impl DownTrack {
     /// Restarts on the next keyframe: after the subscriber's transport (re)connects, what was
     /// sent before may never have arrived.
     pub fn resync(&self) {
+        self.transport_ready.store(true, Ordering::Release);
         self.sink.request_resync();
         self.receiver.request_keyframe();
     }
@@ -154,6 +158,9 @@ impl DownTrack {
             rand::random(),
         );
         while let Some(shared) = rx.recv().await {
+            if !self.transport_ready.load(Ordering::Acquire) {
+                continue;
+            }
             if self.sink.take_resync() {
                 forwarder.restart();
             }

@@ -107,6 +107,7 @@ pub struct SubscriberPc {
     forwarded: HashMap<(String, String), Forwarded>,
     offer_outstanding: bool,
     needs_offer: bool,
+    connected: bool,
     queue_packets: usize,
     metrics: Arc<Metrics>,
 }
@@ -154,6 +155,7 @@ impl SubscriberPc {
             forwarded: HashMap::new(),
             offer_outstanding: false,
             needs_offer: true,
+            connected: false,
             queue_packets: settings.queue_packets,
             metrics,
         };
@@ -204,6 +206,7 @@ impl SubscriberPc {
                 }
             }
             SubscriberCommand::Connected => {
+                self.connected = true;
                 for f in self.forwarded.values() {
                     f.downtrack.resync();
                 }
@@ -239,6 +242,9 @@ impl SubscriberPc {
             }
         };
         downtrack.start(&sender, rx).await;
+        if self.connected {
+            downtrack.resync();
+        }
         self.forwarded.insert(key, Forwarded { downtrack, sender });
         self.needs_offer = true;
     }
