@@ -66,10 +66,18 @@ impl std::str::FromStr for PortRange {
         let (a, b) = s
             .split_once('-')
             .ok_or_else(|| format!("port range must be MIN-MAX (got {s:?})"))?;
-        let min: u16 = a.trim().parse().map_err(|e| format!("bad port {a:?}: {e}"))?;
-        let max: u16 = b.trim().parse().map_err(|e| format!("bad port {b:?}: {e}"))?;
+        let min: u16 = a
+            .trim()
+            .parse()
+            .map_err(|e| format!("bad port {a:?}: {e}"))?;
+        let max: u16 = b
+            .trim()
+            .parse()
+            .map_err(|e| format!("bad port {b:?}: {e}"))?;
         if min == 0 || min > max {
-            return Err(format!("port range must satisfy 0 < MIN <= MAX (got {s:?})"));
+            return Err(format!(
+                "port range must satisfy 0 < MIN <= MAX (got {s:?})"
+            ));
         }
         Ok(PortRange { min, max })
     }
@@ -108,7 +116,11 @@ pub struct Config {
 
     /// STUN/TURN servers handed to clients, repeatable or comma separated:
     /// `stun:host:3478` or `turn:host:3478|user:password`.
-    #[arg(long = "ice-server", env = "SWITCHBOARD_ICE_SERVERS", value_delimiter = ',')]
+    #[arg(
+        long = "ice-server",
+        env = "SWITCHBOARD_ICE_SERVERS",
+        value_delimiter = ','
+    )]
     pub ice_servers: Vec<IceServer>,
 
     /// TLS certificate (PEM). Required, with --tls-key, to listen on anything but loopback:

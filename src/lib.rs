@@ -79,13 +79,21 @@ impl Server {
 
     /// `ws://` or `wss://` URL of the signaling endpoint.
     pub fn ws_url(&self) -> String {
-        let scheme = if self.state.config.tls_cert.is_some() { "wss" } else { "ws" };
+        let scheme = if self.state.config.tls_cert.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         format!("{scheme}://{}/ws", self.addr)
     }
 
     /// `http://` or `https://` base URL.
     pub fn http_url(&self) -> String {
-        let scheme = if self.state.config.tls_cert.is_some() { "https" } else { "http" };
+        let scheme = if self.state.config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         format!("{scheme}://{}", self.addr)
     }
 

@@ -7,7 +7,11 @@ use tracing_subscriber::EnvFilter;
 use switchboard::{Config, Server};
 
 #[derive(Parser)]
-#[command(name = "switchboard", version, about = "A WebRTC selective forwarding unit")]
+#[command(
+    name = "switchboard",
+    version,
+    about = "A WebRTC selective forwarding unit"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

@@ -12,14 +12,23 @@ use switchboard::load::client::{Client, PublishOptions};
 async fn three_participants_each_receive_exactly_the_other_two() {
     let server = start_server().await;
     let url = server.ws_url();
-    let a = Client::join(&url, "conf", "alice").await.expect("alice joins");
+    let a = Client::join(&url, "conf", "alice")
+        .await
+        .expect("alice joins");
     let b = Client::join(&url, "conf", "bob").await.expect("bob joins");
-    let c = Client::join(&url, "conf", "carol").await.expect("carol joins");
+    let c = Client::join(&url, "conf", "carol")
+        .await
+        .expect("carol joins");
     // Someone in another room must not leak into this one, nor see it.
-    let x = Client::join(&url, "elsewhere", "xavier").await.expect("xavier joins");
+    let x = Client::join(&url, "elsewhere", "xavier")
+        .await
+        .expect("xavier joins");
     assert!(x.participants_at_join.is_empty());
     for client in [&a, &b, &c, &x] {
-        client.publish(PublishOptions::default()).await.expect("publish");
+        client
+            .publish(PublishOptions::default())
+            .await
+            .expect("publish");
     }
     let clients = [&a, &b, &c];
     for me in clients {
@@ -33,14 +42,35 @@ async fn three_participants_each_receive_exactly_the_other_two() {
                 r.len() >= 4 && r.values().all(|t| t.packets >= 20)
             })
             .await
-            .unwrap_or_else(|e| panic!("{}: {e}; got {:?}", me.name, me.received().keys().collect::<Vec<_>>()));
-        assert_eq!(received.len(), 4, "{} receives exactly four tracks", me.name);
+            .unwrap_or_else(|e| {
+                panic!(
+                    "{}: {e}; got {:?}",
+                    me.name,
+                    me.received().keys().collect::<Vec<_>>()
+                )
+            });
+        assert_eq!(
+            received.len(),
+            4,
+            "{} receives exactly four tracks",
+            me.name
+        );
         let streams: HashSet<String> = received.keys().map(|(s, _)| s.clone()).collect();
-        assert_eq!(streams, others, "{} receives from the other two only", me.name);
+        assert_eq!(
+            streams, others,
+            "{} receives from the other two only",
+            me.name
+        );
         for ((stream, track), stats) in &received {
-            assert_eq!(stats.foreign_packets, 0, "{track}: payloads from the stream's own publisher");
+            assert_eq!(
+                stats.foreign_packets, 0,
+                "{track}: payloads from the stream's own publisher"
+            );
             assert_eq!(stats.publishers_seen, vec![stream.clone()]);
-            assert!(track.starts_with(stream.as_str()), "track id {track} belongs to {stream}");
+            assert!(
+                track.starts_with(stream.as_str()),
+                "track id {track} belongs to {stream}"
+            );
         }
         let kinds: Vec<_> = received.values().map(|t| t.kind.clone()).collect();
         assert_eq!(kinds.iter().filter(|k| *k == "video").count(), 2);
@@ -78,12 +108,20 @@ async fn three_participants_each_receive_exactly_the_other_two() {
 async fn a_late_joiner_triggers_a_keyframe_request_and_gets_existing_tracks() {
     let server = start_server().await;
     let url = server.ws_url();
-    let a = Client::join(&url, "late", "alice").await.expect("alice joins");
+    let a = Client::join(&url, "late", "alice")
+        .await
+        .expect("alice joins");
     a.publish(PublishOptions::default()).await.expect("publish");
-    wait_metrics(&server, "alice's tracks published", |m| m.published_tracks == 2).await;
+    wait_metrics(&server, "alice's tracks published", |m| {
+        m.published_tracks == 2
+    })
+    .await;
     // Let the publisher's first keyframe pass; its keyframe interval is a minute.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let plis_before = a.publish_stats.plis_received.load(std::sync::atomic::Ordering::Relaxed);
+    let plis_before = a
+        .publish_stats
+        .plis_received
+        .load(std::sync::atomic::Ordering::Relaxed);
 
     let b = Client::join(&url, "late", "bob").await.expect("bob joins");
     assert_eq!(b.participants_at_join.len(), 1);
@@ -96,8 +134,14 @@ async fn a_late_joiner_triggers_a_keyframe_request_and_gets_existing_tracks() {
         .await
         .expect("bob receives alice");
     assert!(received.keys().all(|(s, _)| *s == a.id));
-    let plis_after = a.publish_stats.plis_received.load(std::sync::atomic::Ordering::Relaxed);
-    assert!(plis_after > plis_before, "the publisher was asked for a keyframe ({plis_before} -> {plis_after})");
+    let plis_after = a
+        .publish_stats
+        .plis_received
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        plis_after > plis_before,
+        "the publisher was asked for a keyframe ({plis_before} -> {plis_after})"
+    );
     assert!(server.metrics().plis_sent >= 1);
     a.leave().await;
     b.leave().await;

@@ -11,14 +11,20 @@ use switchboard::signal::protocol::{ErrorCode, ServerMessage};
 use switchboard::Config;
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn raw_socket(url: &str) -> Ws {
-    tokio_tungstenite::connect_async(url).await.expect("connect").0
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect")
+        .0
 }
 
 async fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text.to_string())).await.expect("send");
+    ws.send(Message::text(text.to_string()))
+        .await
+        .expect("send");
 }
 
 /// Next server JSON message, skipping pings.
@@ -75,10 +81,15 @@ async fn chat_reaches_the_others_with_the_server_set_sender_and_not_the_sender()
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(a.chat_received().is_empty(), "the sender is not echoed");
-    assert!(other_room.chat_received().is_empty(), "chat stays in its room");
+    assert!(
+        other_room.chat_received().is_empty(),
+        "chat stays in its room"
+    );
 
     // Malformed and oversized messages get an error on the channel and go nowhere.
-    a.chat_raw(&serde_json::json!({"text": "x".repeat(5000)}).to_string()).await.unwrap();
+    a.chat_raw(&serde_json::json!({"text": "x".repeat(5000)}).to_string())
+        .await
+        .unwrap();
     a.chat_raw(r#"{"txt":"typo"}"#).await.unwrap();
     wait_until(|| a.chat_errors().len() >= 2).await;
     for e in a.chat_errors() {
@@ -115,15 +126,26 @@ async fn leave_and_socket_drop_tell_the_others_and_free_everything() {
     }
     for client in [&a, &b, &c] {
         client
-            .wait_received("four tracks", WAIT, |r| r.len() == 4 && r.values().all(|t| t.packets > 5))
+            .wait_received("four tracks", WAIT, |r| {
+                r.len() == 4 && r.values().all(|t| t.packets > 5)
+            })
             .await
             .unwrap();
     }
     let (_, body) = get(&format!("{}/api/rooms", server.http_url())).await;
     let rooms: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(rooms["rooms"][0]["name"], "bye");
-    assert_eq!(rooms["rooms"][0]["participants"].as_array().unwrap().len(), 3);
-    assert_eq!(rooms["rooms"][0]["participants"][0]["tracks"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        rooms["rooms"][0]["participants"].as_array().unwrap().len(),
+        3
+    );
+    assert_eq!(
+        rooms["rooms"][0]["participants"][0]["tracks"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
 
     // Bob leaves politely.
     let bob_id = b.id.clone();
@@ -133,13 +155,19 @@ async fn leave_and_socket_drop_tell_the_others_and_free_everything() {
             .wait_for("track_unpublished", WAIT, |m| matches!(m, ServerMessage::TrackUnpublished { participant_id, .. } if *participant_id == bob_id))
             .await
             .unwrap();
-        assert!(matches!(unpublished, ServerMessage::TrackUnpublished { .. }));
+        assert!(matches!(
+            unpublished,
+            ServerMessage::TrackUnpublished { .. }
+        ));
         client
             .wait_for("participant_left", WAIT, |m| matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == bob_id))
             .await
             .unwrap();
     }
-    wait_metrics(&server, "bob's tracks gone", |m| m.participants == 2 && m.published_tracks == 4 && m.downtracks == 4).await;
+    wait_metrics(&server, "bob's tracks gone", |m| {
+        m.participants == 2 && m.published_tracks == 4 && m.downtracks == 4
+    })
+    .await;
 
     // Carol's tab dies: no leave, the socket just drops.
     let carol_id = c.id.clone();
@@ -147,24 +175,38 @@ async fn leave_and_socket_drop_tell_the_others_and_free_everything() {
     a.wait_for("participant_left for carol", WAIT, |m| matches!(m, ServerMessage::ParticipantLeft { participant_id } if *participant_id == carol_id))
         .await
         .unwrap();
-    wait_metrics(&server, "only alice left", |m| m.participants == 1 && m.published_tracks == 2 && m.downtracks == 0).await;
+    wait_metrics(&server, "only alice left", |m| {
+        m.participants == 1 && m.published_tracks == 2 && m.downtracks == 0
+    })
+    .await;
     // The streams alice receives stop: nothing of bob or carol still flows.
     let before = a.received();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = a.received();
     for (key, stats) in &after {
-        assert_eq!(stats.packets, before[key].packets, "{key:?} stopped flowing");
+        assert_eq!(
+            stats.packets, before[key].packets,
+            "{key:?} stopped flowing"
+        );
     }
 
     a.leave().await;
     wait_metrics(&server, "room gone and everything freed", |m| {
-        m.rooms == 0 && m.participants == 0 && m.published_tracks == 0 && m.receivers == 0
-            && m.downtracks == 0 && m.peer_connections == 0 && m.websockets == 0
+        m.rooms == 0
+            && m.participants == 0
+            && m.published_tracks == 0
+            && m.receivers == 0
+            && m.downtracks == 0
+            && m.peer_connections == 0
+            && m.websockets == 0
     })
     .await;
     let (status, body) = get(&format!("{}/api/rooms", server.http_url())).await;
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["rooms"], serde_json::json!([]));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["rooms"],
+        serde_json::json!([])
+    );
     let (_, metrics) = get(&format!("{}/metrics", server.http_url())).await;
     assert!(metrics.contains("switchboard_participants 0"));
     assert!(metrics.contains("switchboard_packets_out_total "));
@@ -178,18 +220,30 @@ async fn removing_a_track_renegotiates_it_away_from_the_others() {
     let a = Client::join(&url, "unpub", "alice").await.unwrap();
     let b = Client::join(&url, "unpub", "bob").await.unwrap();
     a.publish(PublishOptions::default()).await.unwrap();
-    b.wait_received("alice's two tracks", WAIT, |r| r.len() == 2 && r.values().all(|t| t.packets > 5))
-        .await
-        .unwrap();
+    b.wait_received("alice's two tracks", WAIT, |r| {
+        r.len() == 2 && r.values().all(|t| t.packets > 5)
+    })
+    .await
+    .unwrap();
     a.unpublish("video").await.unwrap();
     let video_id = format!("{}-video", a.id);
-    b.wait_for("track_unpublished", WAIT, |m| matches!(m, ServerMessage::TrackUnpublished { track_id, .. } if *track_id == video_id))
-        .await
-        .unwrap();
-    wait_metrics(&server, "one track left", |m| m.published_tracks == 1 && m.downtracks == 1).await;
+    b.wait_for(
+        "track_unpublished",
+        WAIT,
+        |m| matches!(m, ServerMessage::TrackUnpublished { track_id, .. } if *track_id == video_id),
+    )
+    .await
+    .unwrap();
+    wait_metrics(&server, "one track left", |m| {
+        m.published_tracks == 1 && m.downtracks == 1
+    })
+    .await;
     let audio_before = b.received()[&(a.id.clone(), format!("{}-audio", a.id))].packets;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(b.received()[&(a.id.clone(), format!("{}-audio", a.id))].packets > audio_before, "audio still flows");
+    assert!(
+        b.received()[&(a.id.clone(), format!("{}-audio", a.id))].packets > audio_before,
+        "audio still flows"
+    );
     a.leave().await;
     b.leave().await;
     server.shutdown().await.unwrap();
@@ -209,57 +263,127 @@ async fn every_error_a_client_can_provoke_leaves_the_connection_and_the_room_alo
     expect_error(&mut ws, r#"{"no_type":1}"#, "bad_request").await;
     let e = expect_error(&mut ws, r#"{"type":"dance"}"#, "unknown_type").await;
     assert_eq!(e["request_type"], "dance");
-    let e = expect_error(&mut ws, r#"{"type":"offer","pc":"publisher","sdp":"v=0"}"#, "not_joined").await;
+    let e = expect_error(
+        &mut ws,
+        r#"{"type":"offer","pc":"publisher","sdp":"v=0"}"#,
+        "not_joined",
+    )
+    .await;
     assert_eq!(e["request_type"], "offer");
-    expect_error(&mut ws, r#"{"type":"mute","track_id":"t","muted":true}"#, "not_joined").await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"mute","track_id":"t","muted":true}"#,
+        "not_joined",
+    )
+    .await;
     send(&mut ws, r#"{"type":"ping"}"#).await;
     assert_eq!(next_json(&mut ws).await["type"], "pong");
-    expect_error(&mut ws, r#"{"type":"join","room":"bad room!","name":"x"}"#, "invalid_room").await;
-    expect_error(&mut ws, r#"{"type":"join","room":"","name":"x"}"#, "invalid_room").await;
-    expect_error(&mut ws, r#"{"type":"join","room":"errs","name":"   "}"#, "invalid_name").await;
-    expect_error(&mut ws, &format!(r#"{{"type":"join","room":"errs","name":"{}"}}"#, "n".repeat(65)), "invalid_name").await;
-    expect_error(&mut ws, r#"{"type":"join","room":5,"name":"x"}"#, "bad_request").await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"join","room":"bad room!","name":"x"}"#,
+        "invalid_room",
+    )
+    .await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"join","room":"","name":"x"}"#,
+        "invalid_room",
+    )
+    .await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"join","room":"errs","name":"   "}"#,
+        "invalid_name",
+    )
+    .await;
+    expect_error(
+        &mut ws,
+        &format!(
+            r#"{{"type":"join","room":"errs","name":"{}"}}"#,
+            "n".repeat(65)
+        ),
+        "invalid_name",
+    )
+    .await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"join","room":5,"name":"x"}"#,
+        "bad_request",
+    )
+    .await;
     send(&mut ws, r#"{"type":"binary next"}"#).await;
     let _ = next_json(&mut ws).await;
     ws.send(Message::binary(vec![1u8, 2, 3])).await.unwrap();
     assert_eq!(next_json(&mut ws).await["code"], "bad_request");
 
     // Join, then misbehave.
-    send(&mut ws, r#"{"type":"join","room":"errs","name":"mallory","unknown_field":true}"#).await;
+    send(
+        &mut ws,
+        r#"{"type":"join","room":"errs","name":"mallory","unknown_field":true}"#,
+    )
+    .await;
     let joined = next_json(&mut ws).await;
     assert_eq!(joined["type"], "joined", "{joined}");
     assert_eq!(joined["participants"][0]["name"], "watcher");
     assert!(joined["ice_servers"].is_array());
-    let e = expect_error(&mut ws, r#"{"type":"join","room":"errs","name":"again"}"#, "already_joined").await;
+    let e = expect_error(
+        &mut ws,
+        r#"{"type":"join","room":"errs","name":"again"}"#,
+        "already_joined",
+    )
+    .await;
     assert_eq!(e["request_type"], "join");
     // The server's subscriber offer may come in between; skip it while expecting errors.
-    send(&mut ws, r#"{"type":"offer","pc":"publisher","sdp":"this is not SDP"}"#).await;
+    send(
+        &mut ws,
+        r#"{"type":"offer","pc":"publisher","sdp":"this is not SDP"}"#,
+    )
+    .await;
     let e = next_non_negotiation(&mut ws).await;
     assert_eq!(e["code"], "invalid_sdp", "{e}");
     send(&mut ws, r#"{"type":"offer","pc":"subscriber","sdp":"v=0"}"#).await;
     assert_eq!(next_non_negotiation(&mut ws).await["code"], "bad_request");
     send(&mut ws, r#"{"type":"mute","track_id":"nope","muted":true}"#).await;
     assert_eq!(next_non_negotiation(&mut ws).await["code"], "bad_request");
-    send(&mut ws, r#"{"type":"answer","pc":"subscriber","sdp":"garbage"}"#).await;
+    send(
+        &mut ws,
+        r#"{"type":"answer","pc":"subscriber","sdp":"garbage"}"#,
+    )
+    .await;
     assert_eq!(next_non_negotiation(&mut ws).await["code"], "invalid_sdp");
 
     // The room is full (two participants): a third is refused.
     let refused = Client::join(&url, "errs", "third").await;
-    assert!(matches!(refused, Err(switchboard::load::client::ClientError::Refused { ref code, .. }) if code == "room_full"), "{:?}", refused.err());
+    assert!(
+        matches!(refused, Err(switchboard::load::client::ClientError::Refused { ref code, .. }) if code == "room_full"),
+        "{:?}",
+        refused.err()
+    );
 
     // The watcher saw mallory join and nothing else went wrong for it.
     watcher
         .wait_for("participant_joined", WAIT, |m| matches!(m, ServerMessage::ParticipantJoined { participant } if participant.name == "mallory"))
         .await
         .unwrap();
-    assert!(watcher.drain_events().await.iter().all(|m| !matches!(m, ServerMessage::Error { .. })));
+    assert!(watcher
+        .drain_events()
+        .await
+        .iter()
+        .all(|m| !matches!(m, ServerMessage::Error { .. })));
 
     // Oversized frame: too_large, then close 1009.
-    send(&mut ws, &format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70 * 1024))).await;
+    send(
+        &mut ws,
+        &format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(70 * 1024)),
+    )
+    .await;
     let e = next_non_negotiation(&mut ws).await;
     assert_eq!(e["code"], "too_large");
     let close = loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
             Some(Ok(Message::Close(frame))) => break frame,
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
@@ -267,7 +391,9 @@ async fn every_error_a_client_can_provoke_leaves_the_connection_and_the_room_alo
     };
     assert_eq!(u16::from(close.expect("close frame").code), 1009);
     watcher
-        .wait_for("mallory leaves", WAIT, |m| matches!(m, ServerMessage::ParticipantLeft { .. }))
+        .wait_for("mallory leaves", WAIT, |m| {
+            matches!(m, ServerMessage::ParticipantLeft { .. })
+        })
         .await
         .unwrap();
     send_ping_pong(&watcher).await;
@@ -301,16 +427,26 @@ async fn auth_token_and_rate_limit() {
     let server = start_server_with(config).await;
     let url = server.ws_url();
     let mut ws = raw_socket(&url).await;
-    expect_error(&mut ws, r#"{"type":"join","room":"r","name":"x","token":"wrong"}"#, "unauthorized").await;
+    expect_error(
+        &mut ws,
+        r#"{"type":"join","room":"r","name":"x","token":"wrong"}"#,
+        "unauthorized",
+    )
+    .await;
     let close = loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("close in time") {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
             Some(Ok(Message::Close(frame))) => break frame,
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
     };
     assert_eq!(u16::from(close.expect("close frame").code), 4001);
-    let ok = Client::join_with_token(&url, "r", "x", Some("s3cret")).await.expect("right token joins");
+    let ok = Client::join_with_token(&url, "r", "x", Some("s3cret"))
+        .await
+        .expect("right token joins");
 
     // A burst over the rate gets rate_limited, and the socket stays usable.
     let mut ws = raw_socket(&url).await;
@@ -327,7 +463,10 @@ async fn auth_token_and_rate_limit() {
             _ => panic!("unexpected {v}"),
         }
     }
-    assert!(limited > 0 && pongs >= 10, "limited {limited}, pongs {pongs}");
+    assert!(
+        limited > 0 && pongs >= 10,
+        "limited {limited}, pongs {pongs}"
+    );
     tokio::time::sleep(Duration::from_millis(1500)).await;
     send(&mut ws, r#"{"type":"ping"}"#).await;
     assert_eq!(next_json(&mut ws).await["type"], "pong");
@@ -348,7 +487,9 @@ async fn a_silent_peer_is_dropped_and_counts_as_leave() {
     send(&mut ws, r#"{"type":"join","room":"idle","name":"sleeper"}"#).await;
     assert_eq!(next_json(&mut ws).await["type"], "joined");
     watcher
-        .wait_for("sleeper dropped", WAIT, |m| matches!(m, ServerMessage::ParticipantLeft { .. }))
+        .wait_for("sleeper dropped", WAIT, |m| {
+            matches!(m, ServerMessage::ParticipantLeft { .. })
+        })
         .await
         .unwrap();
     drop(ws);

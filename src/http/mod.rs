@@ -23,13 +23,22 @@ const STYLE_CSS: &str = include_str!("../../web/style.css");
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", get(|| async { static_file("text/html; charset=utf-8", INDEX_HTML) }))
-        .route("/app.js", get(|| async { static_file("text/javascript; charset=utf-8", APP_JS) }))
+        .route(
+            "/",
+            get(|| async { static_file("text/html; charset=utf-8", INDEX_HTML) }),
+        )
+        .route(
+            "/app.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", APP_JS) }),
+        )
         .route(
             "/signaling.js",
             get(|| async { static_file("text/javascript; charset=utf-8", SIGNALING_JS) }),
         )
-        .route("/style.css", get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }))
+        .route(
+            "/style.css",
+            get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }),
+        )
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -38,13 +47,24 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 fn static_file(content_type: &'static str, body: &'static str) -> Response {
-    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }
 
 async fn ws(State(state): State<Arc<AppState>>, upgrade: WebSocketUpgrade) -> Response {
     // A frame over our limit must still reach the session, which answers `too_large` and
     // closes with 1009; axum's own cap only guards against the absurd.
-    let cap = state.config.max_message_bytes.saturating_mul(4).max(1 << 20);
+    let cap = state
+        .config
+        .max_message_bytes
+        .saturating_mul(4)
+        .max(1 << 20);
     upgrade
         .max_message_size(cap)
         .max_frame_size(cap)

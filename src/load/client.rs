@@ -30,9 +30,7 @@ use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Sta
 use crate::metrics::Metrics;
 use crate::rtc::subscriber::{candidate_from_init, candidate_to_init};
 use crate::rtc::{is_keyframe_request, IceSettings, Pc, PcFactory};
-use crate::signal::protocol::{
-    ChatRelay, ParticipantState, PcKind, ServerMessage,
-};
+use crate::signal::protocol::{ChatRelay, ParticipantState, PcKind, ServerMessage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -95,7 +93,11 @@ impl RemoteTrackStats {
             None => seq + (1 << 16),
             Some(high) => {
                 let cycle = high & !0xffff;
-                let candidates = [cycle.wrapping_sub(1 << 16) | seq, cycle | seq, (cycle + (1 << 16)) | seq];
+                let candidates = [
+                    cycle.wrapping_sub(1 << 16) | seq,
+                    cycle | seq,
+                    (cycle + (1 << 16)) | seq,
+                ];
                 candidates
                     .into_iter()
                     .min_by_key(|c| c.abs_diff(high))
@@ -230,7 +232,9 @@ impl PeerConnectionEventHandler for SubscriberEvents {
         let clock_rate = track.codec(ssrc).await.map(|c| c.clock_rate).unwrap_or(0);
         let key = (stream_id.clone(), track_id.clone());
         {
-            let Ok(mut tracks) = self.shared.tracks.lock() else { return };
+            let Ok(mut tracks) = self.shared.tracks.lock() else {
+                return;
+            };
             tracks.insert(
                 key.clone(),
                 RemoteTrackStats {
@@ -271,7 +275,9 @@ impl PeerConnectionEventHandler for SubscriberEvents {
         tokio::spawn(async move {
             while let Some(event) = channel.poll().await {
                 if let DataChannelEvent::OnMessage(message) = event {
-                    let Ok(text) = std::str::from_utf8(&message.data) else { continue };
+                    let Ok(text) = std::str::from_utf8(&message.data) else {
+                        continue;
+                    };
                     if let Ok(relay) = serde_json::from_str::<ChatRelay>(text) {
                         if let Ok(mut chat) = shared.chat.lock() {
                             chat.push(relay);
@@ -448,7 +454,10 @@ impl Client {
                 sdp_fmtp_line: "minptime=10;useinbandfec=1".into(),
                 rtcp_feedback: vec![],
             };
-            senders.push(self.add_local_track(&pc, "audio", RtpCodecKind::Audio, codec).await?);
+            senders.push(
+                self.add_local_track(&pc, "audio", RtpCodecKind::Audio, codec)
+                    .await?,
+            );
         }
         if options.video {
             let codec = RTCRtpCodec {
@@ -458,7 +467,10 @@ impl Client {
                 sdp_fmtp_line: String::new(),
                 rtcp_feedback: vec![],
             };
-            senders.push(self.add_local_track(&pc, "video", RtpCodecKind::Video, codec).await?);
+            senders.push(
+                self.add_local_track(&pc, "video", RtpCodecKind::Video, codec)
+                    .await?,
+            );
         }
         let offer = pc
             .create_offer(None)
@@ -627,7 +639,11 @@ impl Client {
     }
 
     pub fn chat_received(&self) -> Vec<ChatRelay> {
-        self.shared.chat.lock().map(|c| c.clone()).unwrap_or_default()
+        self.shared
+            .chat
+            .lock()
+            .map(|c| c.clone())
+            .unwrap_or_default()
     }
 
     pub fn chat_errors(&self) -> Vec<String> {
@@ -652,9 +668,12 @@ impl Client {
                 task.abort();
             }
         }
-        for pc in [self.subscriber.lock().await.take(), self.publisher.lock().await.take()]
-            .into_iter()
-            .flatten()
+        for pc in [
+            self.subscriber.lock().await.take(),
+            self.publisher.lock().await.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = pc.close().await;
         }
@@ -704,11 +723,15 @@ async fn read_loop(
                 }
                 let Some(pc) = slot.clone() else { continue };
                 drop(slot);
-                let Ok(offer) = RTCSessionDescription::offer(sdp) else { continue };
+                let Ok(offer) = RTCSessionDescription::offer(sdp) else {
+                    continue;
+                };
                 if pc.set_remote_description(offer).await.is_err() {
                     continue;
                 }
-                let Ok(answer) = pc.create_answer(None).await else { continue };
+                let Ok(answer) = pc.create_answer(None).await else {
+                    continue;
+                };
                 let sdp = answer.sdp.clone();
                 if pc.set_local_description(answer).await.is_err() {
                     continue;
@@ -791,7 +814,11 @@ async fn send_video(
             stats.keyframes.fetch_add(1, Ordering::Relaxed);
         }
         // Keyframes are bigger, as real ones are.
-        let size = if keyframe { frame_bytes * 3 } else { frame_bytes };
+        let size = if keyframe {
+            frame_bytes * 3
+        } else {
+            frame_bytes
+        };
         let packets = size.div_ceil(MAX_PAYLOAD).max(1);
         for i in 0..packets {
             payload.clear();

@@ -114,19 +114,22 @@ impl DownTrack {
         };
         let wanted = &self.receiver.meta.codec;
         let found = params.rtp_parameters.codecs.iter().find(|c| {
-            c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type)
+            c.rtp_codec
+                .mime_type
+                .eq_ignore_ascii_case(&wanted.mime_type)
                 && (wanted.sdp_fmtp_line.is_empty()
                     || c.rtp_codec.sdp_fmtp_line == wanted.sdp_fmtp_line)
         });
         let found = found.or_else(|| {
-            params
-                .rtp_parameters
-                .codecs
-                .iter()
-                .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&wanted.mime_type))
+            params.rtp_parameters.codecs.iter().find(|c| {
+                c.rtp_codec
+                    .mime_type
+                    .eq_ignore_ascii_case(&wanted.mime_type)
+            })
         });
         if let Some(codec) = found {
-            self.payload_type.store(codec.payload_type, Ordering::Release);
+            self.payload_type
+                .store(codec.payload_type, Ordering::Release);
         }
     }
 
@@ -208,10 +211,7 @@ impl DownTrack {
             let TrackLocalEvent::OnRtcpPacket(packets) = event else {
                 continue;
             };
-            if packets
-                .iter()
-                .any(|p| is_keyframe_request(p.as_ref()))
-            {
+            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
                 Metrics::add(&self.metrics.keyframe_requests_received, 1);
                 self.receiver.request_keyframe();
             }

@@ -206,7 +206,10 @@ mod tests {
         );
         let t1 = t0 + Duration::from_millis(100);
         let after = fwd(f.decide(1, 151, 93_000, true, t1));
-        assert_eq!(after.sequence_number, before.sequence_number.wrapping_add(1));
+        assert_eq!(
+            after.sequence_number,
+            before.sequence_number.wrapping_add(1)
+        );
         // 100 ms at 90 kHz.
         assert_eq!(after.timestamp.wrapping_sub(before.timestamp), 9_000);
     }

@@ -143,8 +143,10 @@ mod tests {
         assert!(h264_is_keyframe(&[0x65, 0x88])); // IDR
         assert!(h264_is_keyframe(&[0x67, 0x42])); // SPS
         assert!(!h264_is_keyframe(&[0x41, 0x9a])); // non-IDR slice
-        // STAP-A holding SPS then PPS.
-        assert!(h264_is_keyframe(&[0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68]));
+                                                   // STAP-A holding SPS then PPS.
+        assert!(h264_is_keyframe(&[
+            0x78, 0x00, 0x02, 0x67, 0x42, 0x00, 0x01, 0x68
+        ]));
         // FU-A starting an IDR, and a middle fragment of one.
         assert!(h264_is_keyframe(&[0x7c, 0x85, 0x00]));
         assert!(!h264_is_keyframe(&[0x7c, 0x05, 0x00]));

@@ -38,7 +38,10 @@ pub struct DownTrackSink {
 }
 
 impl DownTrackSink {
-    pub fn new(subscriber_id: String, capacity: usize) -> (Arc<Self>, mpsc::Receiver<Arc<ForwardedPacket>>) {
+    pub fn new(
+        subscriber_id: String,
+        capacity: usize,
+    ) -> (Arc<Self>, mpsc::Receiver<Arc<ForwardedPacket>>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let sink = Arc::new(DownTrackSink {
             subscriber_id,
@@ -190,8 +193,7 @@ impl Receiver {
     pub fn fan_out(&self, mut packet: rtp::Packet) {
         Metrics::add(&self.metrics.packets_in, 1);
         Metrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
-        self.media_ssrc
-            .store(packet.header.ssrc, Ordering::Relaxed);
+        self.media_ssrc.store(packet.header.ssrc, Ordering::Relaxed);
         // Extension ids are negotiated per peer connection: the publisher's mean nothing to
         // a subscriber. The subscriber's interceptors add their own (transport-cc).
         packet.header.extension = false;

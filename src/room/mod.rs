@@ -143,7 +143,10 @@ impl Room {
             if state.participants.len() >= self.max_participants {
                 return Err(Refusal::new(
                     ErrorCode::RoomFull,
-                    format!("room {} is full ({} participants)", self.name, self.max_participants),
+                    format!(
+                        "room {} is full ({} participants)",
+                        self.name, self.max_participants
+                    ),
                 ));
             }
             let snapshot: Vec<ParticipantState> = state
@@ -225,12 +228,22 @@ impl Room {
         let others = {
             let mut state = self.state();
             if !state.participants.iter().any(|p| p.id == publisher_id) {
-                return Err(Refusal::new(ErrorCode::NotJoined, "publisher left the room"));
+                return Err(Refusal::new(
+                    ErrorCode::NotJoined,
+                    "publisher left the room",
+                ));
             }
-            if state.tracks.iter().any(|t| t.track_id() == track.track_id()) {
+            if state
+                .tracks
+                .iter()
+                .any(|t| t.track_id() == track.track_id())
+            {
                 return Err(Refusal::new(
                     ErrorCode::BadRequest,
-                    format!("track id {:?} is already published in this room", track.track_id()),
+                    format!(
+                        "track id {:?} is already published in this room",
+                        track.track_id()
+                    ),
                 ));
             }
             let own = state

@@ -82,7 +82,11 @@ impl PcFactory {
             .with_include_loopback_candidate(self.ice.bind_ip.is_loopback());
         if !self.ice.public_ips.is_empty() {
             builder = builder.with_nat_1to1_ips(
-                self.ice.public_ips.iter().map(|ip| ip.to_string()).collect(),
+                self.ice
+                    .public_ips
+                    .iter()
+                    .map(|ip| ip.to_string())
+                    .collect(),
                 RTCIceCandidateType::Host,
             );
         }

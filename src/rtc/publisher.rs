@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 use tracing::{debug, warn};
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
 };
-use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
 
 use crate::media::receiver::{Receiver, TrackMeta};
 use crate::metrics::Metrics;

@@ -137,7 +137,8 @@ impl SubscriberPc {
             .await
             .map_err(|e| crate::Error::Rtc(format!("creating the chat channel: {e}")))?;
         participant.set_chat_channel(Some(chat_channel.clone()));
-        let span = tracing::info_span!("subscriber", room = %room.name, participant = %participant.id);
+        let span =
+            tracing::info_span!("subscriber", room = %room.name, participant = %participant.id);
         tokio::spawn(
             chat::serve(
                 chat_channel,
@@ -199,7 +200,10 @@ impl SubscriberPc {
             SubscriberCommand::Answer(sdp) => self.answer(sdp).await,
             SubscriberCommand::Candidate(candidate) => {
                 if let Some(candidate) = candidate {
-                    if let Err(e) = self.pc.add_ice_candidate(candidate_to_init(candidate)).await
+                    if let Err(e) = self
+                        .pc
+                        .add_ice_candidate(candidate_to_init(candidate))
+                        .await
                     {
                         debug!(error = %e, "ignoring a subscriber candidate");
                     }

@@ -257,8 +257,8 @@ mod tests {
                 token: None
             }
         );
-        let m = decode_client(r#"{"type":"candidate","pc":"subscriber","candidate":null}"#)
-            .unwrap();
+        let m =
+            decode_client(r#"{"type":"candidate","pc":"subscriber","candidate":null}"#).unwrap();
         assert_eq!(
             m,
             ClientMessage::Candidate {
@@ -282,8 +282,14 @@ mod tests {
 
     #[test]
     fn classifies_bad_frames() {
-        assert_eq!(decode_client("{nope").unwrap_err().code, ErrorCode::BadRequest);
-        assert_eq!(decode_client("[1,2]").unwrap_err().code, ErrorCode::BadRequest);
+        assert_eq!(
+            decode_client("{nope").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            decode_client("[1,2]").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
         assert_eq!(
             decode_client(r#"{"type":3}"#).unwrap_err().code,
             ErrorCode::BadRequest

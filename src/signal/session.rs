@@ -16,7 +16,9 @@ use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::room::{Participant, Room};
 use crate::rtc::publisher::{media_sections, offer_error, PublisherEvents};
-use crate::rtc::subscriber::{candidate_to_init, SubscriberCommand, SubscriberPc, SubscriberSettings};
+use crate::rtc::subscriber::{
+    candidate_to_init, SubscriberCommand, SubscriberPc, SubscriberSettings,
+};
 use crate::rtc::Pc;
 use crate::signal::protocol::{
     decode_client, Candidate, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
@@ -60,7 +62,12 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     let (sink, mut stream) = socket.split();
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
     let (close_tx, close_rx) = oneshot::channel::<(u16, &'static str)>();
-    let writer = tokio::spawn(write_loop(sink, outbox_rx, close_rx, state.config.ping_interval));
+    let writer = tokio::spawn(write_loop(
+        sink,
+        outbox_rx,
+        close_rx,
+        state.config.ping_interval,
+    ));
 
     let mut session = Session {
         bucket: TokenBucket::new(state.config.message_rate_per_sec),
@@ -312,8 +319,7 @@ impl Session {
         let Some(name) = normalize_name(&name) else {
             self.error(
                 ErrorCode::InvalidName,
-                "name must be 1 to 64 characters after trimming, with no control characters"
-                    .into(),
+                "name must be 1 to 64 characters after trimming, with no control characters".into(),
                 request_type,
             );
             return Flow::Continue;
@@ -337,11 +343,13 @@ impl Session {
         let joined = self
             .state
             .registry
-            .join(&room, &participant, move |participants| ServerMessage::Joined {
-                room: room_name,
-                participant: me,
-                participants,
-                ice_servers,
+            .join(&room, &participant, move |participants| {
+                ServerMessage::Joined {
+                    room: room_name,
+                    participant: me,
+                    participants,
+                    ice_servers,
+                }
             });
         let room = match joined {
             Ok(room) => room,
@@ -352,7 +360,8 @@ impl Session {
         };
         Metrics::add(&self.state.metrics.joins, 1);
         info!(room = %room.name, participant = %participant.id, name = %participant.name, "joined");
-        let span = tracing::info_span!("participant", room = %room.name, participant = %participant.id);
+        let span =
+            tracing::info_span!("participant", room = %room.name, participant = %participant.id);
         let settings = SubscriberSettings {
             queue_packets: self.state.config.downtrack_queue_packets,
             max_chat_bytes: self.state.config.max_chat_bytes,
@@ -375,7 +384,11 @@ impl Session {
             publisher: None,
         });
         if let Err(e) = started {
-            self.error(ErrorCode::Internal, format!("cannot start media: {e}"), Some("join".into()));
+            self.error(
+                ErrorCode::Internal,
+                format!("cannot start media: {e}"),
+                Some("join".into()),
+            );
             return Flow::Close(CLOSE_NORMAL, "internal error");
         }
         Flow::Continue
@@ -426,7 +439,10 @@ impl Session {
                         pc
                     }
                     Err(e) => {
-                        self.send_offer_error(ErrorCode::Internal, format!("cannot create the publisher PC: {e}"));
+                        self.send_offer_error(
+                            ErrorCode::Internal,
+                            format!("cannot create the publisher PC: {e}"),
+                        );
                         return;
                     }
                 }
@@ -439,7 +455,10 @@ impl Session {
         let answer = match pc.create_answer(None).await {
             Ok(answer) => answer,
             Err(e) => {
-                self.send_offer_error(ErrorCode::InvalidSdp, format!("cannot answer this offer: {e}"));
+                self.send_offer_error(
+                    ErrorCode::InvalidSdp,
+                    format!("cannot answer this offer: {e}"),
+                );
                 return;
             }
         };

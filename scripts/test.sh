@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Every test of the project, from a fresh machine: formatting, lints, unit and integration
+# tests (real server, real WebRTC peers on loopback).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo is required (https://rustup.rs)" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --all-targets --locked
