@@ -236,7 +236,7 @@ function localTrack(kind) {
 function updateLocalControls() {
   const mic = localTrack('audio');
   const cam = localTrack('video');
-  for (const [btn, track, on, off] of [[$('mic-btn'), mic, '🎙 Mic', '🔇 Muted'], [$('cam-btn'), cam, '📷 Camera', '🚫 Camera off']]) {
+  for (const [btn, track, on, off] of [[$('mic-btn'), mic, 'Mute mic', 'Unmute mic'], [$('cam-btn'), cam, 'Camera off', 'Camera on']]) {
     btn.disabled = !track;
     const muted = !track || !track.enabled;
     btn.setAttribute('aria-pressed', String(Boolean(track) && muted));

@@ -39,6 +39,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/style.css",
             get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }),
         )
+        // No icon: answer quietly instead of a 404 in every browser console.
+        .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
