@@ -13,3 +13,6 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+
+# The web client in a real browser (installs Chromium and playwright-core when missing).
+./scripts/browser-test.sh
