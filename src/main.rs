@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Run the server (the default).
     Serve(Config),
+    /// Load-test a running server with simulated publishers and subscribers.
+    Load(switchboard::load::LoadConfig),
 }
 
 #[tokio::main]
@@ -36,6 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = match cli.command {
         Some(Command::Serve(config)) => config,
+        Some(Command::Load(load)) => return run_load(load).await,
         None => cli.serve,
     };
     let server = Server::start(config).await.context("starting the server")?;
@@ -46,6 +49,20 @@ async fn main() -> anyhow::Result<()> {
         _ = shutdown => {}
     }
     server.shutdown().await.context("shutting down")?;
+    Ok(())
+}
+
+async fn run_load(config: switchboard::load::LoadConfig) -> anyhow::Result<()> {
+    let json = config.json.clone();
+    let report = switchboard::load::run(config).await?;
+    print!("{}", report.table());
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !report.passed() {
+        std::process::exit(2);
+    }
     Ok(())
 }
 

@@ -145,6 +145,9 @@ pub struct PublishOptions {
     pub frame_rate: u32,
     /// A keyframe every this long (and on every PLI).
     pub keyframe_interval: Duration,
+    /// Send this real VP8 clip instead of synthetic frames (loops; PLI skips to the next
+    /// keyframe). Its packets carry no stamp, so latency is not measured on them.
+    pub clip: Option<Arc<crate::load::clip::Clip>>,
 }
 
 impl Default for PublishOptions {
@@ -155,6 +158,7 @@ impl Default for PublishOptions {
             video_bitrate_bps: 300_000,
             frame_rate: 30,
             keyframe_interval: Duration::from_secs(60),
+            clip: None,
         }
     }
 }
@@ -175,6 +179,8 @@ struct Shared {
     chat_errors: Mutex<Vec<String>>,
     chat_channel: Mutex<Option<Arc<dyn DataChannel>>>,
     subscriber_connected: AtomicBool,
+    /// Set when the signaling socket closed under us (the server went away, say).
+    signaling_closed: AtomicBool,
 }
 
 pub struct Client {
@@ -183,6 +189,8 @@ pub struct Client {
     pub room: String,
     pub participants_at_join: Vec<ParticipantState>,
     pub join_time: Duration,
+    /// When the socket was opened: join time to first media is measured from here.
+    pub started_at: Instant,
     outgoing: mpsc::UnboundedSender<String>,
     events: AsyncMutex<mpsc::UnboundedReceiver<ServerMessage>>,
     shared: Arc<Shared>,
@@ -191,6 +199,7 @@ pub struct Client {
     publisher: Arc<AsyncMutex<Option<Pc>>>,
     pub publish_stats: Arc<PublishStats>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    media_tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
 struct SubscriberEvents {
@@ -383,6 +392,7 @@ impl Client {
             room,
             participants_at_join: participants,
             join_time: started.elapsed(),
+            started_at: started,
             outgoing,
             events: AsyncMutex::new(events),
             shared,
@@ -391,6 +401,7 @@ impl Client {
             publisher,
             publish_stats: Arc::new(PublishStats::default()),
             tasks: Mutex::new(vec![writer, reader]),
+            media_tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -496,12 +507,15 @@ impl Client {
             let options = options.clone();
             let task = tokio::spawn(async move {
                 if kind == RtpCodecKind::Video {
-                    send_video(track, ssrc, payload_type, id, options, stats).await
+                    match options.clip.clone() {
+                        Some(clip) => send_clip(track, ssrc, payload_type, clip, stats).await,
+                        None => send_video(track, ssrc, payload_type, id, options, stats).await,
+                    }
                 } else {
                     send_audio(track, ssrc, payload_type, id, stats).await
                 }
             });
-            if let Ok(mut tasks) = self.tasks.lock() {
+            if let Ok(mut tasks) = self.media_tasks.lock() {
                 tasks.push(task);
             }
         }
@@ -612,6 +626,20 @@ impl Client {
         }
     }
 
+    /// True once the server closed the signaling socket.
+    pub fn signaling_closed(&self) -> bool {
+        self.shared.signaling_closed.load(Ordering::Acquire)
+    }
+
+    /// Stops sending media; the peer connections stay up.
+    pub fn stop_publishing(&self) {
+        if let Ok(mut tasks) = self.media_tasks.lock() {
+            for task in tasks.drain(..) {
+                task.abort();
+            }
+        }
+    }
+
     pub fn subscriber_connected(&self) -> bool {
         self.shared.subscriber_connected.load(Ordering::Acquire)
     }
@@ -663,6 +691,7 @@ impl Client {
 
     /// Drops the socket and the PCs without a word, like a closed browser tab.
     pub async fn close(self) {
+        self.stop_publishing();
         if let Ok(mut tasks) = self.tasks.lock() {
             for task in tasks.drain(..) {
                 task.abort();
@@ -766,6 +795,7 @@ async fn read_loop(
             }
         }
     }
+    shared.signaling_closed.store(true, Ordering::Release);
 }
 
 /// Paces VP8-like frames at the configured bitrate and frame rate, split into packets of
@@ -779,22 +809,7 @@ async fn send_video(
     stats: Arc<PublishStats>,
 ) {
     const MAX_PAYLOAD: usize = 1100;
-    let keyframe_wanted = Arc::new(AtomicBool::new(true));
-    let feedback = {
-        let track = track.clone();
-        let wanted = keyframe_wanted.clone();
-        let stats = stats.clone();
-        tokio::spawn(async move {
-            while let Some(event) = track.poll().await {
-                if let TrackLocalEvent::OnRtcpPacket(packets) = event {
-                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
-                        stats.plis_received.fetch_add(1, Ordering::Relaxed);
-                        wanted.store(true, Ordering::Release);
-                    }
-                }
-            }
-        })
-    };
+    let (keyframe_wanted, feedback) = watch_keyframe_requests(&track, &stats);
     let frame_rate = options.frame_rate.max(1);
     let frame_bytes = (options.video_bitrate_bps / 8 / frame_rate).max(200) as usize;
     let ts_step = 90_000 / frame_rate;
@@ -850,6 +865,92 @@ async fn send_video(
         }
         timestamp = timestamp.wrapping_add(ts_step);
     }
+}
+
+/// Watches a sent track's RTCP for keyframe requests.
+fn watch_keyframe_requests(
+    track: &Arc<TrackLocalStaticRTP>,
+    stats: &Arc<PublishStats>,
+) -> (Arc<AtomicBool>, JoinHandle<()>) {
+    let wanted = Arc::new(AtomicBool::new(true));
+    let task = {
+        let track = track.clone();
+        let wanted = wanted.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        stats.plis_received.fetch_add(1, Ordering::Relaxed);
+                        wanted.store(true, Ordering::Release);
+                    }
+                }
+            }
+        })
+    };
+    (wanted, task)
+}
+
+/// Sends a real VP8 clip at its frame rate, looping; a keyframe request skips ahead to the
+/// clip's next keyframe.
+async fn send_clip(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    clip: Arc<crate::load::clip::Clip>,
+    stats: Arc<PublishStats>,
+) {
+    use rtp::packetizer::Payloader;
+    const MTU: usize = 1100;
+    let (keyframe_wanted, feedback) = watch_keyframe_requests(&track, &stats);
+    let mut payloader = rtp::codec::vp8::Vp8Payloader::default();
+    payloader.enable_picture_id = true;
+    let frame_rate = clip.frame_rate.max(1);
+    let ts_step = 90_000 / frame_rate;
+    let mut interval = tokio::time::interval(Duration::from_secs(1) / frame_rate);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut seq: u16 = rand::random();
+    let mut timestamp: u32 = rand::random();
+    let mut index = 0usize;
+    loop {
+        interval.tick().await;
+        if keyframe_wanted.swap(false, Ordering::AcqRel) {
+            index = clip.next_keyframe(index);
+        }
+        let Some(frame) = clip.frames.get(index) else {
+            break;
+        };
+        if frame.keyframe {
+            stats.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(payloads) = payloader.payload(MTU, &frame.data) else {
+            break;
+        };
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = rtp::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: i + 1 == count,
+                    payload_type,
+                    sequence_number: seq,
+                    timestamp,
+                    ssrc,
+                    ..Default::default()
+                },
+                payload,
+            };
+            seq = seq.wrapping_add(1);
+            if track.write_rtp(packet).await.is_err() {
+                feedback.abort();
+                return;
+            }
+            stats.video_packets.fetch_add(1, Ordering::Relaxed);
+        }
+        timestamp = timestamp.wrapping_add(ts_step);
+        index = (index + 1) % clip.frames.len();
+    }
+    feedback.abort();
 }
 
 /// One Opus-sized packet every 20 ms.

@@ -1,4 +1,9 @@
 //! The load tester and the protocol client the tests use: one client, two users.
 
 pub mod client;
+pub mod clip;
 pub mod payload;
+pub mod report;
+pub mod run;
+
+pub use run::{run, LoadConfig};

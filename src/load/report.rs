@@ -1,0 +1,373 @@
+//! The load test's report: a table a person reads at a glance, and JSON with every figure.
+
+use std::fmt::Write;
+
+use serde::{Deserialize, Serialize};
+
+use crate::load::run::LoadConfig;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LatencySummary {
+    pub samples: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+impl LatencySummary {
+    pub fn from_histogram(h: &hdrhistogram::Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return LatencySummary::default();
+        }
+        let ms = |us: u64| Some(us as f64 / 1000.0);
+        LatencySummary {
+            samples: h.len(),
+            p50_ms: ms(h.value_at_quantile(0.50)),
+            p95_ms: ms(h.value_at_quantile(0.95)),
+            p99_ms: ms(h.value_at_quantile(0.99)),
+            max_ms: ms(h.max()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ParticipantReport {
+    pub name: String,
+    pub room: String,
+    pub id: String,
+    pub publishes: bool,
+    /// Socket open to first media packet received.
+    pub join_ms: Option<f64>,
+    pub tracks_received: u64,
+    pub packets_received: u64,
+    pub bytes_received: u64,
+    pub packets_lost: u64,
+    pub loss_percent: f64,
+    pub jitter_ms: f64,
+    pub latency: LatencySummary,
+    pub packets_sent: u64,
+    pub keyframe_requests_received: u64,
+}
+
+/// CPU time and resident memory of one process, from `/proc`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct ProcessSample {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    #[serde(skip)]
+    pub at: Option<std::time::Instant>,
+}
+
+impl ProcessSample {
+    pub fn of_pid(pid: u32) -> Option<Self> {
+        Self::read(&format!("/proc/{pid}"))
+    }
+
+    pub fn of_self() -> Option<Self> {
+        Self::read("/proc/self")
+    }
+
+    fn read(dir: &str) -> Option<Self> {
+        let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        // USER_HZ is 100 on every Linux this runs on.
+        let cpu_seconds = (utime + stime) / 100.0;
+        let status = std::fs::read_to_string(format!("{dir}/status")).ok()?;
+        let rss_kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()?;
+        Some(ProcessSample {
+            cpu_seconds,
+            rss_bytes: rss_kb * 1024,
+            at: Some(std::time::Instant::now()),
+        })
+    }
+
+    pub fn cpu_seconds_between(before: Option<Self>, after: Option<Self>) -> Option<f64> {
+        Some(after?.cpu_seconds - before?.cpu_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ServerReport {
+    /// Packets the server forwarded during the run (from its `/metrics`).
+    pub packets_forwarded: Option<u64>,
+    pub packets_forwarded_per_second: Option<f64>,
+    /// With `--pid`: the server's CPU use over the run, in percent of one core.
+    pub cpu_percent: Option<f64>,
+    /// With `--pid`: CPU time per forwarded packet.
+    pub cpu_us_per_forwarded_packet: Option<f64>,
+    pub rss_bytes_before: Option<u64>,
+    pub rss_bytes_after: Option<u64>,
+    /// Resident memory added per connected participant.
+    pub rss_bytes_per_participant: Option<f64>,
+}
+
+impl ServerReport {
+    pub fn from_samples(
+        before: Option<ProcessSample>,
+        after: Option<ProcessSample>,
+        forwarded: Option<u64>,
+        media_seconds: f64,
+        participants: usize,
+    ) -> Self {
+        let cpu = ProcessSample::cpu_seconds_between(before, after);
+        let elapsed = match (before.and_then(|b| b.at), after.and_then(|a| a.at)) {
+            (Some(b), Some(a)) => Some(a.duration_since(b).as_secs_f64()),
+            _ => None,
+        };
+        ServerReport {
+            packets_forwarded: forwarded,
+            packets_forwarded_per_second: forwarded.map(|f| f as f64 / media_seconds.max(0.001)),
+            cpu_percent: cpu.zip(elapsed).map(|(c, e)| c / e.max(0.001) * 100.0),
+            cpu_us_per_forwarded_packet: cpu
+                .zip(forwarded)
+                .filter(|(_, f)| *f > 0)
+                .map(|(c, f)| c * 1e6 / f as f64),
+            rss_bytes_before: before.map(|b| b.rss_bytes),
+            rss_bytes_after: after.map(|a| a.rss_bytes),
+            rss_bytes_per_participant: before
+                .zip(after)
+                .filter(|_| participants > 0)
+                .map(|(b, a)| (a.rss_bytes as f64 - b.rss_bytes as f64) / participants as f64),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Shape {
+    pub url: String,
+    pub rooms: usize,
+    pub publishers_per_room: usize,
+    pub subscribers_per_room: usize,
+    pub duration_seconds: f64,
+    pub ramp_per_second: f64,
+    pub video: bool,
+    pub audio: bool,
+    pub video_bitrate_bps: u32,
+    pub frame_rate: u32,
+    pub clip: Option<String>,
+}
+
+impl From<&LoadConfig> for Shape {
+    fn from(c: &LoadConfig) -> Self {
+        Shape {
+            url: c.url.clone(),
+            rooms: c.rooms,
+            publishers_per_room: c.publishers,
+            subscribers_per_room: c.subscribers,
+            duration_seconds: c.duration,
+            ramp_per_second: c.ramp,
+            video: !c.no_video,
+            audio: !c.no_audio,
+            video_bitrate_bps: c.video_bitrate,
+            frame_rate: c.frame_rate,
+            clip: c.clip.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Thresholds {
+    pub max_loss_percent: Option<f64>,
+    pub max_p99_ms: Option<f64>,
+    pub max_failures: usize,
+    /// Why the run failed its thresholds; empty when it passed.
+    pub violations: Vec<String>,
+}
+
+impl Thresholds {
+    pub fn check(config: &LoadConfig, report: &Report) -> Self {
+        let mut violations = Vec::new();
+        if let Some(max) = config.max_loss_percent {
+            if report.loss_percent > max {
+                violations.push(format!("loss {:.3}% > {max}%", report.loss_percent));
+            }
+        }
+        if let Some(max) = config.max_p99_ms {
+            match report.latency.p99_ms {
+                Some(p99) if p99 > max => {
+                    violations.push(format!("latency p99 {p99:.1} ms > {max} ms"))
+                }
+                None if report.latency.samples == 0 && config.clip.is_none() => {
+                    violations.push("no latency samples".into())
+                }
+                _ => {}
+            }
+        }
+        if report.failures.len() > config.max_failures {
+            violations.push(format!(
+                "{} failures > {} allowed",
+                report.failures.len(),
+                config.max_failures
+            ));
+        }
+        Thresholds {
+            max_loss_percent: config.max_loss_percent,
+            max_p99_ms: config.max_p99_ms,
+            max_failures: config.max_failures,
+            violations,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    pub shape: Shape,
+    pub wall_seconds: f64,
+    pub media_seconds: f64,
+    pub participants_planned: usize,
+    pub participants_connected: usize,
+    /// Participants that failed to join or were dropped, with the reason.
+    pub failures: Vec<String>,
+    pub packets_sent: u64,
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub loss_percent: f64,
+    pub receive_bitrate_bps: f64,
+    pub jitter_ms_max: f64,
+    pub latency: LatencySummary,
+    pub join_ms_p50: Option<f64>,
+    pub join_ms_max: Option<f64>,
+    pub keyframe_requests: u64,
+    pub server: ServerReport,
+    pub tester_cpu_seconds: Option<f64>,
+    pub tester_cpu_percent_per_participant: Option<f64>,
+    pub participants: Vec<ParticipantReport>,
+    pub thresholds: Thresholds,
+}
+
+impl Report {
+    pub fn passed(&self) -> bool {
+        self.thresholds.violations.is_empty()
+    }
+
+    /// The table a person reads at a glance.
+    pub fn table(&self) -> String {
+        let opt =
+            |v: Option<f64>, unit: &str| v.map_or("n/a".to_string(), |v| format!("{v:.1}{unit}"));
+        let mut out = String::new();
+        let s = &self.shape;
+        let _ = writeln!(
+            out,
+            "switchboard load: {} room(s) x ({} publishers + {} subscribers), {:.0}s, video {} at {} kbit/s {} fps, audio {}",
+            s.rooms, s.publishers_per_room, s.subscribers_per_room, s.duration_seconds,
+            if s.video { s.clip.as_deref().unwrap_or("synthetic") } else { "off" },
+            s.video_bitrate_bps / 1000, s.frame_rate, if s.audio { "on" } else { "off" },
+        );
+        let _ = writeln!(out, "{:-<78}", "");
+        let rows: Vec<(&str, String)> = vec![
+            (
+                "participants",
+                format!(
+                    "{} connected of {} planned, {} failed",
+                    self.participants_connected,
+                    self.participants_planned,
+                    self.failures.len()
+                ),
+            ),
+            (
+                "join time (to first media)",
+                format!(
+                    "p50 {}  max {}",
+                    opt(self.join_ms_p50, " ms"),
+                    opt(self.join_ms_max, " ms")
+                ),
+            ),
+            (
+                "packets",
+                format!(
+                    "sent {}  received {}  lost {} ({:.3}%)",
+                    self.packets_sent, self.packets_received, self.packets_lost, self.loss_percent
+                ),
+            ),
+            (
+                "receive bitrate (all subscribers)",
+                format!("{:.2} Mbit/s", self.receive_bitrate_bps / 1e6),
+            ),
+            (
+                "latency publisher -> subscriber",
+                format!(
+                    "p50 {}  p95 {}  p99 {}  max {}",
+                    opt(self.latency.p50_ms, " ms"),
+                    opt(self.latency.p95_ms, " ms"),
+                    opt(self.latency.p99_ms, " ms"),
+                    opt(self.latency.max_ms, " ms")
+                ),
+            ),
+            (
+                "jitter (worst subscriber)",
+                format!("{:.2} ms", self.jitter_ms_max),
+            ),
+            (
+                "keyframe requests to publishers",
+                self.keyframe_requests.to_string(),
+            ),
+            (
+                "server forwarded",
+                format!(
+                    "{} packets, {}",
+                    self.server
+                        .packets_forwarded
+                        .map_or("n/a".into(), |p| p.to_string()),
+                    opt(self.server.packets_forwarded_per_second, " pkt/s")
+                ),
+            ),
+            (
+                "server CPU",
+                format!(
+                    "{} of a core, {} per forwarded packet",
+                    opt(self.server.cpu_percent, "%"),
+                    self.server
+                        .cpu_us_per_forwarded_packet
+                        .map_or("n/a".into(), |v| format!("{v:.2} us"))
+                ),
+            ),
+            (
+                "server memory",
+                format!(
+                    "{} after, {} per participant",
+                    self.server
+                        .rss_bytes_after
+                        .map_or("n/a".into(), |b| format!("{:.1} MiB", b as f64 / 1048576.0)),
+                    self.server
+                        .rss_bytes_per_participant
+                        .map_or("n/a".into(), |b| format!("{:.0} KiB", b / 1024.0))
+                ),
+            ),
+            (
+                "load tester CPU",
+                format!(
+                    "{} s, {} of a core per participant",
+                    opt(self.tester_cpu_seconds, ""),
+                    opt(self.tester_cpu_percent_per_participant, "%")
+                ),
+            ),
+        ];
+        for (k, v) in rows {
+            let _ = writeln!(out, "{k:<34} {v}");
+        }
+        for f in self.failures.iter().take(10) {
+            let _ = writeln!(out, "failure: {f}");
+        }
+        if self.failures.len() > 10 {
+            let _ = writeln!(out, "... and {} more failures", self.failures.len() - 10);
+        }
+        let verdict = if self.passed() {
+            "PASS".to_string()
+        } else {
+            format!("FAIL: {}", self.thresholds.violations.join("; "))
+        };
+        let _ = writeln!(out, "{:-<78}\n{verdict}", "");
+        out
+    }
+}

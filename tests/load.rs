@@ -1,0 +1,157 @@
+//! The load tester against a real server: its report must match what really flowed.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use switchboard::load::report::Thresholds;
+use switchboard::load::{run, LoadConfig};
+
+fn small(url: String) -> LoadConfig {
+    LoadConfig {
+        url,
+        rooms: 1,
+        publishers: 2,
+        subscribers: 1,
+        duration: 3.0,
+        ramp: 20.0,
+        video_bitrate: 300_000,
+        keyframe_interval: 60.0,
+        ..LoadConfig::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_run_reports_what_flowed() {
+    let server = start_server().await;
+    let config = small(server.ws_url());
+    let report = run(config.clone()).await.expect("load run");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.participants_planned, 3);
+    assert_eq!(report.participants_connected, 3);
+    assert_eq!(report.packets_lost, 0, "no loss on loopback");
+    assert_eq!(report.loss_percent, 0.0);
+
+    let p50 = report.latency.p50_ms.expect("latency measured");
+    let p99 = report.latency.p99_ms.expect("p99");
+    let max = report.latency.max_ms.expect("max");
+    assert!(
+        p50 > 0.0 && p50 <= p99 && p99 <= max && max < 1000.0,
+        "{:?}",
+        report.latency
+    );
+    assert!(report.latency.samples > 100);
+    assert!(report.join_ms_p50.is_some_and(|j| j > 0.0 && j < 10_000.0));
+
+    // Publishers receive the other publisher's two tracks; the subscriber receives four.
+    for p in &report.participants {
+        let want = if p.publishes { 2 } else { 4 };
+        assert_eq!(p.tracks_received, want, "{}", p.name);
+        assert!(p.join_ms.is_some(), "{} got media", p.name);
+    }
+    // What subscribers got matches what publishers sent, within the run's start and tail.
+    let publishers: Vec<_> = report.participants.iter().filter(|p| p.publishes).collect();
+    let expected: u64 = publishers
+        .iter()
+        .map(|p| p.packets_sent * (report.participants.len() as u64 - 1))
+        .sum();
+    let ratio = report.packets_received as f64 / expected as f64;
+    assert!(
+        (0.8..=1.0).contains(&ratio),
+        "received {} of {} expected ({ratio:.3})",
+        report.packets_received,
+        expected
+    );
+    assert_eq!(
+        report.packets_sent,
+        publishers.iter().map(|p| p.packets_sent).sum::<u64>()
+    );
+    assert!(report
+        .server
+        .packets_forwarded
+        .is_some_and(|f| f >= report.packets_received));
+    assert!(report.passed());
+
+    // Thresholds turn the same report into a failure.
+    let strict = LoadConfig {
+        max_p99_ms: Some(p99 / 2.0),
+        ..config
+    };
+    let verdict = Thresholds::check(&strict, &report);
+    assert_eq!(verdict.violations.len(), 1, "{:?}", verdict.violations);
+    assert!(report.table().contains("PASS"));
+    let json = serde_json::to_value(&report).unwrap();
+    assert!(json["latency"]["p99_ms"].is_number());
+    assert_eq!(json["participants"].as_array().unwrap().len(), 3);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_real_vp8_clip_flows_through() {
+    let server = start_server().await;
+    let config = LoadConfig {
+        clip: Some("builtin".into()),
+        subscribers: 0,
+        duration: 2.0,
+        ..small(server.ws_url())
+    };
+    let report = run(config).await.expect("load run");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    for p in &report.participants {
+        assert_eq!(p.tracks_received, 2, "{}", p.name);
+        assert!(
+            p.packets_received > 50,
+            "{}: {}",
+            p.name,
+            p.packets_received
+        );
+    }
+    assert_eq!(report.packets_lost, 0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_mid_run_is_reported_not_waited_for() {
+    init_tracing();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next_line().await.unwrap().expect("a listening line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break format!("ws://{}/ws", rest.trim());
+        }
+    };
+    let config = LoadConfig {
+        duration: 30.0,
+        pid: child.id(),
+        ..small(url)
+    };
+    let started = Instant::now();
+    let load = tokio::spawn(run(config));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    child.kill().await.unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(20), load)
+        .await
+        .expect("the load test ends by itself")
+        .unwrap()
+        .expect("a report");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "it did not wait out the 30 s"
+    );
+    assert!(!report.failures.is_empty());
+    assert!(
+        report.failures.iter().any(|f| f.contains("closed")),
+        "{:?}",
+        report.failures
+    );
+    assert!(!report.passed());
+    assert!(report.table().contains("FAIL"));
+}
