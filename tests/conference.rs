@@ -147,3 +147,45 @@ async fn a_late_joiner_triggers_a_keyframe_request_and_gets_existing_tracks() {
     b.leave().await;
     server.shutdown().await.expect("shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_keyframe_requests_reach_the_publisher_rate_limited() {
+    use std::sync::atomic::Ordering;
+    let server = start_server().await;
+    let url = server.ws_url();
+    let a = Client::join(&url, "pli", "alice")
+        .await
+        .expect("alice joins");
+    a.publish(PublishOptions::default()).await.expect("publish");
+    let b = Client::join(&url, "pli", "bob").await.expect("bob joins");
+    b.wait_received("alice's video", WAIT, |r| {
+        r.values().any(|t| t.kind == "video" && t.packets > 30)
+    })
+    .await
+    .expect("bob receives alice");
+    // Let the join's own keyframe requests settle.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = a.publish_stats.plis_received.load(Ordering::Relaxed);
+    let received_before = server.metrics().keyframe_requests_received;
+
+    // Bob's decoder asks for keyframes in a storm: 20 PLIs in 200 ms.
+    let video = format!("{}-video", a.id);
+    for _ in 0..20 {
+        b.request_keyframe(&a.id, &video).await.expect("PLI sent");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    wait_metrics(&server, "the server saw bob's PLIs", |m| {
+        m.keyframe_requests_received >= received_before + 10
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let relayed = a.publish_stats.plis_received.load(Ordering::Relaxed) - before;
+    // At most one per 500 ms interval reaches alice: the storm spanned about 1 s of them.
+    assert!(
+        (1..=3).contains(&relayed),
+        "alice got {relayed} PLIs for bob's 20"
+    );
+    a.leave().await;
+    b.leave().await;
+    server.shutdown().await.expect("shutdown");
+}

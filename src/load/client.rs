@@ -175,6 +175,7 @@ pub struct PublishStats {
 #[derive(Default)]
 struct Shared {
     tracks: Mutex<HashMap<(String, String), RemoteTrackStats>>,
+    remotes: Mutex<HashMap<(String, String), Arc<dyn TrackRemote>>>,
     chat: Mutex<Vec<ChatRelay>>,
     chat_errors: Mutex<Vec<String>>,
     chat_channel: Mutex<Option<Arc<dyn DataChannel>>>,
@@ -254,6 +255,9 @@ impl PeerConnectionEventHandler for SubscriberEvents {
                     ..Default::default()
                 },
             );
+        }
+        if let Ok(mut remotes) = self.shared.remotes.lock() {
+            remotes.insert(key.clone(), track.clone());
         }
         let shared = self.shared.clone();
         tokio::spawn(async move {
@@ -624,6 +628,36 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Sends a keyframe request (PLI) for one received track, as a decoder that lost its
+    /// reference would.
+    pub async fn request_keyframe(
+        &self,
+        stream_id: &str,
+        track_id: &str,
+    ) -> Result<(), ClientError> {
+        let track = self
+            .shared
+            .remotes
+            .lock()
+            .ok()
+            .and_then(|r| {
+                r.get(&(stream_id.to_string(), track_id.to_string()))
+                    .cloned()
+            })
+            .ok_or(ClientError::Rtc(format!(
+                "no received track {stream_id} {track_id}"
+            )))?;
+        let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
+        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        track
+            .write_rtcp(vec![Box::new(pli)])
+            .await
+            .map_err(|e| ClientError::Rtc(e.to_string()))
     }
 
     /// True once the server closed the signaling socket.

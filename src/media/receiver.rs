@@ -242,3 +242,85 @@ impl Drop for Receiver {
         Metrics::dec(&self.metrics.receivers);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
+
+    fn receiver(metrics: Arc<Metrics>) -> Arc<Receiver> {
+        Receiver::new(
+            TrackMeta {
+                publisher_id: "p".into(),
+                track_id: "t".into(),
+                kind: TrackKind::Video,
+                codec: RTCRtpCodec {
+                    mime_type: "video/VP8".into(),
+                    clock_rate: 90_000,
+                    ..Default::default()
+                },
+            },
+            metrics,
+        )
+    }
+
+    fn packet(seq: u16) -> rtp::Packet {
+        let mut p = rtp::Packet::default();
+        p.header.sequence_number = seq;
+        p.header.extension = true;
+        p.header.extensions.push(rtp::header::Extension {
+            id: 3,
+            payload: bytes::Bytes::from_static(&[1, 2]),
+        });
+        p.payload = bytes::Bytes::from_static(&[0x10, 0x00, 0x9d]);
+        p
+    }
+
+    #[test]
+    fn a_stuck_subscriber_drops_while_the_others_get_everything() {
+        let metrics = Arc::new(Metrics::default());
+        let receiver = receiver(metrics.clone());
+        let (stuck, _stuck_rx) = DownTrackSink::new("slow".into(), 4);
+        let (healthy, mut healthy_rx) = DownTrackSink::new("fast".into(), 4);
+        receiver.add_sink(stuck.clone());
+        receiver.add_sink(healthy.clone());
+        let mut delivered = 0;
+        for seq in 0..100 {
+            // Never blocks, whatever the stuck queue holds.
+            receiver.fan_out(packet(seq));
+            while let Ok(p) = healthy_rx.try_recv() {
+                assert!(
+                    !p.packet.header.extension,
+                    "publisher extensions are stripped"
+                );
+                assert!(p.is_keyframe);
+                delivered += 1;
+            }
+        }
+        assert_eq!(delivered, 100);
+        assert_eq!(healthy.dropped(), 0);
+        assert_eq!(stuck.dropped(), 96);
+        assert!(
+            stuck.take_resync(),
+            "the stuck DownTrack restarts on a keyframe"
+        );
+        assert_eq!(metrics.snapshot().packets_dropped, 96);
+        assert_eq!(metrics.snapshot().packets_in, 100);
+    }
+
+    #[test]
+    fn subscribers_come_and_go_without_touching_the_others() {
+        let receiver = receiver(Arc::new(Metrics::default()));
+        let (a, _a_rx) = DownTrackSink::new("a".into(), 4);
+        let (b1, _b1_rx) = DownTrackSink::new("b".into(), 4);
+        let (b2, _b2_rx) = DownTrackSink::new("b".into(), 4);
+        receiver.add_sink(a.clone());
+        receiver.add_sink(b1);
+        receiver.add_sink(b2);
+        assert_eq!(receiver.sink_count(), 3);
+        receiver.remove_subscriber("b");
+        assert_eq!(receiver.sink_count(), 1);
+        receiver.remove_sink(&a);
+        assert_eq!(receiver.sink_count(), 0);
+    }
+}

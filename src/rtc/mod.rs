@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use rtc::ice::mdns::MulticastDnsMode;
 use webrtc::peer_connection::{
-    register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
-    PeerConnectionEventHandler, RTCConfigurationBuilder, RTCIceCandidateType, RTCIceServer,
-    Registry, SettingEngine, SettingEngineBuilder,
+    configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc,
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceCandidateType, RTCIceServer, Registry, SettingEngine,
+    SettingEngineBuilder,
 };
 
 use crate::config::{Config, PortRange};
@@ -142,7 +143,7 @@ impl PcFactory {
         media_engine
             .register_default_codecs()
             .map_err(|e| Error::Rtc(format!("registering codecs: {e}")))?;
-        let mut registry = register_default_interceptors(Registry::new(), &mut media_engine)
+        let mut registry = interceptors(&mut media_engine)
             .map_err(|e| Error::Rtc(format!("registering interceptors: {e}")))?;
         if with_keyframe_feedback {
             registry = registry.with(
@@ -164,6 +165,16 @@ impl PcFactory {
             .await
             .map_err(|e| Error::Rtc(format!("building a peer connection on {addr}: {e}")))
     }
+}
+
+/// The interceptors an SFU leg needs, both ways: NACK generation (towards publishers) and
+/// answering NACKs from a send buffer (towards subscribers), sender and receiver reports, and
+/// transport-wide congestion control feedback in both directions.
+fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registry> {
+    let registry = configure_nack(Registry::new(), media_engine);
+    configure_simulcast_extension_headers(media_engine)?;
+    let registry = configure_twcc(registry, media_engine)?;
+    Ok(configure_rtcp_reports(registry))
 }
 
 /// A peer connection that counts itself in the `peer_connections` gauge while alive.
