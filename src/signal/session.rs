@@ -33,6 +33,8 @@ const CLOSE_POLICY: u16 = 1008;
 
 /// Messages queued for one socket before the client counts as not reading.
 const OUTBOX_CAPACITY: usize = 512;
+/// How long the writer may take to flush the last messages and the close frame.
+const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Publisher candidates kept while the publisher PC does not exist yet.
 const MAX_EARLY_CANDIDATES: usize = 64;
 
@@ -127,7 +129,12 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
     session.leave().await;
     let _ = close_tx.send(close);
     drop(session);
-    let _ = writer.await;
+    // A client that stopped reading can hold the writer in a send: give it a moment to flush
+    // the close, then let go.
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+        abort.abort();
+    }
     Metrics::dec(&state.metrics.websockets);
 }
 
