@@ -22,6 +22,11 @@ run_shape() { # name, load flags...
     [ -n "$url" ] && break
     sleep 0.1
   done
+  if [ -z "$url" ]; then
+    echo "the server did not start:" >&2
+    cat "$OUT/$name.server.log" >&2
+    exit 1
+  fi
   "$BIN" load --url "$url" --pid "$pid" --duration "$DURATION" --ramp 20 --quiet \
     --json "$OUT/$name.json" "$@" > "$OUT/$name.txt" || true
   kill -INT "$pid" 2>/dev/null || true

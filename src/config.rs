@@ -145,11 +145,19 @@ pub struct Config {
     pub max_rooms: usize,
 
     /// Most participants in one room.
-    #[arg(long, env = "SWITCHBOARD_MAX_PARTICIPANTS", default_value_t = 50)]
+    #[arg(
+        long = "max-participants",
+        env = "SWITCHBOARD_MAX_PARTICIPANTS",
+        default_value_t = 50
+    )]
     pub max_participants_per_room: usize,
 
     /// Most tracks one participant may publish.
-    #[arg(long, env = "SWITCHBOARD_MAX_TRACKS", default_value_t = 8)]
+    #[arg(
+        long = "max-tracks",
+        env = "SWITCHBOARD_MAX_TRACKS",
+        default_value_t = 8
+    )]
     pub max_tracks_per_participant: usize,
 
     /// Largest signaling frame accepted, in bytes.
@@ -161,7 +169,11 @@ pub struct Config {
     pub max_chat_bytes: usize,
 
     /// Signaling and chat messages one participant may send per second (burst of twice that).
-    #[arg(long, env = "SWITCHBOARD_MESSAGE_RATE", default_value_t = 50)]
+    #[arg(
+        long = "message-rate",
+        env = "SWITCHBOARD_MESSAGE_RATE",
+        default_value_t = 50
+    )]
     pub message_rate_per_sec: u32,
 
     /// Seconds of silence after which a signaling peer is dropped.
@@ -173,7 +185,11 @@ pub struct Config {
     pub ping_interval: Duration,
 
     /// Packets a DownTrack may queue before it drops (a slow subscriber drops, never stalls).
-    #[arg(long, env = "SWITCHBOARD_DOWNTRACK_QUEUE", default_value_t = 512)]
+    #[arg(
+        long = "downtrack-queue",
+        env = "SWITCHBOARD_DOWNTRACK_QUEUE",
+        default_value_t = 512
+    )]
     pub downtrack_queue_packets: usize,
 
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
@@ -268,6 +284,75 @@ mod tests {
         assert!("50100-50000".parse::<PortRange>().is_err());
         assert!("0-10".parse::<PortRange>().is_err());
         assert!("5000".parse::<PortRange>().is_err());
+    }
+
+    /// The flags the README documents, all accepted.
+    #[test]
+    fn accepts_every_documented_flag() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            config: Config,
+        }
+        let cli = Cli::try_parse_from([
+            "switchboard",
+            "--listen",
+            "127.0.0.1:9000",
+            "--rtc-ip",
+            "0.0.0.0",
+            "--public-ip",
+            "203.0.113.7",
+            "--udp-ports",
+            "50000-50999",
+            "--ice-server",
+            "stun:stun.example.org:3478",
+            "--ice-server",
+            "turn:turn.example.org:3478|user:pass",
+            "--tls-cert",
+            "c.pem",
+            "--tls-key",
+            "k.pem",
+            "--auth-token",
+            "t",
+            "--admin-token",
+            "a",
+            "--max-rooms",
+            "3",
+            "--max-participants",
+            "4",
+            "--max-tracks",
+            "5",
+            "--max-message-bytes",
+            "2048",
+            "--max-chat-bytes",
+            "100",
+            "--message-rate",
+            "7",
+            "--idle-timeout",
+            "12",
+            "--ping-interval",
+            "3",
+            "--downtrack-queue",
+            "64",
+            "--pli-interval-ms",
+            "250",
+        ])
+        .expect("every documented flag parses");
+        let c = cli.config;
+        assert_eq!(c.max_participants_per_room, 4);
+        assert_eq!(c.max_tracks_per_participant, 5);
+        assert_eq!(c.message_rate_per_sec, 7);
+        assert_eq!(c.downtrack_queue_packets, 64);
+        assert_eq!(c.ice_servers.len(), 2);
+        assert_eq!(c.idle_timeout, Duration::from_secs(12));
+        assert_eq!(
+            c.udp_ports,
+            Some(PortRange {
+                min: 50000,
+                max: 50999
+            })
+        );
     }
 
     #[test]
