@@ -117,7 +117,7 @@ impl ServerReport {
         before: Option<ProcessSample>,
         after: Option<ProcessSample>,
         forwarded: Option<u64>,
-        media_seconds: f64,
+        forwarding_seconds: f64,
         participants: usize,
     ) -> Self {
         let cpu = ProcessSample::cpu_seconds_between(before, after);
@@ -127,7 +127,8 @@ impl ServerReport {
         };
         ServerReport {
             packets_forwarded: forwarded,
-            packets_forwarded_per_second: forwarded.map(|f| f as f64 / media_seconds.max(0.001)),
+            packets_forwarded_per_second: forwarded
+                .map(|f| f as f64 / forwarding_seconds.max(0.001)),
             cpu_percent: cpu.zip(elapsed).map(|(c, e)| c / e.max(0.001) * 100.0),
             cpu_us_per_forwarded_packet: cpu
                 .zip(forwarded)

@@ -198,6 +198,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         Some(url) => scrape_counter(url, "switchboard_packets_out_total").await,
         None => None,
     };
+    let scraped_at = Instant::now();
 
     // Join at the ramp rate; each join runs in its own task so a slow one delays no other.
     let plan = config.plan();
@@ -256,6 +257,8 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         Some(url) => scrape_counter(url, "switchboard_packets_out_total").await,
         None => None,
     };
+    // The server forwards from the first join on, not only once all have joined.
+    let forwarding_secs = scraped_at.elapsed().as_secs_f64();
     let wall = started.elapsed();
     let media_secs = media_started.elapsed().as_secs_f64();
     let server_after = config.pid.and_then(ProcessSample::of_pid);
@@ -344,7 +347,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         forwarded_before
             .zip(forwarded_after)
             .map(|(b, a)| a.saturating_sub(b)),
-        media_secs,
+        forwarding_secs,
         participants.len(),
     );
     let tester = ProcessSample::cpu_seconds_between(tester_before, tester_after);
