@@ -32,7 +32,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("info,webrtc=warn,rtc=warn")),
+                .unwrap_or_else(|_| EnvFilter::new("warn,switchboard=info")),
         )
         .init();
     let cli = Cli::parse();

@@ -180,6 +180,7 @@ struct Shared {
     chat_errors: Mutex<Vec<String>>,
     chat_channel: Mutex<Option<Arc<dyn DataChannel>>>,
     subscriber_connected: AtomicBool,
+    publisher_connected: AtomicBool,
     /// Set when the signaling socket closed under us (the server went away, say).
     signaling_closed: AtomicBool,
 }
@@ -227,10 +228,12 @@ impl PeerConnectionEventHandler for SubscriberEvents {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        if self.pc == PcKind::Subscriber && state == RTCPeerConnectionState::Connected {
-            self.shared
-                .subscriber_connected
-                .store(true, Ordering::Release);
+        if state == RTCPeerConnectionState::Connected {
+            let flag = match self.pc {
+                PcKind::Subscriber => &self.shared.subscriber_connected,
+                PcKind::Publisher => &self.shared.publisher_connected,
+            };
+            flag.store(true, Ordering::Release);
         }
     }
 
@@ -497,11 +500,12 @@ impl Client {
             .map_err(|e| ClientError::Rtc(e.to_string()))?;
         *self.publisher.lock().await = Some(pc.clone());
         self.send_json(serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
-        // The reader applies the answer; wait until it has.
+        // The reader applies the answer; media starts once the transport is up (SRTP has no
+        // keys before), like a browser's encoder output.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while pc.remote_description().await.is_none() {
+        while !self.shared.publisher_connected.load(Ordering::Acquire) {
             if Instant::now() > deadline {
-                return Err(ClientError::Timeout("publisher answer"));
+                return Err(ClientError::Timeout("publisher connection"));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
