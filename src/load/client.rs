@@ -60,6 +60,9 @@ pub struct RemoteTrackStats {
     /// Packets whose stamp named a publisher other than the stream id.
     pub foreign_packets: u64,
     pub publishers_seen: Vec<String>,
+    /// Lowest and highest per-track counters read from the publisher's stamps.
+    pub first_counter: Option<u32>,
+    pub last_counter: Option<u32>,
     pub first_packet_at: Option<Instant>,
     pub last_packet_at: Option<Instant>,
     /// RTP sequence bookkeeping for loss.
@@ -114,6 +117,14 @@ impl RemoteTrackStats {
             if stamp.publisher_id != self.stream_id {
                 self.foreign_packets += 1;
             }
+            self.first_counter = Some(
+                self.first_counter
+                    .map_or(stamp.counter, |c| c.min(stamp.counter)),
+            );
+            self.last_counter = Some(
+                self.last_counter
+                    .map_or(stamp.counter, |c| c.max(stamp.counter)),
+            );
             if !self.publishers_seen.contains(&stamp.publisher_id) {
                 self.publishers_seen.push(stamp.publisher_id.clone());
             }

@@ -31,6 +31,19 @@ impl LatencySummary {
     }
 }
 
+/// One track as one participant received it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrackReport {
+    pub publisher_id: String,
+    pub track_id: String,
+    pub kind: String,
+    pub packets: u64,
+    pub lost: u64,
+    /// The publisher's per-track packet counters seen (from the payload stamps).
+    pub first_counter: Option<u32>,
+    pub last_counter: Option<u32>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ParticipantReport {
     pub name: String,
@@ -47,7 +60,10 @@ pub struct ParticipantReport {
     pub jitter_ms: f64,
     pub latency: LatencySummary,
     pub packets_sent: u64,
+    pub video_packets_sent: u64,
+    pub audio_packets_sent: u64,
     pub keyframe_requests_received: u64,
+    pub tracks: Vec<TrackReport>,
 }
 
 /// CPU time and resident memory of one process, from `/proc`.

@@ -15,6 +15,7 @@ use crate::load::client::{Client, PublishOptions};
 use crate::load::clip::Clip;
 use crate::load::report::{
     LatencySummary, ParticipantReport, ProcessSample, Report, ServerReport, Shape, Thresholds,
+    TrackReport,
 };
 
 /// The shape of a load test.
@@ -328,6 +329,24 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             jitter_ms,
             latency: LatencySummary::from_histogram(&latencies),
             packets_sent: sent_by.get(&j.client.id).copied().unwrap_or(0),
+            video_packets_sent: stats
+                .video_packets
+                .load(std::sync::atomic::Ordering::Relaxed),
+            audio_packets_sent: stats
+                .audio_packets
+                .load(std::sync::atomic::Ordering::Relaxed),
+            tracks: received
+                .values()
+                .map(|t| TrackReport {
+                    publisher_id: t.stream_id.clone(),
+                    track_id: t.track_id.clone(),
+                    kind: t.kind.clone(),
+                    packets: t.packets,
+                    lost: t.lost(),
+                    first_counter: t.first_counter,
+                    last_counter: t.last_counter,
+                })
+                .collect(),
             keyframe_requests_received: stats
                 .plis_received
                 .load(std::sync::atomic::Ordering::Relaxed),
