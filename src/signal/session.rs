@@ -146,35 +146,48 @@ async fn write_loop(
 ) {
     let mut ping = tokio::time::interval(ping_interval);
     ping.tick().await;
-    loop {
+    let reason = loop {
         tokio::select! {
-            message = outbox.recv() => {
-                let Some(message) = message else { break };
-                let Ok(json) = serde_json::to_string(&message) else { continue };
-                if sink.send(Message::Text(Utf8Bytes::from(json))).await.is_err() {
-                    return;
+            reason = &mut close => break reason.ok(),
+            message = outbox.recv() => match message {
+                Some(message) => {
+                    if send_json(&mut sink, &message).await.is_err() {
+                        return;
+                    }
                 }
-            }
+                // Every sender is gone: the session is ending and is about to say why.
+                None => break (&mut close).await.ok(),
+            },
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Default::default())).await.is_err() {
                     return;
                 }
             }
-            reason = &mut close => {
-                // Flush what was queued (the error that explains the close, say) first.
-                while let Ok(message) = outbox.try_recv() {
-                    if let Ok(json) = serde_json::to_string(&message) {
-                        let _ = sink.send(Message::Text(Utf8Bytes::from(json))).await;
-                    }
-                }
-                let (code, reason) = reason.unwrap_or((CLOSE_NORMAL, "closed"));
-                let _ = sink
-                    .send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from_static(reason) })))
-                    .await;
-                let _ = sink.close().await;
-                return;
-            }
         }
+    };
+    // Flush what was queued (the error that explains the close, say), then close.
+    while let Ok(message) = outbox.try_recv() {
+        if send_json(&mut sink, &message).await.is_err() {
+            return;
+        }
+    }
+    let (code, reason) = reason.unwrap_or((CLOSE_NORMAL, "closed"));
+    let _ = sink
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        })))
+        .await;
+    let _ = sink.close().await;
+}
+
+async fn send_json(
+    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
+    message: &ServerMessage,
+) -> Result<(), axum::Error> {
+    match serde_json::to_string(message) {
+        Ok(json) => sink.send(Message::Text(Utf8Bytes::from(json))).await,
+        Err(_) => Ok(()),
     }
 }
 
