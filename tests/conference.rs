@@ -91,16 +91,7 @@ async fn three_participants_each_receive_exactly_the_other_two() {
     for client in [a, b, c, x] {
         client.leave().await;
     }
-    wait_metrics(&server, "everything torn down", |m| {
-        m.rooms == 0
-            && m.participants == 0
-            && m.published_tracks == 0
-            && m.receivers == 0
-            && m.downtracks == 0
-            && m.peer_connections == 0
-            && m.websockets == 0
-    })
-    .await;
+    wait_metrics(&server, "everything torn down", all_freed).await;
     server.shutdown().await.expect("shutdown");
 }
 

@@ -41,6 +41,20 @@ async fn next_json(ws: &mut Ws) -> serde_json::Value {
     }
 }
 
+/// Reads until the server's close frame; returns its status code.
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(frame))) => return u16::from(frame.expect("close frame").code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
 async fn expect_error(ws: &mut Ws, text: &str, code: &str) -> serde_json::Value {
     send(ws, text).await;
     let reply = next_non_negotiation(ws).await;
@@ -191,16 +205,7 @@ async fn leave_and_socket_drop_tell_the_others_and_free_everything() {
     }
 
     a.leave().await;
-    wait_metrics(&server, "room gone and everything freed", |m| {
-        m.rooms == 0
-            && m.participants == 0
-            && m.published_tracks == 0
-            && m.receivers == 0
-            && m.downtracks == 0
-            && m.peer_connections == 0
-            && m.websockets == 0
-    })
-    .await;
+    wait_metrics(&server, "room gone and everything freed", all_freed).await;
     let (status, body) = get(&format!("{}/api/rooms", server.http_url())).await;
     assert_eq!(status, 200);
     assert_eq!(
@@ -379,17 +384,7 @@ async fn every_error_a_client_can_provoke_leaves_the_connection_and_the_room_alo
     .await;
     let e = next_non_negotiation(&mut ws).await;
     assert_eq!(e["code"], "too_large");
-    let close = loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(u16::from(close.expect("close frame").code), 1009);
+    assert_eq!(close_code(&mut ws).await, 1009);
     watcher
         .wait_for("mallory leaves", WAIT, |m| {
             matches!(m, ServerMessage::ParticipantLeft { .. })
@@ -433,17 +428,7 @@ async fn auth_token_and_rate_limit() {
         "unauthorized",
     )
     .await;
-    let close = loop {
-        match tokio::time::timeout(WAIT, ws.next())
-            .await
-            .expect("close in time")
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
-    assert_eq!(u16::from(close.expect("close frame").code), 4001);
+    assert_eq!(close_code(&mut ws).await, 4001);
     let ok = Client::join_with_token(&url, "r", "x", Some("s3cret"))
         .await
         .expect("right token joins");

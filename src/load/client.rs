@@ -501,16 +501,8 @@ impl Client {
                     .await?,
             );
         }
-        let offer = pc
-            .create_offer(None)
-            .await
-            .map_err(|e| ClientError::Rtc(e.to_string()))?;
-        let sdp = offer.sdp.clone();
-        pc.set_local_description(offer)
-            .await
-            .map_err(|e| ClientError::Rtc(e.to_string()))?;
         *self.publisher.lock().await = Some(pc.clone());
-        self.send_json(serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
+        self.offer_publisher(&pc).await?;
         // The reader applies the answer; media starts once the transport is up (SRTP has no
         // keys before), like a browser's encoder output.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -604,6 +596,11 @@ impl Client {
                     .map_err(|e| ClientError::Rtc(e.to_string()))?;
             }
         }
+        self.offer_publisher(&pc).await
+    }
+
+    /// Offers the publisher PC as it is now; the reader applies the server's answer.
+    async fn offer_publisher(&self, pc: &Pc) -> Result<(), ClientError> {
         let offer = pc
             .create_offer(None)
             .await

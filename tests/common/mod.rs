@@ -41,6 +41,17 @@ pub async fn wait_metrics(server: &Server, what: &str, pred: impl Fn(&MetricsSna
     }
 }
 
+/// True when nothing of any participant is left on the server.
+pub fn all_freed(m: &MetricsSnapshot) -> bool {
+    m.rooms == 0
+        && m.participants == 0
+        && m.published_tracks == 0
+        && m.receivers == 0
+        && m.downtracks == 0
+        && m.peer_connections == 0
+        && m.websockets == 0
+}
+
 pub async fn get(url: &str) -> (u16, String) {
     let url = url::Url::parse(url).expect("url");
     let host = url.host_str().expect("host").to_string();
