@@ -183,3 +183,55 @@ async fn a_server_killed_mid_run_is_reported_not_waited_for() {
     assert!(!report.passed());
     assert!(report.table().contains("FAIL"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_writes_json_and_gates_on_thresholds() {
+    let server = start_server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("report.json");
+    let run_cli = |extra: &[&str]| {
+        let mut args = vec![
+            "load".to_string(),
+            "--url".into(),
+            server.ws_url(),
+            "--publishers".into(),
+            "2".into(),
+            "--duration".into(),
+            "1.5".into(),
+            "--quiet".into(),
+            "--json".into(),
+            json.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(args)
+            .output()
+    };
+    let ok = run_cli(&["--max-loss-percent", "1", "--max-p99-ms", "1000"])
+        .await
+        .unwrap();
+    let table = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{table}\n{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        table.contains("latency publisher -> subscriber") && table.contains("PASS"),
+        "{table}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(report["participants_connected"], 2);
+    assert!(report["latency"]["p50_ms"]
+        .as_f64()
+        .is_some_and(|v| v > 0.0));
+    assert!(report["server"]["packets_forwarded"]
+        .as_u64()
+        .is_some_and(|v| v > 0));
+
+    // A latency bound no network meets: the run fails with exit code 2 and says why.
+    let strict = run_cli(&["--max-p99-ms", "0.000001"]).await.unwrap();
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&strict.stdout).contains("FAIL: latency p99"));
+    server.shutdown().await.unwrap();
+}
