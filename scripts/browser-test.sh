@@ -21,7 +21,7 @@ fi
 
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
 cargo build --locked --bin switchboard
-export SWITCHBOARD_BIN="$PWD/target/debug/switchboard"
+export SWITCHBOARD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/switchboard"
 export SWITCHBOARD_ARTIFACTS="${SWITCHBOARD_ARTIFACTS:-$PWD/artifacts}"
 cd tests/browser
 node --test --test-concurrency=1 --test-reporter=spec .

@@ -39,6 +39,10 @@ export function startServer() {
       clearTimeout(timer);
       reject(new Error(`server exited with ${code}`));
     });
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot start ${bin}: ${err.message}`));
+    });
   });
 }
 
