@@ -861,7 +861,7 @@ async fn send_video(
     let ts_step = 90_000 / frame_rate;
     let mut interval = tokio::time::interval(Duration::from_secs(1) / frame_rate);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut seq: u16 = rand::random();
+    let mut stream = RtpStream::new(ssrc, payload_type);
     let mut timestamp: u32 = rand::random();
     let counter = AtomicU32::new(0);
     let mut last_keyframe = Instant::now();
@@ -890,19 +890,11 @@ async fn send_video(
                 counter: counter.fetch_add(1, Ordering::Relaxed),
             };
             write_stamp(&mut payload, &stamp, size.min(MAX_PAYLOAD));
-            let packet = rtp::Packet {
-                header: rtp::header::Header {
-                    version: 2,
-                    marker: i + 1 == packets,
-                    payload_type,
-                    sequence_number: seq,
-                    timestamp,
-                    ssrc,
-                    ..Default::default()
-                },
-                payload: bytes::Bytes::copy_from_slice(&payload),
-            };
-            seq = seq.wrapping_add(1);
+            let packet = stream.packet(
+                timestamp,
+                i + 1 == packets,
+                bytes::Bytes::copy_from_slice(&payload),
+            );
             if track.write_rtp(packet).await.is_err() {
                 feedback.abort();
                 return;
@@ -910,6 +902,41 @@ async fn send_video(
             stats.video_packets.fetch_add(1, Ordering::Relaxed);
         }
         timestamp = timestamp.wrapping_add(ts_step);
+    }
+}
+
+/// The sequence numbering of one sent RTP stream.
+struct RtpStream {
+    ssrc: u32,
+    payload_type: u8,
+    sequence_number: u16,
+}
+
+impl RtpStream {
+    fn new(ssrc: u32, payload_type: u8) -> Self {
+        RtpStream {
+            ssrc,
+            payload_type,
+            sequence_number: rand::random(),
+        }
+    }
+
+    /// The next packet of the stream.
+    fn packet(&mut self, timestamp: u32, marker: bool, payload: bytes::Bytes) -> rtp::Packet {
+        let sequence_number = self.sequence_number;
+        self.sequence_number = sequence_number.wrapping_add(1);
+        rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: self.payload_type,
+                sequence_number,
+                timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        }
     }
 }
 
@@ -955,7 +982,7 @@ async fn send_clip(
     let ts_step = 90_000 / frame_rate;
     let mut interval = tokio::time::interval(Duration::from_secs(1) / frame_rate);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut seq: u16 = rand::random();
+    let mut stream = RtpStream::new(ssrc, payload_type);
     let mut timestamp: u32 = rand::random();
     let mut index = 0usize;
     loop {
@@ -974,19 +1001,7 @@ async fn send_clip(
         };
         let count = payloads.len();
         for (i, payload) in payloads.into_iter().enumerate() {
-            let packet = rtp::Packet {
-                header: rtp::header::Header {
-                    version: 2,
-                    marker: i + 1 == count,
-                    payload_type,
-                    sequence_number: seq,
-                    timestamp,
-                    ssrc,
-                    ..Default::default()
-                },
-                payload,
-            };
-            seq = seq.wrapping_add(1);
+            let packet = stream.packet(timestamp, i + 1 == count, payload);
             if track.write_rtp(packet).await.is_err() {
                 feedback.abort();
                 return;
@@ -1009,7 +1024,7 @@ async fn send_audio(
 ) {
     let mut interval = tokio::time::interval(Duration::from_millis(20));
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut seq: u16 = rand::random();
+    let mut stream = RtpStream::new(ssrc, payload_type);
     let mut timestamp: u32 = rand::random();
     let mut counter = 0u32;
     let mut payload = Vec::with_capacity(160);
@@ -1025,19 +1040,7 @@ async fn send_audio(
         };
         counter = counter.wrapping_add(1);
         write_stamp(&mut payload, &stamp, 120);
-        let packet = rtp::Packet {
-            header: rtp::header::Header {
-                version: 2,
-                marker: false,
-                payload_type,
-                sequence_number: seq,
-                timestamp,
-                ssrc,
-                ..Default::default()
-            },
-            payload: bytes::Bytes::copy_from_slice(&payload),
-        };
-        seq = seq.wrapping_add(1);
+        let packet = stream.packet(timestamp, false, bytes::Bytes::copy_from_slice(&payload));
         timestamp = timestamp.wrapping_add(960);
         if track.write_rtp(packet).await.is_err() {
             return;
