@@ -481,3 +481,52 @@ async fn a_silent_peer_is_dropped_and_counts_as_leave() {
     watcher.leave().await;
     server.shutdown().await.unwrap();
 }
+
+/// SDP that parses as SDP but lies: none of it may take the server down or leak the sender.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sdp_gets_errors_and_leaks_nothing() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let watcher = Client::join(&url, "sdp", "watcher").await.unwrap();
+    let hostile = [
+        "v=0\r\n",
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video\r\n",
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96\r\na=msid:\r\n",
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1 2 3\r\nm=audio 99999999999 UDP/TLS/RTP/SAVPF 300\r\na=mid:0\r\na=rtpmap:300 opus/48000/2\r\na=ssrc:-1 cname:x\r\na=fingerprint:sha-256 zz\r\na=ice-ufrag:\r\na=ice-pwd:\r\n",
+        "v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=sctp-port:70000\r\na=max-message-size:-5\r\n",
+    ];
+    for round in 0..2 {
+        let mut ws = raw_socket(&url).await;
+        send(
+            &mut ws,
+            &format!(r#"{{"type":"join","room":"sdp","name":"mallory{round}"}}"#),
+        )
+        .await;
+        assert_eq!(next_json(&mut ws).await["type"], "joined");
+        for sdp in hostile {
+            let offer = serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp});
+            send(&mut ws, &offer.to_string()).await;
+            let reply = next_non_negotiation(&mut ws).await;
+            assert_eq!(reply["type"], "error", "{reply}");
+            let answer = serde_json::json!({"type": "answer", "pc": "subscriber", "sdp": sdp});
+            send(&mut ws, &answer.to_string()).await;
+            let reply = next_non_negotiation(&mut ws).await;
+            assert_eq!(reply["type"], "error", "{reply}");
+        }
+        send(&mut ws, r#"{"type":"ping"}"#).await;
+        assert_eq!(
+            next_non_negotiation(&mut ws).await["type"],
+            "pong",
+            "the socket still works"
+        );
+        drop(ws);
+    }
+    send_ping_pong(&watcher).await;
+    wait_metrics(&server, "only the watcher left", |m| {
+        m.participants == 1 && m.websockets == 1 && m.peer_connections == 1
+    })
+    .await;
+    watcher.leave().await;
+    wait_metrics(&server, "everything freed", all_freed).await;
+    server.shutdown().await.unwrap();
+}

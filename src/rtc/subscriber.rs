@@ -6,7 +6,10 @@
 //! go into the next offer, sent when the answer arrives.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+
+use futures_util::FutureExt;
 
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
@@ -189,8 +192,23 @@ impl SubscriberPc {
         self.close().await;
     }
 
-    /// Applies one command; false means stop.
+    /// Applies one command; false means stop. A panic in the WebRTC stack stops this PC
+    /// cleanly (its DownTracks and chat go with it) instead of leaking them.
     async fn apply(&mut self, command: SubscriberCommand) -> bool {
+        match AssertUnwindSafe(self.apply_inner(command))
+            .catch_unwind()
+            .await
+        {
+            Ok(go_on) => go_on,
+            Err(_) => {
+                tracing::error!("the subscriber PC panicked; closing it");
+                self.participant.kick();
+                false
+            }
+        }
+    }
+
+    async fn apply_inner(&mut self, command: SubscriberCommand) -> bool {
         match command {
             SubscriberCommand::Subscribe(track) => self.subscribe(track).await,
             SubscriberCommand::Unsubscribe {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, StreamExt};
+use std::panic::AssertUnwindSafe;
+
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, Instrument};
 use webrtc::peer_connection::RTCSessionDescription;
@@ -30,6 +32,7 @@ const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_TOO_LARGE: u16 = 1009;
 const CLOSE_UNAUTHORIZED: u16 = 4001;
 const CLOSE_POLICY: u16 = 1008;
+const CLOSE_INTERNAL: u16 = 1011;
 
 /// Messages queued for one socket before the client counts as not reading.
 const OUTBOX_CAPACITY: usize = 512;
@@ -109,7 +112,21 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
             Ok(Some(Ok(frame))) => frame,
         };
         let flow = match frame {
-            Message::Text(text) => session.on_text(text.as_str()).await,
+            Message::Text(text) => {
+                // A panic deep in the WebRTC stack on some input must not skip `leave`, which
+                // frees this participant and tells the others.
+                match AssertUnwindSafe(session.on_text(text.as_str()))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(flow) => flow,
+                    Err(_) => {
+                        tracing::error!("handling a signaling message panicked");
+                        session.error(ErrorCode::Internal, "internal error".into(), None);
+                        Flow::Close(CLOSE_INTERNAL, "internal error")
+                    }
+                }
+            }
             Message::Binary(_) => {
                 session.error(
                     ErrorCode::BadRequest,
