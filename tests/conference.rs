@@ -180,3 +180,46 @@ async fn subscriber_keyframe_requests_reach_the_publisher_rate_limited() {
     b.leave().await;
     server.shutdown().await.expect("shutdown");
 }
+
+/// Join, publish, leave, again and again: every task and peer connection of every cycle is
+/// gone afterwards (webrtc-rs 0.21.0 leaked one per connection; this would catch it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_close_cycles_leave_no_tasks_behind() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let baseline = tasks();
+    for cycle in 0..8 {
+        let a = Client::join(&url, "soak", "alice").await.expect("join");
+        let b = Client::join(&url, "soak", "bob").await.expect("join");
+        a.publish(PublishOptions::default()).await.expect("publish");
+        b.wait_received("alice's media", WAIT, |r| {
+            r.len() == 2 && r.values().all(|t| t.packets > 3)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("cycle {cycle}: {e}"));
+        if cycle % 2 == 0 {
+            a.leave().await;
+            b.leave().await;
+        } else {
+            a.close().await;
+            b.close().await;
+        }
+        wait_metrics(&server, "the cycle freed everything", all_freed).await;
+    }
+    let deadline = std::time::Instant::now() + WAIT;
+    while tasks() > baseline && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        tasks() <= baseline,
+        "{} tasks alive after the cycles, {baseline} before",
+        tasks()
+    );
+    server.shutdown().await.expect("shutdown");
+}
