@@ -63,6 +63,15 @@ struct Session {
 }
 
 pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+    let span = tracing::info_span!(
+        "session",
+        room = tracing::field::Empty,
+        participant = tracing::field::Empty
+    );
+    serve(socket, state).instrument(span).await
+}
+
+async fn serve(socket: WebSocket, state: Arc<AppState>) {
     Metrics::inc(&state.metrics.websockets);
     let (sink, mut stream) = socket.split();
     let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
@@ -396,6 +405,9 @@ impl Session {
             }
         };
         Metrics::add(&self.state.metrics.joins, 1);
+        let span = tracing::Span::current();
+        span.record("room", room.name.as_str());
+        span.record("participant", participant.id.as_str());
         info!(room = %room.name, participant = %participant.id, name = %participant.name, "joined");
         let span =
             tracing::info_span!("participant", room = %room.name, participant = %participant.id);
