@@ -408,9 +408,7 @@ impl Session {
         let span = tracing::Span::current();
         span.record("room", room.name.as_str());
         span.record("participant", participant.id.as_str());
-        info!(room = %room.name, participant = %participant.id, name = %participant.name, "joined");
-        let span =
-            tracing::info_span!("participant", room = %room.name, participant = %participant.id);
+        info!(name = %participant.name, "joined");
         let settings = SubscriberSettings {
             queue_packets: self.state.config.downtrack_queue_packets,
             max_chat_bytes: self.state.config.max_chat_bytes,
@@ -425,7 +423,6 @@ impl Session {
             settings,
             self.state.metrics.clone(),
         )
-        .instrument(span)
         .await;
         self.joined = Some(Joined {
             participant,
@@ -577,7 +574,7 @@ impl Session {
                 debug!(error = %e, "closing the publisher PC");
             }
         }
-        info!(room = %j.room.name, participant = %j.participant.id, "left");
+        info!("left");
     }
 }
 
