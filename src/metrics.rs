@@ -69,6 +69,8 @@ metrics! {
         keyframe_waits: "RTP packets held back while a DownTrack waited for a keyframe.",
         plis_sent: "Keyframe requests (PLI) sent to publishers.",
         keyframe_requests_received: "Keyframe requests (PLI/FIR) received from subscribers.",
+        nacks_received: "NACKs received from subscribers (answered from the send buffer).",
+        nacks_sent: "NACKs sent to publishers for packets lost on the uplink.",
         chat_messages: "Chat messages relayed.",
         signaling_errors: "Error replies sent on signaling sockets.",
         joins: "Successful joins.",

@@ -471,7 +471,7 @@ impl Client {
         });
         let pc = self
             .factory
-            .build(handler, true)
+            .build(handler)
             .await
             .map_err(|e| ClientError::Rtc(e.to_string()))?;
         let mut senders = Vec::new();
@@ -649,6 +649,44 @@ impl Client {
         stream_id: &str,
         track_id: &str,
     ) -> Result<(), ClientError> {
+        self.send_feedback(stream_id, track_id, |media_ssrc| {
+            Box::new(
+                rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
+                    sender_ssrc: 0,
+                    media_ssrc,
+                },
+            )
+        })
+        .await
+    }
+
+    /// Asks for one packet again (a NACK), as a receiver that lost it would.
+    pub async fn request_retransmission(
+        &self,
+        stream_id: &str,
+        track_id: &str,
+        sequence_number: u16,
+    ) -> Result<(), ClientError> {
+        use rtc::rtcp::transport_feedbacks::transport_layer_nack::{NackPair, TransportLayerNack};
+        self.send_feedback(stream_id, track_id, |media_ssrc| {
+            Box::new(TransportLayerNack {
+                sender_ssrc: 0,
+                media_ssrc,
+                nacks: vec![NackPair {
+                    packet_id: sequence_number,
+                    lost_packets: 0,
+                }],
+            })
+        })
+        .await
+    }
+
+    async fn send_feedback(
+        &self,
+        stream_id: &str,
+        track_id: &str,
+        make: impl FnOnce(u32) -> Box<dyn rtc::rtcp::Packet>,
+    ) -> Result<(), ClientError> {
         let track = self
             .shared
             .remotes
@@ -662,12 +700,8 @@ impl Client {
                 "no received track {stream_id} {track_id}"
             )))?;
         let media_ssrc = track.ssrcs().await.first().copied().unwrap_or(0);
-        let pli = rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication {
-            sender_ssrc: 0,
-            media_ssrc,
-        };
         track
-            .write_rtcp(vec![Box::new(pli)])
+            .write_rtcp(vec![make(media_ssrc)])
             .await
             .map_err(|e| ClientError::Rtc(e.to_string()))
     }
@@ -791,7 +825,7 @@ async fn read_loop(
                         shared: shared.clone(),
                         pc: PcKind::Subscriber,
                     });
-                    match factory.build(handler, false).await {
+                    match factory.build(handler).await {
                         Ok(pc) => *slot = Some(pc),
                         Err(_) => continue,
                     }

@@ -1,5 +1,5 @@
 //! Marks inbound RTCP compounds holding a keyframe request (PLI or FIR) for delivery to the
-//! application.
+//! application, and counts the NACKs that pass, both ways.
 //!
 //! webrtc-rs stops inbound RTCP at the end of the interceptor chain unless an interceptor
 //! vouches for it. The SFU needs subscribers' PLI/FIR to reach the DownTrack, which relays them
@@ -12,13 +12,38 @@ use std::time::Instant;
 use interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
 
-#[derive(Default)]
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+
 pub struct KeyframeRequestInterceptor {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
+    metrics: Arc<Metrics>,
+}
+
+impl KeyframeRequestInterceptor {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        KeyframeRequestInterceptor {
+            read_queue: VecDeque::new(),
+            write_queue: VecDeque::new(),
+            metrics,
+        }
+    }
+}
+
+fn count_nacks(packet: &Packet) -> u64 {
+    match packet {
+        Packet::Rtcp(packets) => packets
+            .iter()
+            .filter(|p| p.as_any().is::<TransportLayerNack>())
+            .count() as u64,
+        _ => 0,
+    }
 }
 
 /// True when an RTCP packet asks for a keyframe.
@@ -35,6 +60,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
     type Time = Instant;
 
     fn handle_read(&mut self, mut msg: TaggedPacket) -> Result<(), Self::Error> {
+        Metrics::add(
+            &self.metrics.nacks_received,
+            count_nacks(&msg.message.packet),
+        );
         if let Packet::Rtcp(packets) = &msg.message.packet {
             if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
                 msg.message.add(Attribute::DeliverToApplication);
@@ -49,6 +78,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
     }
 
     fn handle_write(&mut self, msg: TaggedPacket) -> Result<(), Self::Error> {
+        Metrics::add(&self.metrics.nacks_sent, count_nacks(&msg.message.packet));
         self.write_queue.push_back(msg);
         Ok(())
     }

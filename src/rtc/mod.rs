@@ -95,11 +95,7 @@ impl PcFactory {
     }
 
     /// Builds one peer connection, binding its UDP socket in the configured port range.
-    pub async fn build(
-        &self,
-        handler: Arc<dyn PeerConnectionEventHandler>,
-        with_keyframe_feedback: bool,
-    ) -> Result<Pc, Error> {
+    pub async fn build(&self, handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Pc, Error> {
         let attempts = self
             .ice
             .ports
@@ -109,10 +105,7 @@ impl PcFactory {
         for _ in 0..attempts {
             let port = self.pick_port();
             let addr = SocketAddr::new(self.ice.bind_ip, port);
-            match self
-                .build_on(addr, handler.clone(), with_keyframe_feedback)
-                .await
-            {
+            match self.build_on(addr, handler.clone()).await {
                 Ok(pc) => {
                     return Ok(Arc::new(PcHandle::new(Box::new(pc), self.metrics.clone())));
                 }
@@ -137,20 +130,19 @@ impl PcFactory {
         &self,
         addr: SocketAddr,
         handler: Arc<dyn PeerConnectionEventHandler>,
-        with_keyframe_feedback: bool,
     ) -> Result<impl PeerConnection, Error> {
         let mut media_engine = MediaEngine::default();
         media_engine
             .register_default_codecs()
             .map_err(|e| Error::Rtc(format!("registering codecs: {e}")))?;
-        let mut registry = interceptors(&mut media_engine)
-            .map_err(|e| Error::Rtc(format!("registering interceptors: {e}")))?;
-        if with_keyframe_feedback {
-            registry = registry.with(
+        let registry = interceptors(&mut media_engine)
+            .map_err(|e| Error::Rtc(format!("registering interceptors: {e}")))?
+            // Last in the chain: it sees inbound feedback after the NACK responder and the
+            // outbound NACKs the generator made.
+            .with(
                 interceptor::Slot::from(14_000usize),
-                KeyframeRequestInterceptor::default(),
+                KeyframeRequestInterceptor::new(self.metrics.clone()),
             );
-        }
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(self.ice.ice_servers.clone())
             .build();

@@ -134,7 +134,7 @@ impl SubscriberPc {
         metrics: Arc<Metrics>,
     ) -> Result<(), crate::Error> {
         let handler = events_handler(participant.clone(), commands_tx, PcKind::Subscriber);
-        let pc = factory.build(handler, true).await?;
+        let pc = factory.build(handler).await?;
         let chat_channel = pc
             .create_data_channel(chat::LABEL, None)
             .await

@@ -479,7 +479,7 @@ impl Session {
                     pli_interval: self.state.config.pli_interval(),
                     metrics: self.state.metrics.clone(),
                 });
-                match self.state.pc_factory.build(handler, false).await {
+                match self.state.pc_factory.build(handler).await {
                     Ok(pc) => {
                         j.publisher = Some(pc.clone());
                         pc
