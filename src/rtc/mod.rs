@@ -3,7 +3,7 @@
 //! Everything that names webrtc-rs configuration types lives here, so that the next breaking
 //! release of the stack touches few files.
 
-mod keyframe_interceptor;
+mod feedback_interceptor;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,7 +21,7 @@ use crate::config::{Config, PortRange};
 use crate::metrics::Metrics;
 use crate::Error;
 
-pub use keyframe_interceptor::{is_keyframe_request, KeyframeRequestInterceptor};
+pub use feedback_interceptor::{is_keyframe_request, FeedbackInterceptor};
 
 /// The boxed peer connection type the rest of the code holds.
 pub type Pc = Arc<PcHandle>;
@@ -141,7 +141,7 @@ impl PcFactory {
             // outbound NACKs the generator made.
             .with(
                 interceptor::Slot::from(14_000usize),
-                KeyframeRequestInterceptor::new(self.metrics.clone()),
+                FeedbackInterceptor::new(self.metrics.clone()),
             );
         let configuration = RTCConfigurationBuilder::new()
             .with_ice_servers(self.ice.ice_servers.clone())

@@ -20,15 +20,15 @@ use std::sync::Arc;
 
 use crate::metrics::Metrics;
 
-pub struct KeyframeRequestInterceptor {
+pub struct FeedbackInterceptor {
     read_queue: VecDeque<TaggedPacket>,
     write_queue: VecDeque<TaggedPacket>,
     metrics: Arc<Metrics>,
 }
 
-impl KeyframeRequestInterceptor {
+impl FeedbackInterceptor {
     pub fn new(metrics: Arc<Metrics>) -> Self {
-        KeyframeRequestInterceptor {
+        FeedbackInterceptor {
             read_queue: VecDeque::new(),
             write_queue: VecDeque::new(),
             metrics,
@@ -52,7 +52,7 @@ pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>()
 }
 
-impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
+impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackInterceptor {
     type Rout = TaggedPacket;
     type Wout = TaggedPacket;
     type Eout = ();
@@ -88,7 +88,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for KeyframeRequestInterceptor {
     }
 }
 
-impl Interceptor for KeyframeRequestInterceptor {
+impl Interceptor for FeedbackInterceptor {
     fn bind_local_stream(&mut self, _info: &StreamInfo) {}
     fn unbind_local_stream(&mut self, _info: &StreamInfo) {}
     fn bind_remote_stream(&mut self, _info: &StreamInfo) {}
