@@ -144,3 +144,12 @@ test('a participant without camera or microphone still joins, watches and chats'
   await host.close();
   await viewer.close();
 });
+
+test('signaling errors are shown to the user, not swallowed', async () => {
+  const page = await openPage(browser.context, server.url, 'no spaces allowed!', 'eve');
+  await page.waitForFunction(() => !document.querySelector('#toast').hidden, null, { timeout: 10_000 });
+  const toast = await page.textContent('#toast');
+  assert.match(toast, /invalid_room/);
+  assert.equal(await page.isVisible('#join-form'), true, 'back at the join form to fix the room name');
+  await page.close();
+});
