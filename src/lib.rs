@@ -117,9 +117,9 @@ impl Server {
         }
     }
 
-    /// Runs until the listener stops (for the binary).
-    pub async fn wait(self) -> Result<(), Error> {
-        match self.task.await {
+    /// Resolves if the listener stops by itself (an accept loop failure, say).
+    pub async fn stopped(&mut self) -> Result<(), Error> {
+        match (&mut self.task).await {
             Ok(result) => result,
             Err(e) => Err(Error::Io(std::io::Error::other(e))),
         }

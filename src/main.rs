@@ -41,15 +41,30 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Load(load)) => return run_load(load).await,
         None => cli.serve,
     };
-    let server = Server::start(config).await.context("starting the server")?;
+    let mut server = Server::start(config).await.context("starting the server")?;
     println!("switchboard listening on {}", server.http_url());
-    let shutdown = tokio::signal::ctrl_c();
     tokio::select! {
-        result = server_wait(&server) => result?,
-        _ = shutdown => {}
+        result = server.stopped() => return result.context("the server stopped"),
+        _ = shutdown_signal() => {}
     }
     server.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// SIGINT (Ctrl-C) or SIGTERM (service managers, containers).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run_load(config: switchboard::load::LoadConfig) -> anyhow::Result<()> {
@@ -63,10 +78,5 @@ async fn run_load(config: switchboard::load::LoadConfig) -> anyhow::Result<()> {
     if !report.passed() {
         std::process::exit(2);
     }
-    Ok(())
-}
-
-async fn server_wait(_server: &Server) -> anyhow::Result<()> {
-    std::future::pending::<()>().await;
     Ok(())
 }
