@@ -184,6 +184,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_PING_INTERVAL", default_value = "10", value_parser = parse_duration_secs)]
     pub ping_interval: Duration,
 
+    /// Signaling messages queued for one client before it counts as not reading and is
+    /// disconnected.
+    #[arg(
+        long = "signaling-queue",
+        env = "SWITCHBOARD_SIGNALING_QUEUE",
+        default_value_t = 512
+    )]
+    pub signaling_queue_messages: usize,
+
     /// Packets a DownTrack may queue before it drops (a slow subscriber drops, never stalls).
     #[arg(
         long = "downtrack-queue",
@@ -217,6 +226,7 @@ impl Default for Config {
             message_rate_per_sec: 50,
             idle_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(10),
+            signaling_queue_messages: 512,
             downtrack_queue_packets: 512,
             pli_interval_ms: 500,
         }
@@ -335,6 +345,8 @@ mod tests {
             "3",
             "--downtrack-queue",
             "64",
+            "--signaling-queue",
+            "32",
             "--pli-interval-ms",
             "250",
         ])
@@ -344,6 +356,7 @@ mod tests {
         assert_eq!(c.max_tracks_per_participant, 5);
         assert_eq!(c.message_rate_per_sec, 7);
         assert_eq!(c.downtrack_queue_packets, 64);
+        assert_eq!(c.signaling_queue_messages, 32);
         assert_eq!(c.ice_servers.len(), 2);
         assert_eq!(c.idle_timeout, Duration::from_secs(12));
         assert_eq!(

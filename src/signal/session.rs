@@ -34,8 +34,6 @@ const CLOSE_UNAUTHORIZED: u16 = 4001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INTERNAL: u16 = 1011;
 
-/// Messages queued for one socket before the client counts as not reading.
-const OUTBOX_CAPACITY: usize = 512;
 /// How long the writer may take to flush the last messages and the close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Publisher candidates kept while the publisher PC does not exist yet.
@@ -74,7 +72,7 @@ pub async fn run(socket: WebSocket, state: Arc<AppState>) {
 async fn serve(socket: WebSocket, state: Arc<AppState>) {
     Metrics::inc(&state.metrics.websockets);
     let (sink, mut stream) = socket.split();
-    let (outbox_tx, outbox_rx) = mpsc::channel(OUTBOX_CAPACITY);
+    let (outbox_tx, outbox_rx) = mpsc::channel(state.config.signaling_queue_messages.max(1));
     let (close_tx, close_rx) = oneshot::channel::<(u16, &'static str)>();
     let writer = tokio::spawn(write_loop(
         sink,
