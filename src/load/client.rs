@@ -28,7 +28,7 @@ use webrtc::peer_connection::{
 
 use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Stamp};
 use crate::metrics::Metrics;
-use crate::rtc::subscriber::{candidate_from_init, candidate_to_init};
+use crate::rtc::{candidate_from_init, candidate_to_init};
 use crate::rtc::{is_keyframe_request, IceSettings, Pc, PcFactory};
 use crate::signal::protocol::{ChatRelay, ParticipantState, PcKind, ServerMessage};
 
@@ -190,7 +190,6 @@ struct Shared {
     chat: Mutex<Vec<ChatRelay>>,
     chat_errors: Mutex<Vec<String>>,
     chat_channel: Mutex<Option<Arc<dyn DataChannel>>>,
-    subscriber_connected: AtomicBool,
     publisher_connected: AtomicBool,
     /// Set when the signaling socket closed under us (the server went away, say).
     signaling_closed: AtomicBool,
@@ -239,12 +238,10 @@ impl PeerConnectionEventHandler for SubscriberEvents {
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        if state == RTCPeerConnectionState::Connected {
-            let flag = match self.pc {
-                PcKind::Subscriber => &self.shared.subscriber_connected,
-                PcKind::Publisher => &self.shared.publisher_connected,
-            };
-            flag.store(true, Ordering::Release);
+        if self.pc == PcKind::Publisher && state == RTCPeerConnectionState::Connected {
+            self.shared
+                .publisher_connected
+                .store(true, Ordering::Release);
         }
     }
 
@@ -575,11 +572,6 @@ impl Client {
         Ok((kind, track, ssrc, payload_type))
     }
 
-    /// Track ids this client publishes, as the server announces them.
-    pub fn published_track_ids(&self) -> Vec<String> {
-        vec![format!("{}-audio", self.id), format!("{}-video", self.id)]
-    }
-
     /// Stops publishing one kind by renegotiating the publisher PC without it.
     pub async fn unpublish(&self, label: &str) -> Result<(), ClientError> {
         let pc = self
@@ -718,10 +710,6 @@ impl Client {
                 task.abort();
             }
         }
-    }
-
-    pub fn subscriber_connected(&self) -> bool {
-        self.shared.subscriber_connected.load(Ordering::Acquire)
     }
 
     /// Sends a chat message once the chat channel is open.

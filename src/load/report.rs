@@ -16,10 +16,10 @@ pub struct LatencySummary {
 }
 
 impl LatencySummary {
-    pub fn from_histogram(h: &hdrhistogram::Histogram<u64>) -> Self {
-        if h.is_empty() {
+    pub fn from_histogram(h: Option<&hdrhistogram::Histogram<u64>>) -> Self {
+        let Some(h) = h.filter(|h| !h.is_empty()) else {
             return LatencySummary::default();
-        }
+        };
         let ms = |us: u64| Some(us as f64 / 1000.0);
         LatencySummary {
             samples: h.len(),

@@ -303,8 +303,12 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
                 }
             }
             for &us in &stats.latencies_us {
-                let _ = latencies.record(us.max(1));
-                let _ = all_latencies.record(us.max(1));
+                for h in [latencies.as_mut(), all_latencies.as_mut()]
+                    .into_iter()
+                    .flatten()
+                {
+                    let _ = h.record(us.max(1));
+                }
             }
             if let Some(at) = stats.first_packet_at {
                 first_media = Some(first_media.map_or(at, |f: Instant| f.min(at)));
@@ -327,7 +331,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             packets_lost: lost,
             loss_percent: percent(lost, packets + lost),
             jitter_ms,
-            latency: LatencySummary::from_histogram(&latencies),
+            latency: LatencySummary::from_histogram(latencies.as_ref()),
             packets_sent: sent_by.get(&j.client.id).copied().unwrap_or(0),
             video_packets_sent: stats
                 .video_packets
@@ -385,7 +389,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             * 8.0
             / media_secs.max(0.001),
         jitter_ms_max: participants.iter().map(|p| p.jitter_ms).fold(0.0, f64::max),
-        latency: LatencySummary::from_histogram(&all_latencies),
+        latency: LatencySummary::from_histogram(all_latencies.as_ref()),
         join_ms_p50: quantile(&join_times, 0.5),
         join_ms_max: join_times
             .iter()
@@ -428,10 +432,9 @@ fn clock_rate_of(kind: &str) -> Option<u32> {
     }
 }
 
-fn new_histogram() -> hdrhistogram::Histogram<u64> {
-    // 1 µs to 60 s at 3 significant digits; the bounds are valid, so this cannot fail.
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
-        .unwrap_or_else(|_| hdrhistogram::Histogram::new(3).expect("3 significant digits is valid"))
+/// Latencies from 1 µs to 60 s at 3 significant digits (valid bounds: never `None` in practice).
+fn new_histogram() -> Option<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok()
 }
 
 pub fn percent(part: u64, whole: u64) -> f64 {

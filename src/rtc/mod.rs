@@ -169,6 +169,43 @@ fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registr
     Ok(configure_rtcp_reports(registry))
 }
 
+pub fn candidate_from_init(
+    init: webrtc::peer_connection::RTCIceCandidateInit,
+) -> crate::signal::protocol::Candidate {
+    crate::signal::protocol::Candidate {
+        candidate: init.candidate,
+        sdp_mid: init.sdp_mid,
+        sdp_mline_index: init.sdp_mline_index,
+        username_fragment: init.username_fragment,
+    }
+}
+
+pub fn candidate_to_init(
+    c: crate::signal::protocol::Candidate,
+) -> webrtc::peer_connection::RTCIceCandidateInit {
+    webrtc::peer_connection::RTCIceCandidateInit {
+        candidate: c.candidate,
+        sdp_mid: c.sdp_mid,
+        sdp_mline_index: c.sdp_mline_index,
+        username_fragment: c.username_fragment,
+        url: None,
+    }
+}
+
+/// Sends a locally gathered candidate to the participant (trickle ICE).
+pub fn relay_candidate(
+    participant: &crate::room::Participant,
+    pc: crate::signal::protocol::PcKind,
+    event: &webrtc::peer_connection::RTCPeerConnectionIceEvent,
+) {
+    if let Ok(init) = event.candidate.to_json() {
+        participant.send(crate::signal::protocol::ServerMessage::Candidate {
+            pc,
+            candidate: Some(candidate_from_init(init)),
+        });
+    }
+}
+
 /// A peer connection that counts itself in the `peer_connections` gauge while alive.
 pub struct PcHandle {
     inner: Box<dyn PeerConnection>,

@@ -14,7 +14,7 @@ use webrtc::peer_connection::{
 use crate::media::receiver::{Receiver, TrackMeta};
 use crate::metrics::Metrics;
 use crate::room::{Participant, PublishedTrack, Room};
-use crate::rtc::subscriber::candidate_from_init;
+use crate::rtc::relay_candidate;
 use crate::signal::protocol::{ErrorCode, PcKind, ServerMessage, TrackKind};
 
 pub struct PublisherEvents {
@@ -27,12 +27,7 @@ pub struct PublisherEvents {
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for PublisherEvents {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            self.participant.send(ServerMessage::Candidate {
-                pc: PcKind::Publisher,
-                candidate: Some(candidate_from_init(init)),
-            });
-        }
+        relay_candidate(&self.participant, PcKind::Publisher, &event);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {

@@ -15,8 +15,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn, Instrument};
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::peer_connection::{
-    PeerConnectionEventHandler, RTCIceCandidateInit, RTCPeerConnectionIceEvent,
-    RTCPeerConnectionState, RTCSessionDescription,
+    PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
+    RTCSessionDescription,
 };
 use webrtc::rtp_transceiver::RtpSender;
 
@@ -24,7 +24,7 @@ use crate::chat;
 use crate::media::downtrack::DownTrack;
 use crate::metrics::Metrics;
 use crate::room::{Participant, PublishedTrack, Room};
-use crate::rtc::{Pc, PcFactory};
+use crate::rtc::{candidate_to_init, relay_candidate, Pc, PcFactory};
 use crate::signal::protocol::{Candidate, ErrorCode, PcKind, ServerMessage};
 
 pub enum SubscriberCommand {
@@ -44,58 +44,20 @@ pub enum SubscriberCommand {
 struct Events {
     participant: Arc<Participant>,
     commands: mpsc::UnboundedSender<SubscriberCommand>,
-    pc_kind: PcKind,
 }
 
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for Events {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
-        if let Ok(init) = event.candidate.to_json() {
-            self.participant.send(ServerMessage::Candidate {
-                pc: self.pc_kind,
-                candidate: Some(candidate_from_init(init)),
-            });
-        }
+        relay_candidate(&self.participant, PcKind::Subscriber, &event);
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
-        debug!(participant = %self.participant.id, pc = ?self.pc_kind, %state, "connection state");
-        if state == RTCPeerConnectionState::Connected && self.pc_kind == PcKind::Subscriber {
+        debug!(participant = %self.participant.id, pc = "subscriber", %state, "connection state");
+        if state == RTCPeerConnectionState::Connected {
             let _ = self.commands.send(SubscriberCommand::Connected);
         }
     }
-}
-
-pub fn candidate_from_init(init: RTCIceCandidateInit) -> Candidate {
-    Candidate {
-        candidate: init.candidate,
-        sdp_mid: init.sdp_mid,
-        sdp_mline_index: init.sdp_mline_index,
-        username_fragment: init.username_fragment,
-    }
-}
-
-pub fn candidate_to_init(c: Candidate) -> RTCIceCandidateInit {
-    RTCIceCandidateInit {
-        candidate: c.candidate,
-        sdp_mid: c.sdp_mid,
-        sdp_mline_index: c.sdp_mline_index,
-        username_fragment: c.username_fragment,
-        url: None,
-    }
-}
-
-/// An event handler for a participant's PC that relays candidates to its socket.
-pub fn events_handler(
-    participant: Arc<Participant>,
-    commands: mpsc::UnboundedSender<SubscriberCommand>,
-    pc_kind: PcKind,
-) -> Arc<dyn PeerConnectionEventHandler> {
-    Arc::new(Events {
-        participant,
-        commands,
-        pc_kind,
-    })
 }
 
 struct Forwarded {
@@ -133,7 +95,10 @@ impl SubscriberPc {
         settings: SubscriberSettings,
         metrics: Arc<Metrics>,
     ) -> Result<(), crate::Error> {
-        let handler = events_handler(participant.clone(), commands_tx, PcKind::Subscriber);
+        let handler = Arc::new(Events {
+            participant: participant.clone(),
+            commands: commands_tx,
+        });
         let pc = factory.build(handler).await?;
         let chat_channel = pc
             .create_data_channel(chat::LABEL, None)

@@ -18,10 +18,8 @@ use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::room::{Participant, Room};
 use crate::rtc::publisher::{media_sections, offer_error, PublisherEvents};
-use crate::rtc::subscriber::{
-    candidate_to_init, SubscriberCommand, SubscriberPc, SubscriberSettings,
-};
-use crate::rtc::Pc;
+use crate::rtc::subscriber::{SubscriberCommand, SubscriberPc, SubscriberSettings};
+use crate::rtc::{candidate_to_init, Pc};
 use crate::signal::protocol::{
     decode_client, Candidate, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
 };
