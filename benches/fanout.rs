@@ -47,6 +47,7 @@ fn fan_out(c: &mut Criterion) {
                     clock_rate: 90_000,
                     ..Default::default()
                 },
+                extensions: Default::default(),
             },
             metrics,
         );

@@ -201,9 +201,24 @@ pub struct Config {
     )]
     pub downtrack_queue_packets: usize,
 
+    /// Longest a video packet may wait in a DownTrack's queue, in milliseconds; older ones
+    /// are dropped and the DownTrack restarts on a keyframe.
+    #[arg(long, env = "SWITCHBOARD_VIDEO_QUEUE_MS", default_value_t = 200)]
+    pub video_queue_ms: u64,
+
+    /// Longest an audio packet may wait in a DownTrack's queue, in milliseconds.
+    #[arg(long, env = "SWITCHBOARD_AUDIO_QUEUE_MS", default_value_t = 100)]
+    pub audio_queue_ms: u64,
+
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
+    /// A subscriber that has nothing to show yet does not wait for it.
     #[arg(long, env = "SWITCHBOARD_PLI_INTERVAL_MS", default_value_t = 500)]
     pub pli_interval_ms: u64,
+
+    /// Fault injection for tests: every Receiver drops every Nth packet from its publisher.
+    /// Not a flag: only a test sets it, to prove the load tester sees loss.
+    #[arg(skip)]
+    pub fault_drop_every_nth_packet: Option<u32>,
 }
 
 impl Default for Config {
@@ -228,7 +243,10 @@ impl Default for Config {
             ping_interval: Duration::from_secs(10),
             signaling_queue_messages: 512,
             downtrack_queue_packets: 512,
+            video_queue_ms: 200,
+            audio_queue_ms: 100,
             pli_interval_ms: 500,
+            fault_drop_every_nth_packet: None,
         }
     }
 }
@@ -244,6 +262,14 @@ impl Config {
 
     pub fn pli_interval(&self) -> Duration {
         Duration::from_millis(self.pli_interval_ms)
+    }
+
+    pub fn queue_limits(&self) -> crate::media::downtrack::QueueLimits {
+        crate::media::downtrack::QueueLimits {
+            packets: self.downtrack_queue_packets,
+            audio_age: Duration::from_millis(self.audio_queue_ms.max(1)),
+            video_age: Duration::from_millis(self.video_queue_ms.max(1)),
+        }
     }
 
     /// Checks what clap cannot: TLS is needed off loopback.
@@ -349,6 +375,10 @@ mod tests {
             "32",
             "--pli-interval-ms",
             "250",
+            "--video-queue-ms",
+            "150",
+            "--audio-queue-ms",
+            "60",
         ])
         .expect("every documented flag parses");
         let c = cli.config;
@@ -356,6 +386,8 @@ mod tests {
         assert_eq!(c.max_tracks_per_participant, 5);
         assert_eq!(c.message_rate_per_sec, 7);
         assert_eq!(c.downtrack_queue_packets, 64);
+        assert_eq!(c.queue_limits().video_age, Duration::from_millis(150));
+        assert_eq!(c.queue_limits().audio_age, Duration::from_millis(60));
         assert_eq!(c.signaling_queue_messages, 32);
         assert_eq!(c.ice_servers.len(), 2);
         assert_eq!(c.idle_timeout, Duration::from_secs(12));

@@ -10,11 +10,33 @@ macro_rules! metrics {
     (
         gauges { $($g:ident: $gh:literal,)* }
         counters { $($c:ident: $ch:literal,)* }
+        dropped { $($d:ident,)* }
     ) => {
         #[derive(Debug, Default)]
         pub struct Metrics {
             $(pub $g: AtomicI64,)*
             $(pub $c: AtomicU64,)*
+            /// RTP packets not forwarded to a subscriber, by reason.
+            pub dropped: Dropped,
+        }
+
+        /// RTP packets not forwarded to a subscriber, one counter per reason; rendered as one
+        /// family, `switchboard_packets_dropped_total{reason="..."}`.
+        #[derive(Debug, Default)]
+        pub struct Dropped {
+            $(pub $d: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`Dropped`].
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+        pub struct DroppedSnapshot {
+            $(pub $d: u64,)*
+        }
+
+        impl DroppedSnapshot {
+            pub fn total(&self) -> u64 {
+                0 $(+ self.$d)*
+            }
         }
 
         /// A point-in-time copy of every metric.
@@ -22,6 +44,7 @@ macro_rules! metrics {
         pub struct MetricsSnapshot {
             $(pub $g: i64,)*
             $(pub $c: u64,)*
+            pub dropped: DroppedSnapshot,
         }
 
         impl Metrics {
@@ -29,6 +52,9 @@ macro_rules! metrics {
                 MetricsSnapshot {
                     $($g: self.$g.load(Ordering::Relaxed),)*
                     $($c: self.$c.load(Ordering::Relaxed),)*
+                    dropped: DroppedSnapshot {
+                        $($d: self.dropped.$d.load(Ordering::Relaxed),)*
+                    },
                 }
             }
 
@@ -43,6 +69,11 @@ macro_rules! metrics {
                     let _ = writeln!(out, "# HELP switchboard_{}_total {}", stringify!($c), $ch);
                     let _ = writeln!(out, "# TYPE switchboard_{}_total counter", stringify!($c));
                     let _ = writeln!(out, "switchboard_{}_total {}", stringify!($c), self.$c.load(Ordering::Relaxed));
+                )*
+                let _ = writeln!(out, "# HELP switchboard_packets_dropped_total RTP packets not forwarded to a subscriber, by reason.");
+                let _ = writeln!(out, "# TYPE switchboard_packets_dropped_total counter");
+                $(
+                    let _ = writeln!(out, "switchboard_packets_dropped_total{{reason=\"{}\"}} {}", stringify!($d), self.dropped.$d.load(Ordering::Relaxed));
                 )*
                 out
             }
@@ -65,8 +96,6 @@ metrics! {
         bytes_in: "RTP payload bytes received from publishers.",
         packets_out: "RTP packets forwarded to subscribers.",
         bytes_out: "RTP payload bytes forwarded to subscribers.",
-        packets_dropped: "RTP packets a DownTrack dropped because its subscriber fell behind.",
-        keyframe_waits: "RTP packets held back while a DownTrack waited for a keyframe.",
         plis_sent: "Keyframe requests (PLI) sent to publishers.",
         keyframe_requests_received: "Keyframe requests (PLI/FIR) received from subscribers.",
         nacks_received: "NACKs received from subscribers (answered from the send buffer).",
@@ -74,6 +103,31 @@ metrics! {
         chat_messages: "Chat messages relayed.",
         signaling_errors: "Error replies sent on signaling sockets.",
         joins: "Successful joins.",
+    }
+    dropped {
+        // The DownTrack's queue was full: its subscriber fell behind.
+        queue_full,
+        // Waited in the DownTrack's queue longer than the configured age.
+        expired,
+        // Held back while the DownTrack waited for a keyframe to (re)start.
+        waiting_for_keyframe,
+        // Older than the current run, or than anything the forwarder still tells apart.
+        too_old,
+        // Already forwarded.
+        duplicate,
+        // The subscriber has not yet accepted the m-line that carries it.
+        not_negotiated,
+    }
+}
+
+impl Dropped {
+    pub fn refused(&self, why: crate::media::forwarder::Refused) -> &AtomicU64 {
+        use crate::media::forwarder::Refused;
+        match why {
+            Refused::WaitingForKeyframe => &self.waiting_for_keyframe,
+            Refused::TooOld => &self.too_old,
+            Refused::Duplicate => &self.duplicate,
+        }
     }
 }
 
@@ -104,5 +158,10 @@ mod tests {
         assert!(text.contains("# TYPE switchboard_rooms gauge\nswitchboard_rooms 1\n"));
         assert!(text.contains("switchboard_packets_out_total 42\n"));
         assert_eq!(m.snapshot().packets_out, 42);
+        Metrics::add(&m.dropped.too_old, 3);
+        let text = m.render_prometheus();
+        assert!(text.contains("switchboard_packets_dropped_total{reason=\"too_old\"} 3\n"));
+        assert!(text.contains("switchboard_packets_dropped_total{reason=\"queue_full\"} 0\n"));
+        assert_eq!(m.snapshot().dropped.total(), 3);
     }
 }

@@ -1,14 +1,18 @@
 //! Per-DownTrack forwarding decisions: keyframe gating and sequence/timestamp rewriting.
 //!
-//! Pure logic, no I/O, so the hard cases (wrap-around, reordering, a publisher that changes
-//! SSRC, a restart after the subscriber fell behind) are unit-tested without sockets.
+//! Pure logic, no I/O, so the hard cases (wrap-around, reordering, duplicates, a publisher
+//! that changes SSRC or restarts its numbering, a restart after the subscriber fell behind)
+//! are unit-tested without sockets.
 //!
 //! Each DownTrack has its own sequence and timestamp space. On every (re)start the
-//! outgoing sequence continues from the last one sent, so the subscriber sees one unbroken
+//! outgoing sequence continues from the highest one sent, so the subscriber sees one unbroken
 //! stream whatever happened upstream; within a run, gaps upstream stay gaps downstream, so the
-//! subscriber's loss detection (NACK, PLI) still works.
+//! subscriber's loss detection (NACK, PLI) still works. Every comparison is made on extended
+//! sequence numbers, so a stream may run for any length of time.
 
 use std::time::Instant;
+
+use crate::media::sequence::{Seen, SeenWindow, SeqUnwrapper};
 
 /// The header fields a forwarded packet is sent with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,22 +21,45 @@ pub struct Rewritten {
     pub timestamp: u32,
 }
 
+/// Why the forwarder refused a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refused {
+    /// The stream waits for a keyframe to (re)start.
+    WaitingForKeyframe,
+    /// Older than the start of the current run, or than anything still told apart.
+    TooOld,
+    /// Already forwarded.
+    Duplicate,
+}
+
+impl Refused {
+    /// The label `/metrics` counts it under.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refused::WaitingForKeyframe => "waiting_for_keyframe",
+            Refused::TooOld => "too_old",
+            Refused::Duplicate => "duplicate",
+        }
+    }
+}
+
 /// What the forwarder decided for one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision {
     Forward(Rewritten),
-    /// Dropped because the stream waits for a keyframe to (re)start.
-    WaitingForKeyframe,
-    /// Dropped because it is older than the start of the current run.
-    TooOld,
+    Refuse(Refused),
 }
+
+/// This many refused-as-old packets in a row mean the publisher restarted its numbering on
+/// the same SSRC: the forwarder starts over rather than refuse the stream forever.
+const RESET_AFTER_OLD_IN_A_ROW: u32 = 64;
 
 #[derive(Debug, Clone, Copy)]
 struct Run {
-    in_ssrc: u32,
-    /// Sequence number of the packet the run started on (upstream numbering).
-    start_in_seq: u16,
-    seq_offset: u16,
+    /// Extended upstream number of the packet the run started on.
+    start_in: u64,
+    /// Extended outgoing number minus extended upstream number.
+    seq_offset: i64,
     ts_offset: u32,
 }
 
@@ -41,10 +68,15 @@ pub struct Forwarder {
     /// Video waits for a keyframe; audio starts on any packet.
     gated: bool,
     clock_rate: u32,
+    in_ssrc: Option<u32>,
+    in_seq: SeqUnwrapper,
     run: Option<Run>,
-    last_out_seq: u16,
+    /// Highest extended outgoing sequence number sent.
+    out_highest: u64,
+    out_seen: SeenWindow,
     last_out_ts: u32,
     last_out_at: Option<Instant>,
+    old_in_a_row: u32,
 }
 
 impl Forwarder {
@@ -54,10 +86,15 @@ impl Forwarder {
         Forwarder {
             gated,
             clock_rate: clock_rate.max(1),
+            in_ssrc: None,
+            in_seq: SeqUnwrapper::default(),
             run: None,
-            last_out_seq: initial_seq.wrapping_sub(1),
+            // One cycle up, so the first packet sent is `initial_seq`.
+            out_highest: (1 << 16) + u64::from(initial_seq) - 1,
+            out_seen: SeenWindow::default(),
             last_out_ts: initial_ts,
             last_out_at: None,
+            old_in_a_row: 0,
         }
     }
 
@@ -80,52 +117,84 @@ impl Forwarder {
         is_keyframe: bool,
         now: Instant,
     ) -> Decision {
-        if self.run.is_some_and(|run| run.in_ssrc != ssrc) {
+        if self.in_ssrc != Some(ssrc) {
             // The publisher switched streams: its numbering restarts too.
-            self.run = None;
+            self.in_ssrc = Some(ssrc);
+            self.start_over();
         }
+        let ext = self.in_seq.extend(seq);
         let run = match self.run {
             Some(run) => run,
             None => {
                 if self.gated && !is_keyframe {
-                    return Decision::WaitingForKeyframe;
+                    return Decision::Refuse(Refused::WaitingForKeyframe);
                 }
-                let out_seq = self.last_out_seq.wrapping_add(1);
-                // Advance the timestamp by the wall time since the last packet sent, so that
-                // the subscriber's jitter buffer sees time moving forward across the gap.
-                let elapsed_ticks = self
-                    .last_out_at
-                    .map(|at| {
-                        let secs = now.saturating_duration_since(at).as_secs_f64();
-                        (secs * f64::from(self.clock_rate)) as u32
-                    })
-                    .unwrap_or(0)
-                    .max(1);
-                let out_ts = self.last_out_ts.wrapping_add(elapsed_ticks);
-                let run = Run {
-                    in_ssrc: ssrc,
-                    start_in_seq: seq,
-                    seq_offset: seq.wrapping_sub(out_seq),
-                    ts_offset: ts.wrapping_sub(out_ts),
-                };
-                self.run = Some(run);
-                run
+                self.start_run(ext, ts, now)
             }
         };
-        // Packets from before the run started (reordered) would land before the keyframe.
-        if (seq.wrapping_sub(run.start_in_seq) as i16) < 0 {
-            return Decision::TooOld;
+        if ext < run.start_in {
+            // From before the packet the run started on (reordered): it would land before
+            // the keyframe.
+            return self.refuse_old(seq, ts, is_keyframe, now);
         }
-        let out = Rewritten {
-            sequence_number: seq.wrapping_sub(run.seq_offset),
-            timestamp: ts.wrapping_sub(run.ts_offset),
-        };
-        if (out.sequence_number.wrapping_sub(self.last_out_seq) as i16) > 0 {
-            self.last_out_seq = out.sequence_number;
-            self.last_out_ts = out.timestamp;
+        let out = ext.saturating_add_signed(run.seq_offset);
+        match self.out_seen.insert(out) {
+            Seen::New => {}
+            Seen::Duplicate => return Decision::Refuse(Refused::Duplicate),
+            Seen::OutOfWindow => return self.refuse_old(seq, ts, is_keyframe, now),
+        }
+        self.old_in_a_row = 0;
+        let timestamp = ts.wrapping_sub(run.ts_offset);
+        if out > self.out_highest {
+            self.out_highest = out;
+            self.last_out_ts = timestamp;
             self.last_out_at = Some(now);
         }
-        Decision::Forward(out)
+        Decision::Forward(Rewritten {
+            sequence_number: out as u16,
+            timestamp,
+        })
+    }
+
+    fn start_run(&mut self, ext: u64, ts: u32, now: Instant) -> Run {
+        let out = self.out_highest + 1;
+        // Advance the timestamp by the wall time since the last packet sent, so that the
+        // subscriber's jitter buffer sees time moving forward across the gap.
+        let elapsed_ticks = self
+            .last_out_at
+            .map(|at| {
+                let secs = now.saturating_duration_since(at).as_secs_f64();
+                (secs * f64::from(self.clock_rate)) as u32
+            })
+            .unwrap_or(0)
+            .max(1);
+        let out_ts = self.last_out_ts.wrapping_add(elapsed_ticks);
+        let run = Run {
+            start_in: ext,
+            seq_offset: out as i64 - ext as i64,
+            ts_offset: ts.wrapping_sub(out_ts),
+        };
+        self.run = Some(run);
+        run
+    }
+
+    fn start_over(&mut self) {
+        self.in_seq.reset();
+        self.run = None;
+        self.old_in_a_row = 0;
+    }
+
+    fn refuse_old(&mut self, seq: u16, ts: u32, is_keyframe: bool, now: Instant) -> Decision {
+        self.old_in_a_row += 1;
+        if self.old_in_a_row < RESET_AFTER_OLD_IN_A_ROW {
+            return Decision::Refuse(Refused::TooOld);
+        }
+        // Nothing has been newer for a while: the upstream numbering jumped back.
+        self.start_over();
+        match self.in_ssrc {
+            Some(ssrc) => self.decide(ssrc, seq, ts, is_keyframe, now),
+            None => Decision::Refuse(Refused::TooOld),
+        }
     }
 }
 
@@ -148,7 +217,7 @@ mod tests {
         assert!(f.is_waiting());
         assert_eq!(
             f.decide(7, 40, 900, false, now),
-            Decision::WaitingForKeyframe
+            Decision::Refuse(Refused::WaitingForKeyframe)
         );
         let first = fwd(f.decide(7, 41, 3000, true, now));
         assert_eq!(first.sequence_number, 1000);
@@ -190,7 +259,10 @@ mod tests {
         let reordered = fwd(f.decide(1, 12, 0, false, now));
         assert_eq!(reordered.sequence_number, 102);
         // Older than the keyframe that started the run.
-        assert_eq!(f.decide(1, 9, 0, false, now), Decision::TooOld);
+        assert_eq!(
+            f.decide(1, 9, 0, false, now),
+            Decision::Refuse(Refused::TooOld)
+        );
     }
 
     #[test]
@@ -202,7 +274,7 @@ mod tests {
         f.restart();
         assert_eq!(
             f.decide(1, 150, 90_000, false, t0),
-            Decision::WaitingForKeyframe
+            Decision::Refuse(Refused::WaitingForKeyframe)
         );
         let t1 = t0 + Duration::from_millis(100);
         let after = fwd(f.decide(1, 151, 93_000, true, t1));
@@ -219,8 +291,131 @@ mod tests {
         let now = Instant::now();
         let mut f = Forwarder::new(true, 90_000, 0, 0);
         let a = fwd(f.decide(1, 100, 0, true, now));
-        assert_eq!(f.decide(2, 7, 0, false, now), Decision::WaitingForKeyframe);
+        assert_eq!(
+            f.decide(2, 7, 0, false, now),
+            Decision::Refuse(Refused::WaitingForKeyframe)
+        );
         let b = fwd(f.decide(2, 8, 0, true, now));
         assert_eq!(b.sequence_number, a.sequence_number.wrapping_add(1));
+    }
+
+    /// A simulated upstream over 200,000 packets (three wraps): reordering, duplicates,
+    /// losses, and a restart that falls across a wrap. The subscriber must get every packet
+    /// forwarded at most once, each run in upstream's order and spacing, and the outgoing
+    /// sequence must continue without a hole across the restart.
+    #[test]
+    fn two_hundred_thousand_packets_with_wraps_reordering_duplicates_and_a_restart() {
+        use rand::{Rng, SeedableRng};
+        use std::collections::{BTreeMap, HashMap};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let start_seq = 60_000u16;
+        let total = 200_000u64;
+        let is_keyframe = |n: u64| n.is_multiple_of(1000);
+        // Upstream order: mostly in order, with local swaps, duplicates and a few losses.
+        let mut upstream: Vec<u64> = (0..total).collect();
+        for i in 0..upstream.len() - 3 {
+            if rng.random_ratio(1, 50) {
+                upstream.swap(i, i + rng.random_range(1..=3));
+            }
+        }
+        let mut sent = Vec::with_capacity(upstream.len() * 2);
+        for n in upstream {
+            if rng.random_ratio(1, 1000) && !is_keyframe(n) {
+                continue; // lost upstream
+            }
+            sent.push(n);
+            if rng.random_ratio(1, 200) {
+                sent.push(n); // duplicated upstream
+            }
+        }
+        // Upstream number 136,606 is sequence number 65,534: the restart straddles a wrap.
+        let restart_at = 136_606u64;
+        assert_eq!(start_seq.wrapping_add(restart_at as u16), 65_534);
+        let mut f = Forwarder::new(true, 90_000, 65_000, 0);
+        let mut run = 0;
+        // run -> upstream number -> outgoing sequence number
+        let mut runs: Vec<BTreeMap<u64, u16>> = vec![BTreeMap::new()];
+        let mut refused: HashMap<Refused, u32> = HashMap::new();
+        for n in sent {
+            if run == 0 && n >= restart_at {
+                f.restart();
+                run = 1;
+                runs.push(BTreeMap::new());
+            }
+            let seq = start_seq.wrapping_add(n as u16);
+            let now = t0 + std::time::Duration::from_micros(n * 300);
+            match f.decide(42, seq, (n * 300) as u32, is_keyframe(n), now) {
+                Decision::Forward(r) => {
+                    let fresh = runs.iter().all(|r| !r.contains_key(&n));
+                    assert!(fresh, "packet {n} forwarded twice");
+                    runs[run].insert(n, r.sequence_number);
+                }
+                Decision::Refuse(why) => *refused.entry(why).or_insert(0) += 1,
+            }
+        }
+        assert_eq!(runs.len(), 2);
+        assert!(refused[&Refused::Duplicate] > 500, "{refused:?}");
+        assert!(refused[&Refused::WaitingForKeyframe] > 100, "{refused:?}");
+        for packets in &runs {
+            let mut it = packets.iter();
+            let (&n0, &s0) = it.next().expect("a run forwarded something");
+            assert!(is_keyframe(n0), "a run starts on a keyframe, not {n0}");
+            for (&n, &s) in it {
+                assert_eq!(s, s0.wrapping_add((n - n0) as u16), "packet {n}");
+            }
+        }
+        let (_, &last_of_first) = runs[0].iter().next_back().unwrap();
+        let (_, &first_of_second) = runs[1].iter().next().unwrap();
+        assert_eq!(first_of_second, last_of_first.wrapping_add(1));
+        assert_eq!(*runs[0].values().next().unwrap(), 65_000);
+        // Everything from each run's keyframe on that arrived at all went through.
+        let forwarded: usize = runs.iter().map(BTreeMap::len).sum();
+        assert!(forwarded as u64 > total - 1000 - total / 500, "{forwarded}");
+    }
+
+    #[test]
+    fn duplicates_are_refused_and_late_packets_keep_their_place_after_a_wrap() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(false, 48_000, 10, 0);
+        let a = fwd(f.decide(5, 65_534, 0, false, now));
+        let c = fwd(f.decide(5, 0, 0, false, now));
+        let b = fwd(f.decide(5, 65_535, 0, false, now));
+        assert_eq!(
+            [a.sequence_number, b.sequence_number, c.sequence_number],
+            [10, 11, 12]
+        );
+        assert_eq!(
+            f.decide(5, 0, 0, false, now),
+            Decision::Refuse(Refused::Duplicate)
+        );
+        assert_eq!(
+            f.decide(5, 65_535, 0, false, now),
+            Decision::Refuse(Refused::Duplicate)
+        );
+    }
+
+    #[test]
+    fn a_publisher_that_restarts_its_numbering_is_followed_after_a_short_while() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(false, 48_000, 0, 0);
+        let mut last = 0;
+        for seq in 30_000..30_100u16 {
+            last = fwd(f.decide(9, seq, 0, false, now)).sequence_number;
+        }
+        // Same SSRC, numbering back at 1,000: older than anything, for a while.
+        let mut refused = 0;
+        let mut resumed = None;
+        for seq in 1_000..1_200u16 {
+            match f.decide(9, seq, 0, false, now) {
+                Decision::Refuse(Refused::TooOld) => refused += 1,
+                Decision::Forward(r) => {
+                    resumed.get_or_insert(r.sequence_number);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(refused, RESET_AFTER_OLD_IN_A_ROW - 1);
+        assert_eq!(resumed, Some(last.wrapping_add(1)));
     }
 }

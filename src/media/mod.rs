@@ -1,6 +1,8 @@
 //! The data plane: RTP from publishers to subscribers.
 
 pub mod downtrack;
+pub mod extensions;
 pub mod forwarder;
 pub mod keyframe;
 pub mod receiver;
+pub mod sequence;

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, Instrument};
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 
+use crate::media::extensions::{Carried, ExtensionIds};
 use crate::media::keyframe::VideoCodec;
 use crate::metrics::Metrics;
 use crate::signal::protocol::TrackKind;
@@ -23,8 +24,13 @@ use crate::signal::protocol::TrackKind;
 /// One RTP packet as read from the publisher, shared by every DownTrack.
 #[derive(Debug)]
 pub struct ForwardedPacket {
+    /// The publisher's packet, its header extensions stripped (their ids are the
+    /// publisher's); what is forwarded of them is in `carried`.
     pub packet: rtp::Packet,
+    pub carried: Carried,
     pub is_keyframe: bool,
+    /// When the Receiver took it: a DownTrack drops what waited too long.
+    pub arrived: Instant,
 }
 
 /// The Receiver's handle on one DownTrack's queue.
@@ -74,6 +80,8 @@ pub struct TrackMeta {
     pub track_id: String,
     pub kind: TrackKind,
     pub codec: rtc::rtp_transceiver::rtp_sender::RTCRtpCodec,
+    /// The publisher's ids for the extensions forwarded to subscribers.
+    pub extensions: ExtensionIds,
 }
 
 pub struct Receiver {
@@ -81,7 +89,11 @@ pub struct Receiver {
     video_codec: Option<VideoCodec>,
     sinks: ArcSwap<Vec<Arc<DownTrackSink>>>,
     keyframe_wanted: Notify,
+    keyframe_urgent: Notify,
     media_ssrc: AtomicU32,
+    /// Test-only fault injection: drop every Nth packet (0: never).
+    fault_drop_every: AtomicU32,
+    fault_count: AtomicU32,
     metrics: Arc<Metrics>,
 }
 
@@ -97,9 +109,18 @@ impl Receiver {
             video_codec,
             sinks: ArcSwap::from_pointee(Vec::new()),
             keyframe_wanted: Notify::new(),
+            keyframe_urgent: Notify::new(),
             media_ssrc: AtomicU32::new(0),
+            fault_drop_every: AtomicU32::new(0),
+            fault_count: AtomicU32::new(0),
             metrics,
         })
+    }
+
+    /// Makes the Receiver drop every `n`th packet: only tests break the server on purpose.
+    pub fn set_fault_drop_every(&self, n: Option<u32>) {
+        self.fault_drop_every
+            .store(n.unwrap_or(0), Ordering::Relaxed);
     }
 
     pub fn is_video(&self) -> bool {
@@ -148,6 +169,15 @@ impl Receiver {
         }
     }
 
+    /// Asks the publisher for a keyframe for a subscriber that has nothing yet (it joined, or
+    /// its transport just came up): sent at once unless one went out a moment ago, whose
+    /// keyframe will serve it too.
+    pub fn request_keyframe_now(&self) {
+        if self.video_codec.is_some() {
+            self.keyframe_urgent.notify_one();
+        }
+    }
+
     /// Reads the publisher's track until it ends; then calls `on_end`.
     pub fn spawn(
         self: &Arc<Self>,
@@ -193,9 +223,14 @@ impl Receiver {
     pub fn fan_out(&self, mut packet: rtp::Packet) {
         Metrics::add(&self.metrics.packets_in, 1);
         Metrics::add(&self.metrics.bytes_in, packet.payload.len() as u64);
+        let every = self.fault_drop_every.load(Ordering::Relaxed);
+        if every != 0 && self.fault_count.fetch_add(1, Ordering::Relaxed) % every == every - 1 {
+            return;
+        }
         self.media_ssrc.store(packet.header.ssrc, Ordering::Relaxed);
         // Extension ids are negotiated per peer connection: the publisher's mean nothing to
-        // a subscriber. The subscriber's interceptors add their own (transport-cc).
+        // a subscriber. Keep what is forwarded by URI; each DownTrack writes its own ids.
+        let carried = Carried::read(&packet.header, &self.meta.extensions);
         packet.header.extension = false;
         packet.header.extension_profile = 0;
         packet.header.extensions.clear();
@@ -206,36 +241,60 @@ impl Receiver {
         };
         let shared = Arc::new(ForwardedPacket {
             packet,
+            carried,
             is_keyframe,
+            arrived: Instant::now(),
         });
         for sink in self.sinks.load().iter() {
             if sink.tx.try_send(shared.clone()).is_err() {
                 sink.dropped.fetch_add(1, Ordering::Relaxed);
                 sink.request_resync();
-                Metrics::add(&self.metrics.packets_dropped, 1);
+                Metrics::add(&self.metrics.dropped.queue_full, 1);
             }
         }
     }
 
     async fn request_keyframes(self: Arc<Self>, track: Arc<dyn TrackRemote>, interval: Duration) {
+        let mut last_sent: Option<Instant> = None;
         loop {
-            self.keyframe_wanted.notified().await;
-            let media_ssrc = self.media_ssrc.load(Ordering::Relaxed);
-            if media_ssrc != 0 {
-                let pli = PictureLossIndication {
-                    sender_ssrc: 0,
-                    media_ssrc,
+            let mut urgent = tokio::select! {
+                _ = self.keyframe_wanted.notified() => false,
+                _ = self.keyframe_urgent.notified() => true,
+            };
+            // Later requests are coalesced: at most one PLI per interval, or per
+            // URGENT_PLI_GAP for a subscriber that has nothing to show yet.
+            loop {
+                let gap = if urgent { URGENT_PLI_GAP } else { interval };
+                let Some(ready) = last_sent.map(|at| at + gap) else {
+                    break;
                 };
-                if track.write_rtcp(vec![Box::new(pli)]).await.is_err() {
-                    return;
+                if Instant::now() >= ready {
+                    break;
                 }
-                Metrics::add(&self.metrics.plis_sent, 1);
+                tokio::select! {
+                    _ = tokio::time::sleep_until(ready.into()) => break,
+                    _ = self.keyframe_urgent.notified() => urgent = true,
+                }
             }
-            // Requests made meanwhile left a permit: they are answered after the interval.
-            tokio::time::sleep(interval).await;
+            let media_ssrc = self.media_ssrc.load(Ordering::Relaxed);
+            if media_ssrc == 0 {
+                continue;
+            }
+            let pli = PictureLossIndication {
+                sender_ssrc: 0,
+                media_ssrc,
+            };
+            if track.write_rtcp(vec![Box::new(pli)]).await.is_err() {
+                return;
+            }
+            last_sent = Some(Instant::now());
+            Metrics::add(&self.metrics.plis_sent, 1);
         }
     }
 }
+
+/// A PLI sent this recently has a keyframe on its way: a new subscriber waits for that one.
+const URGENT_PLI_GAP: Duration = Duration::from_millis(100);
 
 impl Drop for Receiver {
     fn drop(&mut self) {
@@ -259,6 +318,7 @@ mod tests {
                     clock_rate: 90_000,
                     ..Default::default()
                 },
+                extensions: ExtensionIds::default(),
             },
             metrics,
         )
@@ -304,7 +364,7 @@ mod tests {
             stuck.take_resync(),
             "the stuck DownTrack restarts on a keyframe"
         );
-        assert_eq!(metrics.snapshot().packets_dropped, 96);
+        assert_eq!(metrics.snapshot().dropped.queue_full, 96);
         assert_eq!(metrics.snapshot().packets_in, 100);
     }
 

@@ -71,6 +71,9 @@ struct RoomState {
     /// In join order.
     participants: Vec<Arc<Participant>>,
     tracks: Vec<Arc<PublishedTrack>>,
+    /// Tracks a publisher's offer announced whose media has not arrived yet, with the mute
+    /// state the publisher set meanwhile: (publisher id, track id) -> muted.
+    announced: HashMap<(String, String), bool>,
     /// Set when the last participant left: a closed room takes no joins.
     closed: bool,
 }
@@ -184,6 +187,9 @@ impl Room {
                 .drain(..)
                 .partition(|t| t.publisher_id() == participant_id);
             state.tracks = kept.clone();
+            state
+                .announced
+                .retain(|(publisher, _), _| publisher != participant_id);
             let empty = state.participants.is_empty();
             if empty {
                 state.closed = true;
@@ -260,6 +266,10 @@ impl Room {
                     ),
                 ));
             }
+            let key = (publisher_id.to_string(), track.track_id().to_string());
+            if let Some(muted) = state.announced.remove(&key) {
+                track.muted.store(muted, Ordering::Relaxed);
+            }
             state.tracks.push(track.clone());
             state.others(publisher_id)
         };
@@ -304,10 +314,38 @@ impl Room {
             .collect()
     }
 
-    /// Sets a track's muted flag and tells the others; false when the track is unknown.
+    /// Records the tracks a publisher's latest offer sends, before their media arrives: they
+    /// may be muted from now on. Announcements the offer no longer makes are forgotten.
+    pub fn announce(&self, publisher_id: &str, track_ids: &[String]) {
+        let mut state = self.state();
+        state
+            .announced
+            .retain(|(p, t), _| p != publisher_id || track_ids.contains(t));
+        for track_id in track_ids {
+            let published = state
+                .tracks
+                .iter()
+                .any(|t| t.publisher_id() == publisher_id && t.track_id() == track_id);
+            if !published {
+                state
+                    .announced
+                    .entry((publisher_id.to_string(), track_id.clone()))
+                    .or_insert(false);
+            }
+        }
+    }
+
+    /// Sets a track's muted flag and tells the others; false when the track is neither
+    /// published nor announced. A track announced but not yet published keeps the state
+    /// until it is, and is published with it.
     pub fn set_muted(&self, publisher_id: &str, track_id: &str, muted: bool) -> bool {
         let others = {
-            let state = self.state();
+            let mut state = self.state();
+            let key = (publisher_id.to_string(), track_id.to_string());
+            if let Some(pending) = state.announced.get_mut(&key) {
+                *pending = muted;
+                return true;
+            }
             let Some(track) = state
                 .tracks
                 .iter()

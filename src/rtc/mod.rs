@@ -165,8 +165,36 @@ impl PcFactory {
 fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registry> {
     let registry = configure_nack(Registry::new(), media_engine);
     configure_simulcast_extension_headers(media_engine)?;
+    register_forwarded_extensions(media_engine)?;
     let registry = configure_twcc(registry, media_engine)?;
     Ok(configure_rtcp_reports(registry))
+}
+
+/// The header extensions forwarded from publishers to subscribers, and `sdes:mid` on audio
+/// too (the simulcast set registers it for video only).
+fn register_forwarded_extensions(media_engine: &mut MediaEngine) -> webrtc::error::Result<()> {
+    use crate::media::extensions::{
+        ABS_SEND_TIME, AUDIO_LEVEL, PLAYOUT_DELAY, SDES_MID, VIDEO_ORIENTATION,
+    };
+    use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
+    let wanted = [
+        (SDES_MID, RtpCodecKind::Audio),
+        (AUDIO_LEVEL, RtpCodecKind::Audio),
+        (ABS_SEND_TIME, RtpCodecKind::Audio),
+        (ABS_SEND_TIME, RtpCodecKind::Video),
+        (VIDEO_ORIENTATION, RtpCodecKind::Video),
+        (PLAYOUT_DELAY, RtpCodecKind::Video),
+    ];
+    for (uri, kind) in wanted {
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
+    Ok(())
 }
 
 pub fn candidate_from_init(

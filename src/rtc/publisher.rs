@@ -1,7 +1,7 @@
 //! The publisher PC: the client offers it with send-only transceivers; each track it carries
 //! becomes a Receiver published in the room.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use rtc::rtp_transceiver::rtp_sender::RtpCodecKind;
@@ -11,17 +11,48 @@ use webrtc::peer_connection::{
     PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
 };
 
+use crate::media::extensions::ExtensionIds;
 use crate::media::receiver::{Receiver, TrackMeta};
 use crate::metrics::Metrics;
 use crate::room::{Participant, PublishedTrack, Room};
-use crate::rtc::relay_candidate;
+use crate::rtc::{relay_candidate, PcHandle};
 use crate::signal::protocol::{ErrorCode, PcKind, ServerMessage, TrackKind};
 
 pub struct PublisherEvents {
     pub participant: Arc<Participant>,
     pub room: Arc<Room>,
     pub pli_interval: Duration,
+    /// Test-only fault injection (see `Config::fault_drop_every_nth_packet`).
+    pub fault_drop_every: Option<u32>,
+    /// The PC these events are about, set once it is built: `on_track` reads the receiver's
+    /// negotiated parameters from it.
+    pub pc: OnceLock<Weak<PcHandle>>,
     pub metrics: Arc<Metrics>,
+}
+
+impl PublisherEvents {
+    /// The publisher's negotiated ids of the extensions forwarded to subscribers, for the
+    /// receiver that carries `track`.
+    async fn extension_ids(&self, track: &Arc<dyn TrackRemote>) -> ExtensionIds {
+        let Some(pc) = self.pc.get().and_then(Weak::upgrade) else {
+            return ExtensionIds::default();
+        };
+        for receiver in pc.get_receivers().await {
+            if !Arc::ptr_eq(receiver.track(), track) {
+                continue;
+            }
+            if let Ok(params) = receiver.get_parameters().await {
+                return ExtensionIds::from_negotiated(
+                    params
+                        .rtp_parameters
+                        .header_extensions
+                        .iter()
+                        .map(|e| (e.uri.as_str(), e.id)),
+                );
+            }
+        }
+        ExtensionIds::default()
+    }
 }
 
 #[async_trait::async_trait]
@@ -56,8 +87,10 @@ impl PeerConnectionEventHandler for PublisherEvents {
             track_id: track_id.clone(),
             kind,
             codec,
+            extensions: self.extension_ids(&track).await,
         };
         let receiver = Receiver::new(meta, self.metrics.clone());
+        receiver.set_fault_drop_every(self.fault_drop_every);
         let published = PublishedTrack::new(receiver.clone(), false);
         if let Err(refusal) = self.room.publish(published) {
             self.participant.send(ServerMessage::Error {

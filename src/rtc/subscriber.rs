@@ -18,10 +18,12 @@ use webrtc::peer_connection::{
     PeerConnectionEventHandler, RTCPeerConnectionIceEvent, RTCPeerConnectionState,
     RTCSessionDescription,
 };
-use webrtc::rtp_transceiver::RtpSender;
+use webrtc::rtp_transceiver::{
+    RTCRtpTransceiverDirection, RTCRtpTransceiverInit, RtpSender, RtpTransceiver,
+};
 
 use crate::chat;
-use crate::media::downtrack::DownTrack;
+use crate::media::downtrack::{DownTrack, QueueLimits};
 use crate::metrics::Metrics;
 use crate::room::{Participant, PublishedTrack, Room};
 use crate::rtc::{candidate_to_init, relay_candidate, Pc, PcFactory};
@@ -62,7 +64,10 @@ impl PeerConnectionEventHandler for Events {
 
 struct Forwarded {
     downtrack: Arc<DownTrack>,
+    transceiver: Arc<dyn RtpTransceiver>,
     sender: Arc<dyn RtpSender>,
+    /// Its m-line is in the offer now outstanding; the answer to it starts the DownTrack.
+    offered: bool,
 }
 
 /// State of one subscriber PC, owned by its task.
@@ -73,12 +78,12 @@ pub struct SubscriberPc {
     offer_outstanding: bool,
     needs_offer: bool,
     connected: bool,
-    queue_packets: usize,
+    queue: QueueLimits,
     metrics: Arc<Metrics>,
 }
 
 pub struct SubscriberSettings {
-    pub queue_packets: usize,
+    pub queue: QueueLimits,
     pub max_chat_bytes: usize,
     pub message_rate_per_sec: u32,
 }
@@ -125,7 +130,7 @@ impl SubscriberPc {
             offer_outstanding: false,
             needs_offer: true,
             connected: false,
-            queue_packets: settings.queue_packets,
+            queue: settings.queue,
             metrics,
         };
         tokio::spawn(actor.run(commands).instrument(span));
@@ -214,25 +219,46 @@ impl SubscriberPc {
         let (downtrack, rx) = DownTrack::new(
             track.receiver.clone(),
             &self.participant.id,
-            self.queue_packets,
+            self.queue,
             self.metrics.clone(),
         );
-        let sender = match self
+        // Send-only: the server never receives on a subscriber m-line.
+        let init = RTCRtpTransceiverInit {
+            direction: RTCRtpTransceiverDirection::Sendonly,
+            streams: vec![track.publisher_id().to_string()],
+            send_encodings: Vec::new(),
+        };
+        let added = self
             .pc
-            .add_track(downtrack.local.clone() as Arc<dyn TrackLocal>)
-            .await
-        {
-            Ok(sender) => sender,
+            .add_transceiver_from_track(downtrack.local.clone() as Arc<dyn TrackLocal>, Some(init))
+            .await;
+        let transceiver = match added {
+            Ok(transceiver) => transceiver,
             Err(e) => {
                 warn!(error = %e, track = %key.1, "cannot forward track");
                 return;
             }
         };
-        downtrack.start(&sender, rx).await;
+        let sender = match transceiver.sender().await {
+            Ok(Some(sender)) => sender,
+            _ => {
+                warn!(track = %key.1, "forwarded track has no sender");
+                return;
+            }
+        };
+        downtrack.start(rx);
         if self.connected {
             downtrack.resync();
         }
-        self.forwarded.insert(key, Forwarded { downtrack, sender });
+        self.forwarded.insert(
+            key,
+            Forwarded {
+                downtrack,
+                transceiver,
+                sender,
+                offered: false,
+            },
+        );
         self.needs_offer = true;
     }
 
@@ -261,6 +287,9 @@ impl SubscriberPc {
         }
         self.needs_offer = false;
         self.offer_outstanding = true;
+        for f in self.forwarded.values_mut() {
+            f.offered = true;
+        }
         self.participant.send(ServerMessage::Offer {
             pc: PcKind::Subscriber,
             sdp,
@@ -282,9 +311,14 @@ impl SubscriberPc {
         match result {
             Ok(()) => {
                 self.offer_outstanding = false;
-                // Payload types are final once the answer is applied.
+                // Payload types and extension ids are final once the answer is applied; the
+                // m-lines it accepted may carry media from now on.
                 for f in self.forwarded.values() {
-                    f.downtrack.resolve_payload_type(&f.sender).await;
+                    if !f.offered {
+                        continue;
+                    }
+                    let mid = f.transceiver.mid().await.ok().flatten().unwrap_or_default();
+                    f.downtrack.negotiated(&f.sender, &mid).await;
                 }
                 info!(tracks = self.forwarded.len(), "subscriber negotiated");
             }

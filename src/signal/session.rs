@@ -406,7 +406,7 @@ impl Session {
         span.record("participant", participant.id.as_str());
         info!(name = %participant.name, "joined");
         let settings = SubscriberSettings {
-            queue_packets: self.state.config.downtrack_queue_packets,
+            queue: self.state.config.queue_limits(),
             max_chat_bytes: self.state.config.max_chat_bytes,
             message_rate_per_sec: self.state.config.message_rate_per_sec,
         };
@@ -459,6 +459,7 @@ impl Session {
             );
             return;
         }
+        let still_sent: Vec<String> = sending.iter().filter_map(|s| s.track_id.clone()).collect();
         let desc = match RTCSessionDescription::offer(sdp) {
             Ok(desc) => desc,
             Err(e) => {
@@ -466,6 +467,8 @@ impl Session {
                 return;
             }
         };
+        // From now on a `mute` for these tracks is kept until their media arrives.
+        j.room.announce(&j.participant.id, &still_sent);
         let pc = match &j.publisher {
             Some(pc) => pc.clone(),
             None => {
@@ -473,10 +476,13 @@ impl Session {
                     participant: j.participant.clone(),
                     room: j.room.clone(),
                     pli_interval: self.state.config.pli_interval(),
+                    fault_drop_every: self.state.config.fault_drop_every_nth_packet,
+                    pc: std::sync::OnceLock::new(),
                     metrics: self.state.metrics.clone(),
                 });
-                match self.state.pc_factory.build(handler).await {
+                match self.state.pc_factory.build(handler.clone()).await {
                     Ok(pc) => {
+                        let _ = handler.pc.set(Arc::downgrade(&pc));
                         j.publisher = Some(pc.clone());
                         pc
                     }
@@ -519,11 +525,6 @@ impl Session {
         // A track the new offer no longer sends is unpublished at once, whatever the
         // transport does with it later.
         if let Some(j) = &self.joined {
-            let still_sent: Vec<String> = sections
-                .iter()
-                .filter(|s| s.sending)
-                .filter_map(|s| s.track_id.clone())
-                .collect();
             for track_id in j.room.tracks_of(&j.participant.id) {
                 if !still_sent.contains(&track_id) {
                     j.room.unpublish(&j.participant.id, &track_id);

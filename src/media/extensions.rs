@@ -1,0 +1,200 @@
+//! RTP header extensions on the way through the SFU.
+//!
+//! Extension ids are negotiated per peer connection, so the publisher's ids mean nothing to a
+//! subscriber: extensions are read by the publisher's ids, kept by URI, and written with the
+//! subscriber's ids. Each forwarded packet also carries the subscriber's own `sdes:mid`
+//! (RFC 8843): some clients demultiplex a BUNDLE by MID, and two Opus streams with one payload
+//! type are otherwise told apart only by SSRC.
+
+use bytes::Bytes;
+
+pub const SDES_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+pub const ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
+pub const VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
+pub const PLAYOUT_DELAY: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// The publisher's extensions a subscriber gets, when both negotiated them.
+pub const FORWARDED: [&str; 4] = [AUDIO_LEVEL, ABS_SEND_TIME, VIDEO_ORIENTATION, PLAYOUT_DELAY];
+const N: usize = FORWARDED.len();
+const ABS_SEND_TIME_AT: usize = 1;
+
+/// One side's negotiated ids for the forwarded extensions (0: not negotiated).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ExtensionIds {
+    ids: [u8; N],
+}
+
+impl ExtensionIds {
+    /// From a peer connection's negotiated `(uri, id)` pairs.
+    pub fn from_negotiated<'a>(negotiated: impl IntoIterator<Item = (&'a str, u16)>) -> Self {
+        let mut ids = [0u8; N];
+        for (uri, id) in negotiated {
+            if let Some(at) = FORWARDED.iter().position(|u| *u == uri) {
+                ids[at] = u8::try_from(id).unwrap_or(0);
+            }
+        }
+        ExtensionIds { ids }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.iter().all(|&id| id == 0)
+    }
+}
+
+/// The forwarded extensions one publisher packet carried, by URI.
+#[derive(Debug, Clone, Default)]
+pub struct Carried {
+    values: [Option<Bytes>; N],
+}
+
+impl Carried {
+    /// Reads what `header` carries under the publisher's ids. The values share the packet's
+    /// buffer: nothing is copied.
+    pub fn read(header: &rtp::header::Header, publisher: &ExtensionIds) -> Self {
+        let mut carried = Carried::default();
+        if !header.extension {
+            return carried;
+        }
+        for (slot, &id) in carried.values.iter_mut().zip(&publisher.ids) {
+            if id != 0 {
+                *slot = header.get_extension(id);
+            }
+        }
+        carried
+    }
+
+    pub fn get(&self, uri: &str) -> Option<&Bytes> {
+        let at = FORWARDED.iter().position(|u| *u == uri)?;
+        self.values[at].as_ref()
+    }
+}
+
+/// How one subscriber's m-line wants extensions written.
+#[derive(Debug, Clone, Default)]
+pub struct SubscriberExtensions {
+    ids: ExtensionIds,
+    mid: Option<(u8, Bytes)>,
+}
+
+impl SubscriberExtensions {
+    pub fn new(ids: ExtensionIds, mid_id: Option<u16>, mid: &str) -> Self {
+        let mid = mid_id
+            .and_then(|id| u8::try_from(id).ok())
+            .filter(|&id| id != 0 && !mid.is_empty())
+            .map(|id| (id, Bytes::copy_from_slice(mid.as_bytes())));
+        SubscriberExtensions { ids, mid }
+    }
+
+    /// Replaces `header`'s extensions with the subscriber's: its MID, then what the publisher
+    /// carried, under the subscriber's ids. abs-send-time is the SFU's own send time, as the
+    /// subscriber's bandwidth estimate is about the hop from here.
+    pub fn write(&self, header: &mut rtp::header::Header, carried: &Carried, now_ntp: u64) {
+        header.extension = false;
+        header.extension_profile = 0;
+        header.extensions.clear();
+        header.extensions_padding = 0;
+        if let Some((id, mid)) = &self.mid {
+            let _ = header.set_extension(*id, mid.clone());
+        }
+        for (at, (&id, value)) in self.ids.ids.iter().zip(&carried.values).enumerate() {
+            let Some(value) = value else { continue };
+            if id == 0 {
+                continue;
+            }
+            let value = if at == ABS_SEND_TIME_AT {
+                abs_send_time(now_ntp)
+            } else {
+                value.clone()
+            };
+            let _ = header.set_extension(id, value);
+        }
+    }
+}
+
+/// The 24-bit abs-send-time value (6.18 fixed-point seconds) of a 64-bit NTP time.
+fn abs_send_time(ntp: u64) -> Bytes {
+    let v = (ntp >> 14) as u32;
+    Bytes::copy_from_slice(&[(v >> 16) as u8, (v >> 8) as u8, v as u8])
+}
+
+/// The current time as 64-bit NTP (32.32 fixed-point seconds since 1900).
+pub fn ntp_now() -> u64 {
+    const UNIX_TO_NTP_SECS: u64 = 2_208_988_800;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() + UNIX_TO_NTP_SECS;
+    let frac = (u64::from(now.subsec_nanos()) << 32) / 1_000_000_000;
+    (secs << 32) | frac
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_with(exts: &[(u8, &'static [u8])]) -> rtp::header::Header {
+        let mut h = rtp::header::Header::default();
+        for (id, v) in exts {
+            h.set_extension(*id, Bytes::from_static(v)).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn extensions_are_mapped_by_uri_and_the_subscribers_mid_is_written() {
+        // The publisher negotiated audio level as 1 and playout delay as 7; something else on 3.
+        let publisher = ExtensionIds::from_negotiated([
+            (AUDIO_LEVEL, 1),
+            (PLAYOUT_DELAY, 7),
+            ("urn:example:other", 3),
+        ]);
+        let header = header_with(&[(1, &[0x85]), (3, &[9, 9]), (7, &[0, 1, 2])]);
+        let carried = Carried::read(&header, &publisher);
+        assert_eq!(carried.get(AUDIO_LEVEL).unwrap().as_ref(), &[0x85]);
+        assert!(carried.get(VIDEO_ORIENTATION).is_none());
+
+        // The subscriber has audio level on 4, no playout delay, MID on 9.
+        let sub = SubscriberExtensions::new(
+            ExtensionIds::from_negotiated([(AUDIO_LEVEL, 4), (SDES_MID, 9)]),
+            Some(9),
+            "2",
+        );
+        let mut out = header.clone();
+        sub.write(&mut out, &carried, 0);
+        assert_eq!(out.get_extension(9).unwrap().as_ref(), b"2");
+        assert_eq!(out.get_extension(4).unwrap().as_ref(), &[0x85]);
+        assert!(out.get_extension(1).is_none());
+        assert!(out.get_extension(3).is_none());
+        assert!(out.get_extension(7).is_none());
+        assert_eq!(out.extensions.len(), 2);
+    }
+
+    #[test]
+    fn nothing_negotiated_means_no_extensions() {
+        let header = header_with(&[(1, &[0x85])]);
+        let carried = Carried::read(&header, &ExtensionIds::default());
+        let mut out = header.clone();
+        SubscriberExtensions::default().write(&mut out, &carried, 0);
+        assert!(!out.extension);
+        assert!(out.extensions.is_empty());
+    }
+
+    #[test]
+    fn abs_send_time_is_the_forwarders_own() {
+        let publisher = ExtensionIds::from_negotiated([(ABS_SEND_TIME, 2)]);
+        let header = header_with(&[(2, &[1, 2, 3])]);
+        let carried = Carried::read(&header, &publisher);
+        let sub = SubscriberExtensions::new(
+            ExtensionIds::from_negotiated([(ABS_SEND_TIME, 5)]),
+            None,
+            "",
+        );
+        let mut out = header.clone();
+        // 1.5 s in NTP: 6.18 fixed point is 1.5 * 2^18.
+        sub.write(&mut out, &carried, 3 << 31);
+        let v = out.get_extension(5).unwrap();
+        let v = (u32::from(v[0]) << 16) | (u32::from(v[1]) << 8) | u32::from(v[2]);
+        assert_eq!(v, 3 << 17);
+    }
+}
