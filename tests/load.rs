@@ -14,7 +14,7 @@ fn small(url: String) -> LoadConfig {
         rooms: 1,
         publishers: 2,
         subscribers: 1,
-        duration: 3.0,
+        duration: Duration::from_secs(3),
         ramp: 20.0,
         video_bitrate: 300_000,
         keyframe_interval: 60.0,
@@ -32,6 +32,10 @@ async fn a_small_run_reports_what_flowed() {
     assert_eq!(report.participants_connected, 3);
     assert_eq!(report.packets_lost, 0, "no loss on loopback");
     assert_eq!(report.loss_percent, 0.0);
+    assert!(report.loss_measured);
+    assert_eq!(report.freezes, 0);
+    assert!(report.packets_expected > 500);
+    assert_eq!(report.packets_received, report.packets_expected);
 
     let p50 = report.latency.p50_ms.expect("latency measured");
     let p99 = report.latency.p99_ms.expect("p99");
@@ -84,7 +88,9 @@ async fn a_small_run_reports_what_flowed() {
                 publisher.name,
                 t.kind
             );
-            assert_eq!(t.lost, 0);
+            assert_eq!(t.lost, Some(0));
+            assert_eq!(t.expected, Some(t.packets));
+            assert_eq!(t.freezes, 0, "{} <- {} {}", p.name, publisher.name, t.kind);
             eprintln!(
                 "{} <- {} {}: packets {}..={} of {sent}",
                 p.name, publisher.name, t.kind, first, last
@@ -121,7 +127,7 @@ async fn the_real_vp8_clip_flows_through() {
     let config = LoadConfig {
         clip: Some("builtin".into()),
         subscribers: 0,
-        duration: 2.0,
+        duration: Duration::from_secs(2),
         ..small(server.ws_url())
     };
     let report = run(config).await.expect("load run");
@@ -157,7 +163,7 @@ async fn a_server_killed_mid_run_is_reported_not_waited_for() {
         }
     };
     let config = LoadConfig {
-        duration: 30.0,
+        duration: Duration::from_secs(30),
         pid: child.id(),
         ..small(url)
     };
@@ -182,6 +188,46 @@ async fn a_server_killed_mid_run_is_reported_not_waited_for() {
     );
     assert!(!report.passed());
     assert!(report.table().contains("FAIL"));
+    // Media stopped with the server: what was sent after it died shows as lost.
+    assert!(report.packets_lost > 0, "{}", report.table());
+}
+
+/// The server broken on purpose: every Receiver drops every 10th packet. The report must
+/// show it, from the publishers' counters, whatever the SFU did to sequence numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_dropping_every_tenth_packet_is_reported_with_ten_percent_loss() {
+    let server = start_server_with(switchboard::Config {
+        fault_drop_every_nth_packet: Some(10),
+        ..switchboard::Config::ephemeral()
+    })
+    .await;
+    let config = LoadConfig {
+        max_loss_percent: Some(1.0),
+        ..small(server.ws_url())
+    };
+    let report = run(config).await.expect("load run");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert!(
+        (8.0..=12.5).contains(&report.loss_percent),
+        "loss {}%\n{}",
+        report.loss_percent,
+        report.table()
+    );
+    for p in &report.participants {
+        for t in &p.tracks {
+            let loss = t.lost.unwrap() as f64 * 100.0 / t.expected.unwrap() as f64;
+            assert!(
+                (5.0..=15.0).contains(&loss),
+                "{} <- {} {}: {loss}%",
+                p.name,
+                t.publisher_name,
+                t.kind
+            );
+        }
+    }
+    assert!(!report.passed());
+    assert!(report.table().contains("FAIL: loss"), "{}", report.table());
+    server.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

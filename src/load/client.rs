@@ -27,6 +27,7 @@ use webrtc::peer_connection::{
 };
 
 use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Stamp};
+use crate::media::sequence::{Seen, SeenWindow};
 use crate::metrics::Metrics;
 use crate::rtc::{candidate_from_init, candidate_to_init};
 use crate::rtc::{is_keyframe_request, IceSettings, Pc, PcFactory};
@@ -50,13 +51,22 @@ pub enum ClientError {
 }
 
 /// What one subscriber saw of one remote track.
+///
+/// Everything is counted from the publisher's own per-track counters (in the payload stamps),
+/// never from RTP sequence numbers, which the SFU rewrites and keeps contiguous whatever it
+/// dropped.
 #[derive(Debug, Clone, Default)]
 pub struct RemoteTrackStats {
     pub stream_id: String,
     pub track_id: String,
     pub kind: String,
+    /// Every packet received, duplicates included.
     pub packets: u64,
     pub bytes: u64,
+    /// Distinct publisher counters received.
+    pub distinct: u64,
+    /// Packets whose counter had been received already.
+    pub duplicates: u64,
     /// Packets whose stamp named a publisher other than the stream id.
     pub foreign_packets: u64,
     pub publishers_seen: Vec<String>,
@@ -65,86 +75,120 @@ pub struct RemoteTrackStats {
     pub last_counter: Option<u32>,
     pub first_packet_at: Option<Instant>,
     pub last_packet_at: Option<Instant>,
-    /// RTP sequence bookkeeping for loss.
-    pub highest_seq: Option<u64>,
-    pub first_seq: Option<u64>,
-    /// Latencies in microseconds (publisher send to subscriber receive).
-    pub latencies_us: Vec<u64>,
+    /// Gaps between two packets longer than the freeze threshold, and their total length.
+    pub freezes: u64,
+    pub frozen: Duration,
+    pub longest_gap: Duration,
+    /// Publisher send to subscriber receive, in microseconds.
+    pub latency_us: Option<hdrhistogram::Histogram<u64>>,
     /// RFC 3550 interarrival jitter, in RTP timestamp units.
     pub jitter: f64,
     last_transit: Option<f64>,
     clock_rate: u32,
+    freeze_threshold: Duration,
+    seen: SeenWindow,
 }
 
 impl RemoteTrackStats {
-    /// Expected minus received, from the sequence numbers.
-    pub fn lost(&self) -> u64 {
-        match (self.first_seq, self.highest_seq) {
-            (Some(first), Some(high)) => (high - first + 1).saturating_sub(self.packets),
-            _ => 0,
+    fn new(stream_id: String, track_id: String, kind: String, clock_rate: u32) -> Self {
+        RemoteTrackStats {
+            stream_id,
+            track_id,
+            kind,
+            clock_rate,
+            freeze_threshold: DEFAULT_FREEZE_THRESHOLD,
+            latency_us: new_latency_histogram(),
+            ..Default::default()
+        }
+    }
+
+    /// Packets the publisher sent from this subscriber's `start` counter until it had sent
+    /// `sent` packets, that never arrived.
+    pub fn lost_of(&self, start: u64, sent: u64) -> u64 {
+        let expected = sent.saturating_sub(start);
+        expected.saturating_sub(self.distinct_from(start))
+    }
+
+    /// Distinct counters received at or after `start` (an estimate when `start` is past the
+    /// first counter received: everything from the first one on is assumed to count).
+    fn distinct_from(&self, start: u64) -> u64 {
+        match self.first_counter {
+            Some(first) if u64::from(first) < start => {
+                self.distinct.saturating_sub(start - u64::from(first))
+            }
+            _ => self.distinct,
         }
     }
 
     fn record(&mut self, packet: &rtp::Packet, now: Instant) {
         self.packets += 1;
         self.bytes += packet.payload.len() as u64;
+        if let Some(last) = self.last_packet_at {
+            let gap = now.saturating_duration_since(last);
+            self.longest_gap = self.longest_gap.max(gap);
+            if gap > self.freeze_threshold {
+                self.freezes += 1;
+                self.frozen += gap;
+            }
+        }
         self.first_packet_at.get_or_insert(now);
         self.last_packet_at = Some(now);
-        // Extend the 16-bit sequence number by the nearest cycle.
-        let seq = u64::from(packet.header.sequence_number);
-        let extended = match self.highest_seq {
-            None => seq + (1 << 16),
-            Some(high) => {
-                let cycle = high & !0xffff;
-                let candidates = [
-                    cycle.wrapping_sub(1 << 16) | seq,
-                    cycle | seq,
-                    (cycle + (1 << 16)) | seq,
-                ];
-                candidates
-                    .into_iter()
-                    .min_by_key(|c| c.abs_diff(high))
-                    .unwrap_or(cycle | seq)
-            }
+        let Some(stamp) = read_stamp(&packet.payload) else {
+            return;
         };
-        if self.first_seq.is_none_or(|f| extended < f) {
-            self.first_seq = Some(extended);
-        }
-        if self.highest_seq.is_none_or(|h| extended > h) {
-            self.highest_seq = Some(extended);
-        }
-        if let Some(stamp) = read_stamp(&packet.payload) {
-            if stamp.publisher_id != self.stream_id {
-                self.foreign_packets += 1;
+        match self.seen.insert(u64::from(stamp.counter)) {
+            Seen::Duplicate => {
+                self.duplicates += 1;
+                return;
             }
-            self.first_counter = Some(
-                self.first_counter
-                    .map_or(stamp.counter, |c| c.min(stamp.counter)),
-            );
-            self.last_counter = Some(
-                self.last_counter
-                    .map_or(stamp.counter, |c| c.max(stamp.counter)),
-            );
-            if !self.publishers_seen.contains(&stamp.publisher_id) {
-                self.publishers_seen.push(stamp.publisher_id.clone());
-            }
-            let now_us = unix_micros();
-            self.latencies_us
-                .push(now_us.saturating_sub(stamp.sent_at_micros));
-            if self.clock_rate > 0 {
-                let arrival = now_us as f64 * f64::from(self.clock_rate) / 1e6;
-                let transit = arrival - f64::from(packet.header.timestamp);
-                if let Some(last) = self.last_transit {
-                    let d = (transit - last).abs();
-                    // Reordered or restarted streams make wild transits: ignore those jumps.
-                    if d < f64::from(self.clock_rate) {
-                        self.jitter += (d - self.jitter) / 16.0;
-                    }
+            Seen::New | Seen::OutOfWindow => self.distinct += 1,
+        }
+        if stamp.publisher_id != self.stream_id {
+            self.foreign_packets += 1;
+        }
+        self.first_counter = Some(
+            self.first_counter
+                .map_or(stamp.counter, |c| c.min(stamp.counter)),
+        );
+        self.last_counter = Some(
+            self.last_counter
+                .map_or(stamp.counter, |c| c.max(stamp.counter)),
+        );
+        if !self.publishers_seen.contains(&stamp.publisher_id) {
+            self.publishers_seen.push(stamp.publisher_id.clone());
+        }
+        let now_us = unix_micros();
+        if let Some(h) = self.latency_us.as_mut() {
+            let _ = h.record(now_us.saturating_sub(stamp.sent_at_micros).max(1));
+        }
+        if self.clock_rate > 0 {
+            let arrival = now_us as f64 * f64::from(self.clock_rate) / 1e6;
+            let transit = arrival - f64::from(packet.header.timestamp);
+            if let Some(last) = self.last_transit {
+                let d = (transit - last).abs();
+                // Reordered or restarted streams make wild transits: ignore those jumps.
+                if d < f64::from(self.clock_rate) {
+                    self.jitter += (d - self.jitter) / 16.0;
                 }
-                self.last_transit = Some(transit);
             }
+            self.last_transit = Some(transit);
         }
     }
+}
+
+/// No packet on a track for longer than this counts as a freeze, unless told otherwise.
+pub const DEFAULT_FREEZE_THRESHOLD: Duration = Duration::from_millis(500);
+
+/// Latencies from 1 µs to 60 s at 3 significant digits: fixed memory however long the run.
+pub fn new_latency_histogram() -> Option<hdrhistogram::Histogram<u64>> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok()
+}
+
+/// The totals the load tester's progress line shows, without copying any histogram.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ReceiveTotals {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 /// What to publish.
@@ -193,6 +237,7 @@ struct Shared {
     publisher_connected: AtomicBool,
     /// Set when the signaling socket closed under us (the server went away, say).
     signaling_closed: AtomicBool,
+    freeze_threshold_us: AtomicU64,
 }
 
 pub struct Client {
@@ -256,16 +301,15 @@ impl PeerConnectionEventHandler for SubscriberEvents {
             let Ok(mut tracks) = self.shared.tracks.lock() else {
                 return;
             };
-            tracks.insert(
-                key.clone(),
-                RemoteTrackStats {
-                    stream_id,
-                    track_id,
-                    kind: kind.to_string().to_lowercase(),
-                    clock_rate,
-                    ..Default::default()
-                },
+            let mut stats = RemoteTrackStats::new(
+                stream_id,
+                track_id,
+                kind.to_string().to_lowercase(),
+                clock_rate,
             );
+            stats.freeze_threshold =
+                Duration::from_micros(self.shared.freeze_threshold_us.load(Ordering::Relaxed));
+            tracks.insert(key.clone(), stats);
         }
         if let Ok(mut remotes) = self.shared.remotes.lock() {
             remotes.insert(key.clone(), track.clone());
@@ -388,7 +432,10 @@ impl Client {
 
         let metrics = Arc::new(Metrics::default());
         let factory = Arc::new(PcFactory::new(IceSettings::loopback(), metrics));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            freeze_threshold_us: AtomicU64::new(DEFAULT_FREEZE_THRESHOLD.as_micros() as u64),
+            ..Shared::default()
+        });
         let subscriber: Arc<AsyncMutex<Option<Pc>>> = Arc::new(AsyncMutex::new(None));
         let publisher: Arc<AsyncMutex<Option<Pc>>> = Arc::new(AsyncMutex::new(None));
         let (events_tx, events) = mpsc::unbounded_channel();
@@ -614,6 +661,35 @@ impl Client {
             .unwrap_or_default()
     }
 
+    /// Runs `f` on the per-track statistics in place, without copying them.
+    pub fn with_received<R>(
+        &self,
+        f: impl FnOnce(&HashMap<(String, String), RemoteTrackStats>) -> R,
+    ) -> Option<R> {
+        self.shared.tracks.lock().ok().map(|t| f(&t))
+    }
+
+    /// Packets and bytes received on every track, summed without copying the per-track
+    /// statistics.
+    pub fn received_totals(&self) -> ReceiveTotals {
+        let mut totals = ReceiveTotals::default();
+        if let Ok(tracks) = self.shared.tracks.lock() {
+            for t in tracks.values() {
+                totals.packets += t.packets;
+                totals.bytes += t.bytes;
+            }
+        }
+        totals
+    }
+
+    /// A gap between two packets of a remote track longer than this counts as a freeze
+    /// (for tracks that start after the call).
+    pub fn set_freeze_threshold(&self, threshold: Duration) {
+        self.shared
+            .freeze_threshold_us
+            .store(threshold.as_micros() as u64, Ordering::Relaxed);
+    }
+
     /// Waits until `pred` holds on what was received.
     pub async fn wait_received(
         &self,
@@ -623,9 +699,9 @@ impl Client {
     ) -> Result<HashMap<(String, String), RemoteTrackStats>, ClientError> {
         let deadline = Instant::now() + timeout;
         loop {
-            let received = self.received();
-            if pred(&received) {
-                return Ok(received);
+            let done = self.shared.tracks.lock().is_ok_and(|t| pred(&t));
+            if done {
+                return Ok(self.received());
             }
             if Instant::now() > deadline {
                 return Err(ClientError::Timeout(what));

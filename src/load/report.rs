@@ -31,15 +31,28 @@ impl LatencySummary {
     }
 }
 
-/// One track as one participant received it.
+/// One track a participant should have received, as it received it. Counts are the
+/// publisher's own packet counters (from the payload stamps).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrackReport {
     pub publisher_id: String,
+    pub publisher_name: String,
     pub track_id: String,
     pub kind: String,
+    /// Distinct packets received.
     pub packets: u64,
-    pub lost: u64,
-    /// The publisher's per-track packet counters seen (from the payload stamps).
+    /// Packets received more than once.
+    pub duplicates: u64,
+    /// Packets the publisher sent that this participant should have received; `None` where
+    /// packets carry no stamp (a real clip's video).
+    pub expected: Option<u64>,
+    pub lost: Option<u64>,
+    /// No packet for longer than the freeze threshold, and for how long in all.
+    pub freezes: u64,
+    pub frozen_ms: f64,
+    pub longest_gap_ms: f64,
+    /// Packets whose stamp named another publisher than the track's stream id.
+    pub foreign_packets: u64,
     pub first_counter: Option<u32>,
     pub last_counter: Option<u32>,
 }
@@ -53,10 +66,16 @@ pub struct ParticipantReport {
     /// Socket open to first media packet received.
     pub join_ms: Option<f64>,
     pub tracks_received: u64,
+    /// Distinct packets received of the tracks this participant should receive.
     pub packets_received: u64,
     pub bytes_received: u64,
+    /// Packets other participants sent that this one should have received.
+    pub packets_expected: u64,
     pub packets_lost: u64,
     pub loss_percent: f64,
+    pub duplicates: u64,
+    pub freezes: u64,
+    pub frozen_ms: f64,
     pub jitter_ms: f64,
     pub latency: LatencySummary,
     pub packets_sent: u64,
@@ -182,7 +201,7 @@ impl From<&LoadConfig> for Shape {
             rooms: c.rooms,
             publishers_per_room: c.publishers,
             subscribers_per_room: c.subscribers,
-            duration_seconds: c.duration,
+            duration_seconds: c.duration.as_secs_f64(),
             ramp_per_second: c.ramp,
             video: !c.no_video,
             audio: !c.no_audio,
@@ -198,6 +217,7 @@ pub struct Thresholds {
     pub max_loss_percent: Option<f64>,
     pub max_p99_ms: Option<f64>,
     pub max_failures: usize,
+    pub max_freezes: Option<u64>,
     /// Why the run failed its thresholds; empty when it passed.
     pub violations: Vec<String>,
 }
@@ -206,8 +226,15 @@ impl Thresholds {
     pub fn check(config: &LoadConfig, report: &Report) -> Self {
         let mut violations = Vec::new();
         if let Some(max) = config.max_loss_percent {
-            if report.loss_percent > max {
+            if !report.loss_measured {
+                violations.push("loss not measured: no stamped packets were expected".into());
+            } else if report.loss_percent > max {
                 violations.push(format!("loss {:.3}% > {max}%", report.loss_percent));
+            }
+        }
+        if let Some(max) = config.max_freezes {
+            if report.freezes > max {
+                violations.push(format!("{} freezes > {max}", report.freezes));
             }
         }
         if let Some(max) = config.max_p99_ms {
@@ -232,6 +259,7 @@ impl Thresholds {
             max_loss_percent: config.max_loss_percent,
             max_p99_ms: config.max_p99_ms,
             max_failures: config.max_failures,
+            max_freezes: config.max_freezes,
             violations,
         }
     }
@@ -246,10 +274,21 @@ pub struct Report {
     pub participants_connected: usize,
     /// Participants that failed to join or were dropped, with the reason.
     pub failures: Vec<String>,
+    /// Packets the publishers sent (their own counters).
     pub packets_sent: u64,
+    /// Packets participants should have received: every packet sent to a room, at every
+    /// other participant of it, from the settle time (or its first packet) on.
+    pub packets_expected: u64,
+    /// Distinct packets participants received of those.
     pub packets_received: u64,
     pub packets_lost: u64,
     pub loss_percent: f64,
+    /// False when no packet carried a stamp to count (a real clip without audio).
+    pub loss_measured: bool,
+    pub duplicates: u64,
+    /// Tracks that went without a packet for longer than the freeze threshold.
+    pub freezes: u64,
+    pub frozen_seconds: f64,
     pub receive_bitrate_bps: f64,
     pub jitter_ms_max: f64,
     pub latency: LatencySummary,
@@ -301,11 +340,26 @@ impl Report {
                 ),
             ),
             (
-                "packets",
+                "packets (publishers' counters)",
                 format!(
-                    "sent {}  received {}  lost {} ({:.3}%)",
-                    self.packets_sent, self.packets_received, self.packets_lost, self.loss_percent
+                    "sent {}  expected {}  received {}  duplicated {}",
+                    self.packets_sent,
+                    self.packets_expected,
+                    self.packets_received,
+                    self.duplicates
                 ),
+            ),
+            (
+                "loss",
+                if self.loss_measured {
+                    format!("{} ({:.3}%)", self.packets_lost, self.loss_percent)
+                } else {
+                    "n/a (no stamped packets)".into()
+                },
+            ),
+            (
+                "freezes",
+                format!("{} ({:.1} s frozen)", self.freezes, self.frozen_seconds),
             ),
             (
                 "receive bitrate (all subscribers)",

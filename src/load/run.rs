@@ -3,6 +3,11 @@
 //! Every simulated participant is a real WebRTC peer (the protocol client), with real ICE,
 //! DTLS and SRTP. The run joins them at the ramp rate, lets media flow for the duration,
 //! stops the publishers, waits out the tail, and reports what each subscriber got.
+//!
+//! Loss and freezes are counted against the publishers' own per-track counters: every packet
+//! a publisher sent to a room is expected at every other participant of that room, from the
+//! first one it received (or the end of the settle time after the last join, if earlier) to
+//! the last one sent. The SFU's rewritten sequence numbers are never used.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,7 +16,7 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::task::JoinSet;
 
-use crate::load::client::{Client, PublishOptions};
+use crate::load::client::{new_latency_histogram, Client, PublishOptions, RemoteTrackStats};
 use crate::load::clip::Clip;
 use crate::load::report::{
     LatencySummary, ParticipantReport, ProcessSample, Report, ServerReport, Shape, Thresholds,
@@ -33,9 +38,16 @@ pub struct LoadConfig {
     /// Subscribe-only participants per room.
     #[arg(long, default_value_t = 0)]
     pub subscribers: usize,
-    /// Seconds of media after the last join.
-    #[arg(long, default_value_t = 10.0)]
-    pub duration: f64,
+    /// Media time after the last join: `90s`, `15m`, `1h`, or plain seconds.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Time after the last join before every packet sent counts as expected everywhere
+    /// (the last joiners' first keyframe may still be on its way before).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// No packet on a track for longer than this counts as a freeze.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+    pub freeze_threshold: Duration,
     /// Joins per second.
     #[arg(long, default_value_t = 10.0)]
     pub ramp: f64,
@@ -76,6 +88,9 @@ pub struct LoadConfig {
     /// Fail (exit 2) when more than this many participants failed to join or dropped.
     #[arg(long, default_value_t = 0)]
     pub max_failures: usize,
+    /// Fail (exit 2) when subscribers saw more than this many freezes in all.
+    #[arg(long)]
+    pub max_freezes: Option<u64>,
     /// Print no live progress line.
     #[arg(long)]
     pub quiet: bool,
@@ -88,7 +103,9 @@ impl Default for LoadConfig {
             rooms: 1,
             publishers: 2,
             subscribers: 0,
-            duration: 10.0,
+            duration: Duration::from_secs(10),
+            settle: Duration::from_secs(2),
+            freeze_threshold: crate::load::client::DEFAULT_FREEZE_THRESHOLD,
             ramp: 10.0,
             no_video: false,
             no_audio: false,
@@ -102,6 +119,7 @@ impl Default for LoadConfig {
             max_loss_percent: None,
             max_p99_ms: None,
             max_failures: 0,
+            max_freezes: None,
             quiet: true,
         }
     }
@@ -167,7 +185,7 @@ impl LoadConfig {
         if self.no_video && self.no_audio && self.publishers > 0 {
             return Err(LoadError::Shape("publishers need audio or video".into()));
         }
-        if !(self.duration > 0.0 && self.ramp > 0.0) {
+        if self.duration.is_zero() || self.ramp.is_nan() || self.ramp <= 0.0 {
             return Err(LoadError::Shape(
                 "--duration and --ramp must be positive".into(),
             ));
@@ -227,7 +245,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         });
         tokio::time::sleep(gap).await;
         collect(&mut joins, &mut joined, &mut failures);
-        progress.print(&joined, failures.len(), total, false);
+        progress.print(&joined, &config, None, failures.len(), total, false);
     }
     while let Some(result) = joins.join_next().await {
         match result {
@@ -237,12 +255,24 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         }
     }
 
-    // Media flows for the duration; stop early if the server goes away.
+    // Media flows for the duration; stop early if the server goes away. After the settle
+    // time, every packet a publisher sends is expected at every other participant.
     let media_started = Instant::now();
-    let duration = Duration::from_secs_f64(config.duration);
-    while media_started.elapsed() < duration {
-        tokio::time::sleep(Duration::from_millis(500).min(duration)).await;
-        progress.print(&joined, failures.len(), total, false);
+    let mut settled: Option<(Instant, SentCounts)> = None;
+    while media_started.elapsed() < config.duration {
+        let left = config.duration.saturating_sub(media_started.elapsed());
+        tokio::time::sleep(Duration::from_millis(500).min(left)).await;
+        if settled.is_none() && media_started.elapsed() >= config.settle {
+            settled = Some((Instant::now(), SentCounts::of(&joined)));
+        }
+        progress.print(
+            &joined,
+            &config,
+            settled.as_ref(),
+            failures.len(),
+            total,
+            false,
+        );
         if !joined.is_empty() && joined.iter().all(|j| j.client.signaling_closed()) {
             break;
         }
@@ -250,9 +280,18 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     for j in &joined {
         j.client.stop_publishing();
     }
+    let stopped_at = Instant::now();
     // The run's tail: packets in flight when publishing stopped.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    progress.print(&joined, failures.len(), total, true);
+    let sent_end = SentCounts::of(&joined);
+    progress.print(
+        &joined,
+        &config,
+        settled.as_ref(),
+        failures.len(),
+        total,
+        true,
+    );
 
     let forwarded_after = match &metrics_url {
         Some(url) => scrape_counter(url, "switchboard_packets_out_total").await,
@@ -265,21 +304,15 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     let server_after = config.pid.and_then(ProcessSample::of_pid);
     let tester_after = ProcessSample::of_self();
 
+    let window = Window {
+        // A run shorter than the settle time expects only what subscribers started on.
+        settled_at: settled.as_ref().map_or(stopped_at, |(at, _)| *at),
+        stopped_at,
+        freeze_threshold: config.freeze_threshold,
+    };
+    let expectations = Expectations::new(&config, &joined, settled.as_ref().map(|(_, c)| c));
     let mut participants = Vec::new();
-    let mut all_latencies = new_histogram();
-    let mut sent_by: HashMap<String, u64> = HashMap::new();
-    for j in &joined {
-        let stats = &j.client.publish_stats;
-        sent_by.insert(
-            j.client.id.clone(),
-            stats
-                .video_packets
-                .load(std::sync::atomic::Ordering::Relaxed)
-                + stats
-                    .audio_packets
-                    .load(std::sync::atomic::Ordering::Relaxed),
-        );
-    }
+    let mut all_latencies = new_latency_histogram();
     for j in &joined {
         if j.client.signaling_closed() {
             failures.push(format!(
@@ -287,70 +320,61 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
                 j.planned.name
             ));
         }
-        let received = j.client.received();
-        let mut latencies = new_histogram();
-        let (mut packets, mut bytes, mut lost, mut jitter_ms, mut tracks) =
-            (0u64, 0u64, 0u64, 0f64, 0u64);
-        let mut first_media: Option<Instant> = None;
-        for stats in received.values() {
-            packets += stats.packets;
-            bytes += stats.bytes;
-            lost += stats.lost();
-            if stats.packets > 0 {
-                tracks += 1;
-                if let Some(rate) = clock_rate_of(&stats.kind) {
-                    jitter_ms = jitter_ms.max(stats.jitter / f64::from(rate) * 1000.0);
+        let mut latencies = new_latency_histogram();
+        let received = j
+            .client
+            .with_received(|received| {
+                for stats in received.values() {
+                    if let Some(h) = &stats.latency_us {
+                        for merged in [latencies.as_mut(), all_latencies.as_mut()]
+                            .into_iter()
+                            .flatten()
+                        {
+                            let _ = merged.add(h);
+                        }
+                    }
                 }
-            }
-            for &us in &stats.latencies_us {
-                for h in [latencies.as_mut(), all_latencies.as_mut()]
-                    .into_iter()
-                    .flatten()
-                {
-                    let _ = h.record(us.max(1));
-                }
-            }
-            if let Some(at) = stats.first_packet_at {
-                first_media = Some(first_media.map_or(at, |f: Instant| f.min(at)));
+                expectations.outcomes(j, received, &sent_end, &window)
+            })
+            .unwrap_or_default();
+        for t in &received.tracks {
+            if t.packets == 0 {
+                failures.push(format!(
+                    "{}: received nothing of {}'s {}",
+                    j.planned.name, t.publisher_name, t.kind
+                ));
             }
         }
         let stats = &j.client.publish_stats;
+        let tracks_received = received.tracks.iter().filter(|t| t.packets > 0).count() as u64;
+        let sum = |f: fn(&TrackReport) -> u64| received.tracks.iter().map(f).sum::<u64>();
+        let expected = sum(|t| t.expected.unwrap_or(0));
+        let lost = sum(|t| t.lost.unwrap_or(0));
         participants.push(ParticipantReport {
             name: j.planned.name.clone(),
             room: j.planned.room.clone(),
             id: j.client.id.clone(),
             publishes: j.planned.publishes,
-            join_ms: first_media.map(|at| {
+            join_ms: received.first_media.map(|at| {
                 at.saturating_duration_since(j.client.started_at)
                     .as_secs_f64()
                     * 1000.0
             }),
-            tracks_received: tracks,
-            packets_received: packets,
-            bytes_received: bytes,
+            tracks_received,
+            packets_received: sum(|t| t.packets),
+            bytes_received: received.bytes,
+            packets_expected: expected,
             packets_lost: lost,
-            loss_percent: percent(lost, packets + lost),
-            jitter_ms,
+            loss_percent: percent(lost, expected),
+            duplicates: sum(|t| t.duplicates),
+            freezes: sum(|t| t.freezes),
+            frozen_ms: received.tracks.iter().map(|t| t.frozen_ms).sum(),
+            jitter_ms: received.jitter_ms,
             latency: LatencySummary::from_histogram(latencies.as_ref()),
-            packets_sent: sent_by.get(&j.client.id).copied().unwrap_or(0),
-            video_packets_sent: stats
-                .video_packets
-                .load(std::sync::atomic::Ordering::Relaxed),
-            audio_packets_sent: stats
-                .audio_packets
-                .load(std::sync::atomic::Ordering::Relaxed),
-            tracks: received
-                .values()
-                .map(|t| TrackReport {
-                    publisher_id: t.stream_id.clone(),
-                    track_id: t.track_id.clone(),
-                    kind: t.kind.clone(),
-                    packets: t.packets,
-                    lost: t.lost(),
-                    first_counter: t.first_counter,
-                    last_counter: t.last_counter,
-                })
-                .collect(),
+            packets_sent: sent_end.total_of(&j.client.id),
+            video_packets_sent: sent_end.get(&j.client.id, "video"),
+            audio_packets_sent: sent_end.get(&j.client.id, "audio"),
+            tracks: received.tracks,
             keyframe_requests_received: stats
                 .plis_received
                 .load(std::sync::atomic::Ordering::Relaxed),
@@ -360,9 +384,9 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         j.client.close().await;
     }
 
-    let received: u64 = participants.iter().map(|p| p.packets_received).sum();
-    let lost: u64 = participants.iter().map(|p| p.packets_lost).sum();
-    let sent: u64 = participants.iter().map(|p| p.packets_sent).sum();
+    let total_of = |f: fn(&ParticipantReport) -> u64| participants.iter().map(f).sum::<u64>();
+    let expected = total_of(|p| p.packets_expected);
+    let lost = total_of(|p| p.packets_lost);
     let join_times: Vec<f64> = participants.iter().filter_map(|p| p.join_ms).collect();
     let server = ServerReport::from_samples(
         server_before,
@@ -381,13 +405,16 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         participants_planned: total,
         participants_connected: participants.len(),
         failures,
-        packets_sent: sent,
-        packets_received: received,
+        packets_sent: total_of(|p| p.packets_sent),
+        packets_expected: expected,
+        packets_received: total_of(|p| p.packets_received),
         packets_lost: lost,
-        loss_percent: percent(lost, received + lost),
-        receive_bitrate_bps: participants.iter().map(|p| p.bytes_received).sum::<u64>() as f64
-            * 8.0
-            / media_secs.max(0.001),
+        loss_percent: percent(lost, expected),
+        loss_measured: expected > 0,
+        duplicates: total_of(|p| p.duplicates),
+        freezes: total_of(|p| p.freezes),
+        frozen_seconds: participants.iter().map(|p| p.frozen_ms).sum::<f64>() / 1000.0,
+        receive_bitrate_bps: total_of(|p| p.bytes_received) as f64 * 8.0 / media_secs.max(0.001),
         jitter_ms_max: participants.iter().map(|p| p.jitter_ms).fold(0.0, f64::max),
         latency: LatencySummary::from_histogram(all_latencies.as_ref()),
         join_ms_p50: quantile(&join_times, 0.5),
@@ -395,10 +422,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             .iter()
             .copied()
             .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v)))),
-        keyframe_requests: participants
-            .iter()
-            .map(|p| p.keyframe_requests_received)
-            .sum(),
+        keyframe_requests: total_of(|p| p.keyframe_requests_received),
         server,
         tester_cpu_seconds: tester,
         tester_cpu_percent_per_participant: tester
@@ -408,6 +432,202 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     };
     report.thresholds = Thresholds::check(&config, &report);
     Ok(report)
+}
+
+/// Packets each publisher has sent, per kind, read from its own counters.
+#[derive(Debug, Clone, Default)]
+struct SentCounts(HashMap<(String, &'static str), u64>);
+
+impl SentCounts {
+    fn of(joined: &[Joined]) -> Self {
+        let mut counts = HashMap::new();
+        for j in joined.iter().filter(|j| j.planned.publishes) {
+            let stats = &j.client.publish_stats;
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            counts.insert((j.client.id.clone(), "video"), load(&stats.video_packets));
+            counts.insert((j.client.id.clone(), "audio"), load(&stats.audio_packets));
+        }
+        SentCounts(counts)
+    }
+
+    fn get(&self, publisher_id: &str, kind: &str) -> u64 {
+        self.0
+            .iter()
+            .find(|((id, k), _)| id == publisher_id && *k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    fn total_of(&self, publisher_id: &str) -> u64 {
+        self.get(publisher_id, "video") + self.get(publisher_id, "audio")
+    }
+}
+
+/// The part of the run in which every packet sent is expected everywhere.
+struct Window {
+    settled_at: Instant,
+    stopped_at: Instant,
+    freeze_threshold: Duration,
+}
+
+/// One expected remote track: a publisher of the room and one kind it sends.
+struct ExpectedTrack {
+    room: String,
+    publisher_id: String,
+    publisher_name: String,
+    kind: &'static str,
+    /// Whether its packets carry stamps (a clip's video does not: no loss figure for it).
+    stamped: bool,
+    /// The publisher's counter when the window opened.
+    sent_at_settle: Option<u64>,
+}
+
+/// What each participant should receive.
+struct Expectations {
+    tracks: Vec<ExpectedTrack>,
+}
+
+/// One participant's receiving side, summed up.
+#[derive(Default)]
+struct Received {
+    tracks: Vec<TrackReport>,
+    bytes: u64,
+    jitter_ms: f64,
+    first_media: Option<Instant>,
+}
+
+impl Expectations {
+    fn new(config: &LoadConfig, joined: &[Joined], settled: Option<&SentCounts>) -> Self {
+        let mut kinds = Vec::new();
+        if !config.no_video {
+            kinds.push(("video", config.clip.is_none()));
+        }
+        if !config.no_audio {
+            kinds.push(("audio", true));
+        }
+        let mut tracks = Vec::new();
+        for j in joined.iter().filter(|j| j.planned.publishes) {
+            for &(kind, stamped) in &kinds {
+                tracks.push(ExpectedTrack {
+                    room: j.planned.room.clone(),
+                    publisher_id: j.client.id.clone(),
+                    publisher_name: j.planned.name.clone(),
+                    kind,
+                    stamped,
+                    sent_at_settle: settled.map(|c| c.get(&j.client.id, kind)),
+                });
+            }
+        }
+        Expectations { tracks }
+    }
+
+    /// Every track `j` should have received, against what it did receive.
+    fn outcomes(
+        &self,
+        j: &Joined,
+        received: &HashMap<(String, String), RemoteTrackStats>,
+        sent_end: &SentCounts,
+        window: &Window,
+    ) -> Received {
+        let mut out = Received::default();
+        for stats in received.values() {
+            out.bytes += stats.bytes;
+            if let Some(rate) = clock_rate_of(&stats.kind).filter(|_| stats.packets > 0) {
+                out.jitter_ms = out.jitter_ms.max(stats.jitter / f64::from(rate) * 1000.0);
+            }
+            if let Some(at) = stats.first_packet_at {
+                out.first_media = Some(out.first_media.map_or(at, |f: Instant| f.min(at)));
+            }
+        }
+        let expected = self
+            .tracks
+            .iter()
+            .filter(|t| t.room == j.planned.room && t.publisher_id != j.client.id);
+        for t in expected {
+            let stats = received
+                .values()
+                .find(|s| s.stream_id == t.publisher_id && s.kind == t.kind);
+            out.tracks.push(track_outcome(
+                t,
+                stats,
+                sent_end.get(&t.publisher_id, t.kind),
+                window,
+            ));
+        }
+        out
+    }
+}
+
+/// One expected track as one participant received it.
+fn track_outcome(
+    t: &ExpectedTrack,
+    stats: Option<&RemoteTrackStats>,
+    sent: u64,
+    window: &Window,
+) -> TrackReport {
+    let first = stats.and_then(|s| s.first_counter).map(u64::from);
+    let start = match (first, t.sent_at_settle) {
+        (Some(f), Some(s)) => f.min(s),
+        (Some(f), None) => f,
+        (None, Some(s)) => s,
+        (None, None) => sent,
+    };
+    let (expected, lost) = if t.stamped {
+        let expected = sent.saturating_sub(start);
+        let lost = stats.map_or(expected, |s| s.lost_of(start, sent));
+        (Some(expected), Some(lost))
+    } else {
+        (None, None)
+    };
+    // Freezes: long gaps between packets, plus a stream that started late in the window or
+    // stopped before the publisher did.
+    let threshold = window.freeze_threshold;
+    let (mut freezes, mut frozen) = stats.map_or((0, Duration::ZERO), |s| (s.freezes, s.frozen));
+    let first_at = stats.and_then(|s| s.first_packet_at);
+    let last_at = stats.and_then(|s| s.last_packet_at);
+    let head = first_at
+        .unwrap_or(window.stopped_at)
+        .saturating_duration_since(window.settled_at);
+    let tail = match last_at {
+        Some(last) if first_at.is_some() => window.stopped_at.saturating_duration_since(last),
+        _ => Duration::ZERO,
+    };
+    for gap in [head, tail] {
+        if gap > threshold {
+            freezes += 1;
+            frozen += gap;
+        }
+    }
+    TrackReport {
+        publisher_id: t.publisher_id.clone(),
+        publisher_name: t.publisher_name.clone(),
+        track_id: stats.map(|s| s.track_id.clone()).unwrap_or_default(),
+        kind: t.kind.to_string(),
+        // Unstamped packets cannot be told apart: all of them count.
+        packets: stats.map_or(0, |s| if t.stamped { s.distinct } else { s.packets }),
+        duplicates: stats.map_or(0, |s| s.duplicates),
+        expected,
+        lost,
+        freezes,
+        frozen_ms: frozen.as_secs_f64() * 1000.0,
+        longest_gap_ms: stats.map_or(0.0, |s| s.longest_gap.as_secs_f64() * 1000.0),
+        foreign_packets: stats.map_or(0, |s| s.foreign_packets),
+        first_counter: stats.and_then(|s| s.first_counter),
+        last_counter: stats.and_then(|s| s.last_counter),
+    }
+}
+
+/// Durations on the command line: `90s`, `15m`, `1h`, `1h30m`, `500ms`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        if secs.is_finite() && secs >= 0.0 {
+            return Ok(Duration::from_secs_f64(secs));
+        }
+        return Err(format!("expected a duration, got {s:?}"));
+    }
+    humantime::parse_duration(s)
+        .map_err(|e| format!("expected a duration like 90s, 15m or 1h ({e})"))
 }
 
 fn collect(
@@ -430,11 +650,6 @@ fn clock_rate_of(kind: &str) -> Option<u32> {
         "video" => Some(90_000),
         _ => None,
     }
-}
-
-/// Latencies from 1 µs to 60 s at 3 significant digits (valid bounds: never `None` in practice).
-fn new_histogram() -> Option<hdrhistogram::Histogram<u64>> {
-    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).ok()
 }
 
 pub fn percent(part: u64, whole: u64) -> f64 {
@@ -498,6 +713,8 @@ struct Progress {
     quiet: bool,
     last: Instant,
     last_bytes: u64,
+    /// Publishers' counters at the previous line: packets sent since may still be in flight.
+    last_sent: Option<SentCounts>,
 }
 
 impl Progress {
@@ -506,21 +723,48 @@ impl Progress {
             quiet,
             last: Instant::now(),
             last_bytes: 0,
+            last_sent: None,
         }
     }
 
-    fn print(&mut self, joined: &[Joined], failures: usize, total: usize, last: bool) {
+    fn print(
+        &mut self,
+        joined: &[Joined],
+        config: &LoadConfig,
+        settled: Option<&(Instant, SentCounts)>,
+        failures: usize,
+        total: usize,
+        last: bool,
+    ) {
         if self.quiet || (!last && self.last.elapsed() < Duration::from_secs(1)) {
             return;
         }
-        let (mut bytes, mut packets, mut lost) = (0u64, 0u64, 0u64);
+        let (mut bytes, mut packets) = (0u64, 0u64);
         for j in joined {
-            for stats in j.client.received().values() {
-                bytes += stats.bytes;
-                packets += stats.packets;
-                lost += stats.lost();
+            let t = j.client.received_totals();
+            bytes += t.bytes;
+            packets += t.packets;
+        }
+        // Loss so far, against what publishers had sent a second ago, once settled.
+        let (mut expected, mut lost) = (0u64, 0u64);
+        if let (Some((settled_at, at_settle)), Some(sent)) = (settled, &self.last_sent) {
+            let expectations = Expectations::new(config, joined, Some(at_settle));
+            let window = Window {
+                settled_at: *settled_at,
+                stopped_at: Instant::now(),
+                freeze_threshold: Duration::MAX,
+            };
+            for j in joined {
+                if let Some(r) = j
+                    .client
+                    .with_received(|r| expectations.outcomes(j, r, sent, &window))
+                {
+                    expected += r.tracks.iter().filter_map(|t| t.expected).sum::<u64>();
+                    lost += r.tracks.iter().filter_map(|t| t.lost).sum::<u64>();
+                }
             }
         }
+        self.last_sent = Some(SentCounts::of(joined));
         let secs = self.last.elapsed().as_secs_f64().max(0.001);
         let mbps = (bytes.saturating_sub(self.last_bytes)) as f64 * 8.0 / secs / 1e6;
         self.last = Instant::now();
@@ -531,10 +775,97 @@ impl Progress {
             .count();
         eprint!(
             "\rconnected {connected}/{total}  failed {failures}  receiving {mbps:7.2} Mbit/s  packets {packets}  loss {:.2}%   ",
-            percent(lost, packets + lost)
+            percent(lost, expected)
         );
         if last {
             eprintln!();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_as_a_person_writes_them() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-3").is_err());
+    }
+
+    fn expected(sent_at_settle: Option<u64>) -> ExpectedTrack {
+        ExpectedTrack {
+            room: "r".into(),
+            publisher_id: "p".into(),
+            publisher_name: "pub".into(),
+            kind: "video",
+            stamped: true,
+            sent_at_settle,
+        }
+    }
+
+    fn received(first: u32, last: u32, first_at: Instant, last_at: Instant) -> RemoteTrackStats {
+        let mut s = RemoteTrackStats::default();
+        s.stream_id = "p".into();
+        s.kind = "video".into();
+        s.packets = u64::from(last - first + 1);
+        s.distinct = s.packets;
+        s.first_counter = Some(first);
+        s.last_counter = Some(last);
+        s.first_packet_at = Some(first_at);
+        s.last_packet_at = Some(last_at);
+        s
+    }
+
+    #[test]
+    fn a_stream_that_stops_before_its_publisher_is_lost_and_frozen() {
+        let t0 = Instant::now();
+        let window = Window {
+            settled_at: t0,
+            stopped_at: t0 + Duration::from_secs(60),
+            freeze_threshold: Duration::from_millis(500),
+        };
+        // Everything up to counter 32,767, then nothing while the publisher sent 70,000.
+        let stats = received(100, 32_767, t0, t0 + Duration::from_secs(20));
+        let t = track_outcome(&expected(Some(150)), Some(&stats), 70_000, &window);
+        assert_eq!(t.expected, Some(70_000 - 100));
+        assert_eq!(t.lost, Some(70_000 - 32_768));
+        assert_eq!(t.freezes, 1);
+        assert!((t.frozen_ms - 40_000.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn a_stream_that_never_arrives_is_all_lost_and_frozen() {
+        let t0 = Instant::now();
+        let window = Window {
+            settled_at: t0,
+            stopped_at: t0 + Duration::from_secs(10),
+            freeze_threshold: Duration::from_millis(500),
+        };
+        let t = track_outcome(&expected(Some(200)), None, 1_200, &window);
+        assert_eq!(
+            (t.expected, t.lost, t.packets),
+            (Some(1_000), Some(1_000), 0)
+        );
+        assert_eq!(t.freezes, 1);
+    }
+
+    #[test]
+    fn a_complete_stream_has_no_loss_and_no_freeze() {
+        let t0 = Instant::now();
+        let window = Window {
+            settled_at: t0 + Duration::from_secs(2),
+            stopped_at: t0 + Duration::from_secs(10),
+            freeze_threshold: Duration::from_millis(500),
+        };
+        let stats = received(10, 999, t0, t0 + Duration::from_millis(9_990));
+        let t = track_outcome(&expected(Some(300)), Some(&stats), 1_000, &window);
+        assert_eq!((t.expected, t.lost, t.freezes), (Some(990), Some(0), 0));
     }
 }
