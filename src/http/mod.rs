@@ -20,6 +20,9 @@ const INDEX_HTML: &str = include_str!("../../web/index.html");
 const APP_JS: &str = include_str!("../../web/app.js");
 const SIGNALING_JS: &str = include_str!("../../web/signaling.js");
 const STYLE_CSS: &str = include_str!("../../web/style.css");
+const LAYOUT_JS: &str = include_str!("../../web/layout.js");
+const CHAT_JS: &str = include_str!("../../web/chat.js");
+const MEDIA_JS: &str = include_str!("../../web/media.js");
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -38,6 +41,18 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/style.css",
             get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }),
+        )
+        .route(
+            "/layout.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", LAYOUT_JS) }),
+        )
+        .route(
+            "/chat.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", CHAT_JS) }),
+        )
+        .route(
+            "/media.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", MEDIA_JS) }),
         )
         // No icon: answer quietly instead of a 404 in every browser console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))

@@ -1,7 +1,8 @@
 // Starts a real switchboard server and headless Chromium with fake camera and microphone.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, readFileSync, existsSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
@@ -10,25 +11,42 @@ const root = resolve(import.meta.dirname, '..', '..');
 export const artifacts = process.env.SWITCHBOARD_ARTIFACTS || join(root, 'artifacts');
 mkdirSync(artifacts, { recursive: true });
 
-/** Starts the server on an ephemeral port; resolves with its base URL and a stop(). */
-export function startServer() {
+/** A TCP port that was free a moment ago, for a server that must come back on the same one. */
+export function freePort() {
+  return new Promise((resolvePromise, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolvePromise(port));
+    });
+  });
+}
+
+/**
+ * Starts the server; resolves with its base URL and a stop(). With `port` it listens there
+ * (so a test can stop it and start another on the same address), else on an ephemeral port.
+ */
+export function startServer({ port = 0 } = {}) {
   const bin = process.env.SWITCHBOARD_BIN || join(root, 'target', 'debug', 'switchboard');
-  const child = spawn(bin, ['serve', '--listen', '127.0.0.1:0'], {
+  const child = spawn(bin, ['serve', '--listen', `127.0.0.1:${port}`], {
     env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'warn' },
     stdio: ['ignore', 'pipe', 'inherit'],
   });
   return new Promise((resolvePromise, reject) => {
     const timer = setTimeout(() => reject(new Error('server did not start in 20 s')), 20_000);
     let out = '';
+    let started = false;
     child.stdout.on('data', (chunk) => {
       out += chunk;
       const m = out.match(/listening on (http:\/\/[^\s]+)/);
-      if (m) {
+      if (m && !started) {
+        started = true;
         clearTimeout(timer);
         resolvePromise({
           url: m[1],
           stop: () => new Promise((done) => {
-            if (child.exitCode !== null) return done();
+            if (child.exitCode !== null || child.signalCode !== null) return done();
             child.once('exit', done);
             child.kill('SIGINT');
           }),
@@ -37,7 +55,7 @@ export function startServer() {
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`server exited with ${code}`));
+      if (!started) reject(new Error(`server exited with ${code}`));
     });
     child.once('error', (err) => {
       clearTimeout(timer);
@@ -46,21 +64,44 @@ export function startServer() {
   });
 }
 
-/** Headless Chromium as the CI machine has it (Debian's package). */
-export async function launchBrowser() {
+const WEB_FILES = ['app.js', 'signaling.js', 'layout.js', 'chat.js', 'media.js', 'style.css', 'index.html'];
+
+/**
+ * Headless Chromium as the CI machine has it (Debian's package).
+ *   autoplay: false leaves Chromium's own autoplay policy in force (sound needs a user gesture)
+ *   fakeUi: false leaves camera and microphone unpermitted (no fake prompt answer)
+ * SWITCHBOARD_WEB_FROM_DISK=1 serves web/ from the work tree instead of the binary, to try
+ * client changes without rebuilding the server.
+ */
+export async function launchBrowser({ autoplay = true, fakeUi = true, viewport = { width: 1280, height: 720 }, args = [] } = {}) {
   const userDataDir = mkdtempSync(join(tmpdir(), 'switchboard-chromium-'));
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
-    viewport: { width: 1280, height: 720 },
-    permissions: ['camera', 'microphone'],
+    viewport,
+    permissions: fakeUi ? ['camera', 'microphone'] : [],
     args: [
       '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream',
+      '--use-fake-device-for-media-stream',
+      ...(fakeUi ? ['--use-fake-ui-for-media-stream', '--auto-select-desktop-capture-source=Entire screen'] : []),
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--autoplay-policy=no-user-gesture-required',
+      ...(autoplay ? ['--autoplay-policy=no-user-gesture-required'] : []),
+      // Pages served from disk have no address of their own; let them reach the local server.
+      ...(process.env.SWITCHBOARD_WEB_FROM_DISK ? ['--disable-features=LocalNetworkAccessChecks'] : []),
+      ...args,
     ],
   });
+  if (process.env.SWITCHBOARD_WEB_FROM_DISK) {
+    await context.route(/\/(app|signaling|layout|chat|media)\.js$|\/style\.css$|\/(\?.*)?$/, (route) => {
+      const url = new URL(route.request().url());
+      const file = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
+      if (!WEB_FILES.includes(file) || url.pathname.startsWith('/ws')) return route.continue();
+      const path = join(root, 'web', file);
+      if (!existsSync(path)) return route.continue();
+      const type = file.endsWith('.js') ? 'text/javascript' : file.endsWith('.css') ? 'text/css' : 'text/html';
+      return route.fulfill({ body: readFileSync(path), contentType: `${type}; charset=utf-8` });
+    });
+  }
   return {
     context,
     close: async () => {
@@ -70,21 +111,72 @@ export async function launchBrowser() {
   };
 }
 
-/** Opens the client at /?room=R&name=N; `noCamera` makes getUserMedia fail as with no devices. */
-export async function openPage(context, baseUrl, room, name, { noCamera = false } = {}) {
+function watchErrors(page, name) {
+  page.errors = [];
+  page.on('pageerror', (err) => {
+    page.errors.push(err.message);
+    console.error(`[${name}] page error: ${err.message}`);
+  });
+}
+
+/**
+ * Opens the client at /?room=R&name=N (which joins at once); `noCamera` makes getUserMedia fail
+ * as with no devices, `denied` as when the user refused.
+ */
+export async function openPage(context, baseUrl, room, name, { noCamera = false, denied = false, viewport = null } = {}) {
   const page = await context.newPage();
-  page.on('pageerror', (err) => console.error(`[${name}] page error: ${err.message}`));
-  if (noCamera) {
-    await page.addInitScript(() => {
+  watchErrors(page, name);
+  if (viewport) await page.setViewportSize(viewport);
+  if (noCamera || denied) {
+    await page.addInitScript((errName) => {
       navigator.mediaDevices.getUserMedia = () =>
-        Promise.reject(new DOMException('Requested device not found', 'NotFoundError'));
-    });
+        Promise.reject(new DOMException(errName === 'NotAllowedError' ? 'Permission denied' : 'Requested device not found', errName));
+    }, denied ? 'NotAllowedError' : 'NotFoundError');
   }
   await page.goto(`${baseUrl}/?room=${encodeURIComponent(room)}&name=${encodeURIComponent(name)}`);
   return page;
 }
 
-/** Names on the remote tiles of a page. */
+/** Opens any path of the client (the lobby, an invite link). */
+export async function openUrl(context, url, label = 'page', { viewport = null } = {}) {
+  const page = await context.newPage();
+  watchErrors(page, label);
+  if (viewport) await page.setViewportSize(viewport);
+  await page.goto(url);
+  return page;
+}
+
+/**
+ * Participants that only join (signaling, no media): cheap extra people for layout tests.
+ * Returns { close() }. They appear to everyone as tiles without camera or microphone.
+ */
+export async function addBots(context, baseUrl, room, names) {
+  const page = await context.newPage();
+  await page.goto(`${baseUrl}/healthz`);
+  await page.evaluate(async ({ room, names }) => {
+    window.bots = [];
+    const url = `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
+    await Promise.all(names.map((name) => new Promise((resolve, reject) => {
+      const ws = new WebSocket(url);
+      ws.onopen = () => ws.send(JSON.stringify({ type: 'join', room, name }));
+      ws.onmessage = (e) => {
+        const m = JSON.parse(e.data);
+        if (m.type === 'joined') resolve();
+        if (m.type === 'error') reject(new Error(`${name}: ${m.code}`));
+      };
+      ws.onerror = () => reject(new Error(`${name}: socket error`));
+      window.bots.push(ws);
+    })));
+  }, { room, names });
+  return {
+    close: async () => {
+      await page.evaluate(() => window.bots.forEach((ws) => ws.close())).catch(() => {});
+      await page.close();
+    },
+  };
+}
+
+/** Names on the remote (camera) tiles of a page. */
 export function remoteNames(page) {
   return page.$$eval('.tile.remote .name', (els) => els.map((e) => e.textContent).sort());
 }
@@ -98,15 +190,15 @@ export function inboundStats(page) {
     const out = [];
     stats.forEach((r) => {
       if (r.type === 'inbound-rtp') {
-        out.push({ id: r.id, kind: r.kind, framesDecoded: r.framesDecoded || 0, totalSamplesReceived: r.totalSamplesReceived || 0 });
+        out.push({ id: r.id, mid: r.mid, kind: r.kind, framesDecoded: r.framesDecoded || 0, totalSamplesReceived: r.totalSamplesReceived || 0 });
       }
     });
     return out;
   });
 }
 
-export async function waitForChatOpen(page) {
-  await page.waitForFunction(() => window.switchboard.chat && window.switchboard.chat.readyState === 'open', null, { timeout: 20_000 });
+export async function waitForChatOpen(page, timeout = 20_000) {
+  await page.waitForFunction(() => window.switchboard.chat && window.switchboard.chat.readyState === 'open', null, { timeout });
 }
 
 export async function rooms(baseUrl) {
@@ -114,4 +206,33 @@ export async function rooms(baseUrl) {
   return (await res.json()).rooms;
 }
 
+export function shot(page, name) {
+  return page.screenshot({ path: join(artifacts, `${name}.png`) });
+}
+
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits until a page shows exactly these remote names. */
+export async function waitForTiles(page, names, timeout = 20_000) {
+  const want = JSON.stringify([...names].sort());
+  const deadline = Date.now() + timeout;
+  let got = [];
+  while (Date.now() < deadline) {
+    got = await remoteNames(page);
+    if (JSON.stringify(got) === want) return;
+    await sleep(200);
+  }
+  throw new Error(`remote tiles: got ${JSON.stringify(got)}, want ${want}`);
+}
+
+/** Every remote camera tile shows decoded video, and frames keep coming on `n` streams. */
+export async function waitForVideo(page, n, timeout = 20_000) {
+  await page.waitForFunction(
+    (count) => {
+      const videos = [...document.querySelectorAll('.tile.remote video')];
+      return videos.length === count && videos.every((v) => v.videoWidth > 0);
+    },
+    n,
+    { timeout },
+  );
+}
