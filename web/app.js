@@ -45,6 +45,7 @@ const state = {
   activeSpeaker: null,
   localSpeaking: false,
   unread: 0,
+  chatFollow: true,
   panel: null, // phone drawer: 'chat' | 'people' | null
   sidebarOpen: true,
   audioBlocked: false,
@@ -388,8 +389,7 @@ function renderPeople() {
   list.replaceChildren(...items);
   const count = String(state.people.size + 1);
   $('people-count').textContent = `(${count})`;
-  $('people-badge').textContent = count;
-  $('people-btn').setAttribute('aria-label', `People, ${count} in the call`);
+  $('people-btn').title = `People: ${count} in the call (P)`;
 }
 
 function personItem(li, name, you, { micMuted, camOff, screen = false }) {
@@ -434,10 +434,11 @@ let layoutQueued = false;
 function scheduleLayout() {
   if (layoutQueued) return;
   layoutQueued = true;
-  requestAnimationFrame(() => {
+  // A timer, not requestAnimationFrame: a page in a background tab still lays out its tiles.
+  setTimeout(() => {
     layoutQueued = false;
     layout();
-  });
+  }, 0);
 }
 
 function tileElement(key) {
@@ -534,9 +535,8 @@ function layout() {
   }
   document.body.classList.toggle('view-speaker', result.view === 'speaker');
   const layoutBtn = $('layout-btn');
-  const label = result.view === 'speaker' ? 'Switch to grid view' : 'Switch to speaker view';
-  layoutBtn.setAttribute('aria-label', `${label} (L)`);
-  layoutBtn.title = `${label} (L)`;
+  layoutBtn.setAttribute('aria-pressed', String(result.view === 'speaker'));
+  layoutBtn.title = result.view === 'speaker' ? 'Back to the grid (L)' : 'Speaker view: the active speaker large (L)';
 }
 
 function setView(view, chosen = true) {
@@ -578,20 +578,18 @@ function updateLocalControls() {
   const connected = state.phase === 'connected';
   const micBtn = $('mic-btn');
   const camBtn = $('cam-btn');
+  // Stable labels ("Mute", "Stop video") with aria-pressed for the state; the title says what a click does.
   for (const [btn, track, on, what, key] of [[micBtn, mic, state.micOn, 'microphone', 'M'], [camBtn, cam, state.camOn, 'camera', 'V']]) {
     btn.disabled = !track || !connected;
     btn.classList.toggle('muted', !track || !on);
-    btn.setAttribute('aria-pressed', String(Boolean(track) && !on));
-    const label = !track ? `No ${what}` : what === 'microphone' ? (on ? 'Mute microphone' : 'Unmute microphone') : (on ? 'Turn camera off' : 'Turn camera on');
-    btn.setAttribute('aria-label', `${label} (${key})`);
-    btn.title = `${label} (${key})`;
-    btn.querySelector('.label').textContent = what === 'microphone' ? (track && !on ? 'Unmute' : 'Mute') : (track && !on ? 'Start video' : 'Stop video');
+    btn.setAttribute('aria-pressed', String(!track || !on));
+    const action = !track ? `No ${what}` : what === 'microphone' ? (on ? 'Mute the microphone' : 'Unmute the microphone') : (on ? 'Turn the camera off' : 'Turn the camera on');
+    btn.title = `${action} (${key})`;
   }
   const share = $('share-btn');
   share.disabled = !connected || !(navigator.mediaDevices && navigator.mediaDevices.getDisplayMedia);
   share.setAttribute('aria-pressed', String(Boolean(state.screenTrack)));
-  share.setAttribute('aria-label', state.screenTrack ? 'Stop sharing the screen (S)' : 'Share the screen (S)');
-  share.querySelector('.label').textContent = state.screenTrack ? 'Stop share' : 'Share';
+  share.title = state.screenTrack ? 'Stop sharing the screen (S)' : 'Share the screen (S)';
   $('local-tile').classList.toggle('video-off', !cam || !state.camOn);
   const badges = $('local-badges');
   badges.replaceChildren();
@@ -1113,7 +1111,6 @@ function scheduleMuteRetry(session) {
 
 function appendChat({ from, text, ts, mine = false, system = false }) {
   const log = $('chat-log');
-  const nearBottom = log.scrollHeight - log.scrollTop - log.clientHeight < 60;
   const li = document.createElement('li');
   if (system) {
     li.className = 'system';
@@ -1134,7 +1131,8 @@ function appendChat({ from, text, ts, mine = false, system = false }) {
     li.append(who, body, time);
   }
   log.append(li);
-  if (nearBottom || mine) {
+  if (mine) state.chatFollow = true;
+  if (state.chatFollow) {
     log.scrollTop = log.scrollHeight;
   } else {
     $('chat-jump').hidden = false;
@@ -1155,7 +1153,7 @@ function renderUnread() {
   const el = $('unread-badge');
   el.hidden = state.unread === 0;
   el.textContent = state.unread > 99 ? '99+' : String(state.unread);
-  $('chat-btn').setAttribute('aria-label', state.unread ? `Chat, ${state.unread} unread (C)` : 'Chat (C)');
+  $('unread-text').textContent = state.unread ? `, ${state.unread} unread` : '';
   document.title = `${state.unread ? `(${state.unread}) ` : ''}${state.room ? `${state.room} · ` : ''}switchboard`;
 }
 
@@ -1204,8 +1202,10 @@ function updateChatCounter() {
     note.classList.remove('bad');
   }
   $('chat-send').disabled = !chatOpen() || bytes === 0 || bytes > MAX_CHAT_BYTES;
-  input.style.height = 'auto';
-  input.style.height = `${Math.min(input.scrollHeight + 2, 128)}px`;
+  if (input.offsetParent) {
+    input.style.height = 'auto';
+    input.style.height = `${Math.min(input.scrollHeight + 2, 128)}px`;
+  }
 }
 
 function chatNote(text, bad = true) {
@@ -1496,6 +1496,7 @@ function updateShareBox() {
 }
 
 function showLobby() {
+  document.body.classList.remove('in-call');
   $('call').hidden = true;
   $('lobby').hidden = false;
   $('room-label').hidden = true;
@@ -1521,6 +1522,7 @@ function enterCall(room, name, { scripted = false } = {}) {
   state.everJoined = false;
   state.phase = 'joining';
   state.unread = 0;
+  document.body.classList.add('in-call');
   $('lobby').hidden = true;
   $('call').hidden = false;
   $('chat-log').replaceChildren();
@@ -1683,15 +1685,23 @@ $('chat-input').addEventListener('input', () => {
   if ($('chat-note').dataset.sticky) chatNote('', false);
   updateChatCounter();
 });
+// The chat follows new messages unless the reader scrolled up to read older ones.
 $('chat-log').addEventListener('scroll', () => {
   const log = $('chat-log');
-  if (log.scrollHeight - log.scrollTop - log.clientHeight < 60) $('chat-jump').hidden = true;
+  if (!log.clientHeight) return; // hidden (a closed drawer): keep following
+  state.chatFollow = log.scrollHeight - log.scrollTop - log.clientHeight < 40;
+  if (state.chatFollow) $('chat-jump').hidden = true;
 });
 $('chat-jump').addEventListener('click', () => {
   const log = $('chat-log');
+  state.chatFollow = true;
   log.scrollTop = log.scrollHeight;
   $('chat-jump').hidden = true;
 });
+new ResizeObserver(() => {
+  const log = $('chat-log');
+  if (state.chatFollow && log.clientHeight) log.scrollTop = log.scrollHeight;
+}).observe($('chat-log'));
 
 document.addEventListener('keydown', (e) => {
   if (e.ctrlKey || e.metaKey || e.altKey) return;

@@ -1,0 +1,167 @@
+// Joining: the invite link, the pre-join screen (join muted), leaving for good, the sound
+// prompt when the browser blocks autoplay, and an accessibility check of lobby and call.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRequire } from 'node:module';
+import {
+  startServer, launchBrowser, openPage, openUrl, waitForTiles, waitForVideo, waitForChatOpen, rooms, shot, sleep,
+} from './harness.mjs';
+
+const require = createRequire(import.meta.url);
+const AXE = require.resolve('axe-core/axe.min.js');
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) await server.stop();
+});
+
+async function roomNames(room) {
+  const r = (await rooms(server.url)).find((x) => x.name === room);
+  return r ? r.participants.map((p) => p.name).sort() : [];
+}
+
+async function waitForRoom(room, names, timeout = 10_000) {
+  const want = JSON.stringify([...names].sort());
+  const deadline = Date.now() + timeout;
+  let got = [];
+  while (Date.now() < deadline) {
+    got = await roomNames(room);
+    if (JSON.stringify(got) === want) return;
+    await sleep(200);
+  }
+  assert.deepEqual(got, [...names].sort(), `people in ${room}`);
+}
+
+test('the invite link opens the pre-join screen; a guest joins muted; leaving does not rejoin on reload', async () => {
+  await browser.context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: server.url });
+  const host = await openPage(browser.context, server.url, 'invite', 'Hostname');
+  await host.waitForFunction(() => window.switchboard.me !== null, null, { timeout: 10_000 });
+  const address = new URL(host.url());
+  assert.equal(address.searchParams.get('name'), null, 'the name is gone from the address bar');
+  assert.equal(address.searchParams.get('room'), 'invite');
+  assert.equal(await host.title(), 'invite · switchboard', 'the room name is in the tab title');
+
+  await host.click('#invite-btn');
+  const link = await host.evaluate(() => navigator.clipboard.readText());
+  assert.equal(link, `${server.url}/?room=invite`, 'the copied link is the room without a name');
+
+  // The guest opens the link: the pre-join screen, not a call under someone else's name.
+  const guest = await openUrl(browser.context, link, 'guest');
+  await guest.waitForSelector('#join-form', { state: 'visible' });
+  assert.equal(await guest.isVisible('#call'), false, 'not in the call yet');
+  assert.equal(await guest.inputValue('#room-input'), 'invite');
+  assert.match(await guest.textContent('#join-title'), /invite/);
+  await guest.waitForFunction(() => document.getElementById('preview-video').videoWidth > 0, null, { timeout: 10_000 });
+  await sleep(500);
+  assert.deepEqual(await roomNames('invite'), ['Hostname'], 'opening the link joined nobody');
+  await shot(guest, 'invite-link-prejoin');
+
+  // Join with microphone and camera off: the host sees both muted once the guest publishes.
+  await guest.fill('#name-input', 'Guest');
+  await guest.click('#pre-mic-btn');
+  await guest.click('#pre-cam-btn');
+  assert.equal(await guest.getAttribute('#pre-mic-btn', 'aria-pressed'), 'true');
+  await guest.click('#join-btn');
+  await waitForTiles(host, ['Guest']);
+  await host.waitForFunction(() => {
+    const tile = [...document.querySelectorAll('.tile.remote')].find((t) => t.querySelector('.name').textContent === 'Guest');
+    return tile && tile.querySelector('.badge.mic')?.textContent === 'mic muted' && tile.querySelector('.badge.cam')?.textContent === 'camera off';
+  }, null, { timeout: 15_000 });
+  assert.equal(await guest.getAttribute('#mic-btn', 'aria-pressed'), 'true', 'the guest\'s mic button shows muted');
+
+  // Leave, then reload: the lobby, not the call again.
+  await host.click('#leave-btn');
+  await host.waitForSelector('#join-form', { state: 'visible' });
+  await host.reload();
+  await host.waitForSelector('#join-form', { state: 'visible' });
+  await sleep(1000);
+  assert.equal(await host.isVisible('#call'), false, 'a reload after leaving shows the lobby');
+  await waitForRoom('invite', ['Guest']);
+
+  await guest.close();
+  await host.close();
+  assert.deepEqual([...host.errors, ...guest.errors], [], 'no page errors');
+});
+
+test('a guest whose browser blocks autoplay gets a prompt, and after the click the call plays', async () => {
+  const host = await openPage(browser.context, server.url, 'autoplay', 'host');
+  await host.waitForFunction(() => window.switchboard.me !== null, null, { timeout: 10_000 });
+  // Chromium's own autoplay policy, and no camera permission (so no capture that would allow sound).
+  const strict = await launchBrowser({ autoplay: false, fakeUi: false });
+  try {
+    const guest = await strict.context.newPage();
+    const blocked = new Promise((resolve) => {
+      guest.on('console', (m) => { if (m.text().includes('blocked audio playback')) resolve(); });
+    });
+    guest.errors = [];
+    guest.on('pageerror', (err) => guest.errors.push(err.message));
+    // Nothing here may touch the page before the prompt shows: a script run by the test counts
+    // as a user gesture and would let the sound play.
+    await guest.goto(`${server.url}/?room=autoplay&name=guest`);
+    await waitForTiles(host, ['guest']);
+    await Promise.race([blocked, sleep(15_000).then(() => { throw new Error('no autoplay prompt in 15 s'); })]);
+    assert.equal(await guest.isVisible('#audio-prompt'), true, 'the enable-audio prompt is shown');
+    await shot(guest, 'autoplay-blocked-prompt');
+    await guest.click('#audio-enable');
+    await guest.waitForFunction(() => {
+      const audio = [...document.querySelectorAll('#audio-sinks audio')];
+      const video = [...document.querySelectorAll('.tile.remote video')];
+      return audio.length === 1 && video.length === 1
+        && [...audio, ...video].every((el) => el.srcObject && !el.paused && el.readyState >= 2);
+    }, null, { timeout: 10_000 });
+    assert.equal(await guest.isVisible('#audio-prompt'), false, 'the prompt is gone');
+    await waitForVideo(guest, 1);
+    await guest.close();
+    assert.deepEqual(guest.errors, [], 'no page errors');
+  } finally {
+    await strict.close();
+  }
+  await host.close();
+});
+
+async function axe(page, label) {
+  await page.addScriptTag({ path: AXE });
+  const result = await page.evaluate(() => window.axe.run(document, {
+    runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa'] },
+  }));
+  const violations = result.violations.map((v) => `${label}: ${v.id} (${v.impact}): ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 5).join(', ')}`);
+  return violations;
+}
+
+test('axe finds no WCAG A/AA violation (contrast, labels, names) in the lobby or the call', async () => {
+  const lobby = await openUrl(browser.context, `${server.url}/?room=axe`, 'lobby');
+  await lobby.waitForFunction(() => document.getElementById('preview-video').videoWidth > 0, null, { timeout: 10_000 });
+  await lobby.click('#device-details summary');
+  const found = await axe(lobby, 'lobby');
+
+  const a = await openPage(browser.context, server.url, 'axe', 'ann');
+  const b = await openPage(browser.context, server.url, 'axe', 'ben');
+  await waitForTiles(a, ['ben']);
+  await waitForVideo(a, 1);
+  await waitForChatOpen(a);
+  await waitForChatOpen(b);
+  await b.fill('#chat-input', 'see https://example.org/agenda for the agenda');
+  await b.press('#chat-input', 'Enter');
+  await a.waitForSelector('#chat-log a[href="https://example.org/agenda"]');
+  await a.click('#mic-btn');
+  found.push(...await axe(a, 'call'));
+  await a.setViewportSize({ width: 390, height: 844 });
+  await a.click('#chat-btn');
+  found.push(...await axe(a, 'phone chat drawer'));
+  await a.click('#chat-panel .drawer-close');
+  await a.click('#settings-btn');
+  found.push(...await axe(a, 'settings dialog'));
+  assert.deepEqual(found, [], 'axe violations');
+  await lobby.close();
+  await a.close();
+  await b.close();
+});
