@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test of the project, from a fresh machine: formatting, lints, unit and integration
-# tests (real server, real WebRTC peers on loopback).
+# tests (real server, real WebRTC peers on loopback), aiortc, the browser.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +15,10 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --all-targets --locked
+
+# A second, independent WebRTC stack: three aiortc participants (installs aiortc from PyPI
+# into a virtualenv when missing).
+./scripts/aiortc-test.sh
 
 # The web client in a real browser (installs Chromium and playwright-core when missing).
 ./scripts/browser-test.sh

@@ -87,6 +87,9 @@ pub struct RemoteTrackStats {
     clock_rate: u32,
     freeze_threshold: Duration,
     seen: SeenWindow,
+    /// With [`Client::record_arrivals`]: (publisher counter, RTP sequence number) of every
+    /// packet, in arrival order.
+    pub arrivals: Option<Vec<(u32, u16)>>,
 }
 
 impl RemoteTrackStats {
@@ -136,6 +139,9 @@ impl RemoteTrackStats {
         let Some(stamp) = read_stamp(&packet.payload) else {
             return;
         };
+        if let Some(arrivals) = self.arrivals.as_mut() {
+            arrivals.push((stamp.counter, packet.header.sequence_number));
+        }
         match self.seen.insert(u64::from(stamp.counter)) {
             Seen::Duplicate => {
                 self.duplicates += 1;
@@ -203,6 +209,18 @@ pub struct PublishOptions {
     /// Send this real VP8 clip instead of synthetic frames (loops; PLI skips to the next
     /// keyframe). Its packets carry no stamp, so latency is not measured on them.
     pub clip: Option<Arc<crate::load::clip::Clip>>,
+    /// Send video as a flood of one-packet frames instead: crosses sequence-number wraps in
+    /// seconds rather than minutes.
+    pub flood: Option<Flood>,
+}
+
+/// A fast, fixed-rate stream of one-packet VP8 frames (the first a keyframe, and one on
+/// every PLI), stamped like the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Flood {
+    pub packets: u64,
+    pub per_second: u32,
+    pub payload_bytes: usize,
 }
 
 impl Default for PublishOptions {
@@ -214,6 +232,7 @@ impl Default for PublishOptions {
             frame_rate: 30,
             keyframe_interval: Duration::from_secs(60),
             clip: None,
+            flood: None,
         }
     }
 }
@@ -238,6 +257,7 @@ struct Shared {
     /// Set when the signaling socket closed under us (the server went away, say).
     signaling_closed: AtomicBool,
     freeze_threshold_us: AtomicU64,
+    record_arrivals: AtomicBool,
 }
 
 pub struct Client {
@@ -309,6 +329,9 @@ impl PeerConnectionEventHandler for SubscriberEvents {
             );
             stats.freeze_threshold =
                 Duration::from_micros(self.shared.freeze_threshold_us.load(Ordering::Relaxed));
+            if self.shared.record_arrivals.load(Ordering::Relaxed) {
+                stats.arrivals = Some(Vec::new());
+            }
             tracks.insert(key.clone(), stats);
         }
         if let Ok(mut remotes) = self.shared.remotes.lock() {
@@ -562,9 +585,14 @@ impl Client {
             let options = options.clone();
             let task = tokio::spawn(async move {
                 if kind == RtpCodecKind::Video {
-                    match options.clip.clone() {
-                        Some(clip) => send_clip(track, ssrc, payload_type, clip, stats).await,
-                        None => send_video(track, ssrc, payload_type, id, options, stats).await,
+                    match (options.clip.clone(), options.flood) {
+                        (Some(clip), _) => send_clip(track, ssrc, payload_type, clip, stats).await,
+                        (None, Some(flood)) => {
+                            send_flood(track, ssrc, payload_type, id, flood, stats).await
+                        }
+                        (None, None) => {
+                            send_video(track, ssrc, payload_type, id, options, stats).await
+                        }
                     }
                 } else {
                     send_audio(track, ssrc, payload_type, id, stats).await
@@ -688,6 +716,12 @@ impl Client {
         self.shared
             .freeze_threshold_us
             .store(threshold.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Keeps every packet's counter and sequence number, in arrival order, for tracks that
+    /// arrive from now on (tests only: memory grows with the stream).
+    pub fn record_arrivals(&self) {
+        self.shared.record_arrivals.store(true, Ordering::Relaxed);
     }
 
     /// Waits until `pred` holds on what was received.
@@ -1001,6 +1035,52 @@ async fn send_video(
         }
         timestamp = timestamp.wrapping_add(ts_step);
     }
+}
+
+/// Sends `flood.packets` one-packet frames at `flood.per_second`, in batches every 5 ms.
+async fn send_flood(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    publisher_id: String,
+    flood: Flood,
+    stats: Arc<PublishStats>,
+) {
+    const TICK: Duration = Duration::from_millis(5);
+    let (keyframe_wanted, feedback) = watch_keyframe_requests(&track, &stats);
+    let per_tick = (u64::from(flood.per_second) * TICK.as_millis() as u64 / 1000).max(1);
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut stream = RtpStream::new(ssrc, payload_type);
+    let mut timestamp: u32 = rand::random();
+    let mut payload = Vec::with_capacity(flood.payload_bytes + 64);
+    let mut counter = 0u64;
+    while counter < flood.packets {
+        interval.tick().await;
+        for _ in 0..per_tick.min(flood.packets - counter) {
+            let keyframe = keyframe_wanted.swap(false, Ordering::AcqRel);
+            if keyframe {
+                stats.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
+            payload.clear();
+            vp8_prefix(&mut payload, true, keyframe);
+            let stamp = Stamp {
+                sent_at_micros: unix_micros(),
+                publisher_id: publisher_id.clone(),
+                counter: counter as u32,
+            };
+            write_stamp(&mut payload, &stamp, flood.payload_bytes);
+            let packet = stream.packet(timestamp, true, bytes::Bytes::copy_from_slice(&payload));
+            if track.write_rtp(packet).await.is_err() {
+                feedback.abort();
+                return;
+            }
+            stats.video_packets.fetch_add(1, Ordering::Relaxed);
+            counter += 1;
+            timestamp = timestamp.wrapping_add(90);
+        }
+    }
+    feedback.abort();
 }
 
 /// The sequence numbering of one sent RTP stream.

@@ -175,6 +175,7 @@ impl LoadConfig {
             frame_rate: self.frame_rate,
             keyframe_interval: Duration::from_secs_f64(self.keyframe_interval.max(0.1)),
             clip,
+            flood: None,
         }
     }
 

@@ -27,7 +27,7 @@ use crate::media::downtrack::{DownTrack, QueueLimits};
 use crate::metrics::Metrics;
 use crate::room::{Participant, PublishedTrack, Room};
 use crate::rtc::{candidate_to_init, relay_candidate, Pc, PcFactory};
-use crate::signal::protocol::{Candidate, ErrorCode, PcKind, ServerMessage};
+use crate::signal::protocol::{Candidate, ErrorCode, PcKind, ServerMessage, TrackKind};
 
 pub enum SubscriberCommand {
     Subscribe(Arc<PublishedTrack>),
@@ -75,6 +75,10 @@ pub struct SubscriberPc {
     pc: Pc,
     participant: Arc<Participant>,
     forwarded: HashMap<(String, String), Forwarded>,
+    /// Tracks to forward that are not on the PC yet (see `offer`).
+    pending: Vec<Arc<PublishedTrack>>,
+    /// Kinds with at least one m-line in an answered offer.
+    negotiated_kinds: Vec<TrackKind>,
     offer_outstanding: bool,
     needs_offer: bool,
     connected: bool,
@@ -127,6 +131,8 @@ impl SubscriberPc {
             pc,
             participant,
             forwarded: HashMap::new(),
+            pending: Vec::new(),
+            negotiated_kinds: Vec::new(),
             offer_outstanding: false,
             needs_offer: true,
             connected: false,
@@ -213,9 +219,22 @@ impl SubscriberPc {
             track.publisher_id().to_string(),
             track.track_id().to_string(),
         );
-        if self.forwarded.contains_key(&key) || key.0 == self.participant.id {
+        let pending = self
+            .pending
+            .iter()
+            .any(|t| t.publisher_id() == key.0 && t.track_id() == key.1);
+        if self.forwarded.contains_key(&key) || pending || key.0 == self.participant.id {
             return;
         }
+        self.pending.push(track);
+        self.needs_offer = true;
+    }
+
+    async fn add_forwarded(&mut self, track: Arc<PublishedTrack>) {
+        let key = (
+            track.publisher_id().to_string(),
+            track.track_id().to_string(),
+        );
         let (downtrack, rx) = DownTrack::new(
             track.receiver.clone(),
             &self.participant.id,
@@ -263,6 +282,8 @@ impl SubscriberPc {
     }
 
     async fn unsubscribe(&mut self, publisher_id: String, track_id: String) {
+        self.pending
+            .retain(|t| !(t.publisher_id() == publisher_id && t.track_id() == track_id));
         if let Some(f) = self.forwarded.remove(&(publisher_id, track_id)) {
             f.downtrack.stop();
             if let Err(e) = self.pc.remove_track(&f.sender).await {
@@ -273,6 +294,29 @@ impl SubscriberPc {
     }
 
     async fn offer(&mut self) {
+        // Of a kind that has no m-line in an answered offer yet, one new m-line per offer; the
+        // others follow in the next offer. aiortc (default bundlePolicy "balanced") gives the
+        // second and later new m-lines of a kind the first one's pre-BUNDLE transport and then
+        // closes it: their receivers never start (aiortc#1414).
+        let mut new_kinds: Vec<TrackKind> = Vec::new();
+        let mut now = Vec::new();
+        let negotiated = &self.negotiated_kinds;
+        self.pending.retain(|t| {
+            let kind = t.receiver.meta.kind;
+            if negotiated.contains(&kind) {
+                now.push(t.clone());
+                false
+            } else if !new_kinds.contains(&kind) {
+                new_kinds.push(kind);
+                now.push(t.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for track in now {
+            self.add_forwarded(track).await;
+        }
         let offer = match self.pc.create_offer(None).await {
             Ok(offer) => offer,
             Err(e) => {
@@ -319,6 +363,13 @@ impl SubscriberPc {
                     }
                     let mid = f.transceiver.mid().await.ok().flatten().unwrap_or_default();
                     f.downtrack.negotiated(&f.sender, &mid).await;
+                    let kind = f.downtrack.receiver.meta.kind;
+                    if !self.negotiated_kinds.contains(&kind) {
+                        self.negotiated_kinds.push(kind);
+                    }
+                }
+                if !self.pending.is_empty() {
+                    self.needs_offer = true;
                 }
                 info!(tracks = self.forwarded.len(), "subscriber negotiated");
             }
