@@ -40,7 +40,6 @@ const state = {
   // participant id -> person (see addPerson)
   people: new Map(),
   view: 'grid',
-  viewChosen: false,
   pinned: null,
   activeSpeaker: null,
   localSpeaking: false,
@@ -539,23 +538,28 @@ function layout() {
   layoutBtn.title = result.view === 'speaker' ? 'Back to the grid (L)' : 'Speaker view: the active speaker large (L)';
 }
 
-function setView(view, chosen = true) {
+function setView(view) {
   state.view = view;
-  if (chosen) state.viewChosen = true;
+  autoSpeaker = false;
   scheduleLayout();
 }
 
+// A new remote screen share switches to speaker view with the share in the spotlight; when the
+// last share ends the previous view comes back, unless the user picked a view meanwhile.
 let autoSpeaker = false;
-/** A remote screen share switches to speaker view with the share in the spotlight, once. */
+let viewBeforeShare = 'grid';
+let sharesSeen = 0;
 function updateAutoView() {
-  const sharing = [...state.people.values()].some((p) => p.screen);
-  if (sharing && state.view === 'grid' && !state.viewChosen) {
+  const shares = [...state.people.values()].filter((p) => p.screen).length;
+  if (shares > sharesSeen) {
+    if (!autoSpeaker) viewBeforeShare = state.view;
     autoSpeaker = true;
     state.view = 'speaker';
-  } else if (!sharing && autoSpeaker) {
+  } else if (shares === 0 && autoSpeaker) {
     autoSpeaker = false;
-    if (!state.viewChosen) state.view = 'grid';
+    state.view = viewBeforeShare;
   }
+  sharesSeen = shares;
 }
 
 function togglePin(key) {
@@ -740,6 +744,7 @@ function startSession() {
     joined: false,
     closed: false,
     mids: new Map(), // subscriber mid -> { participantId, trackId }
+    pendingCandidates: { subscriber: [], publisher: [] },
     muteRetries: 0,
     muteTimer: null,
     timers: [],
@@ -843,8 +848,7 @@ function wireSignaling(session) {
     if (m.pc === 'publisher' && session.pub && session.pub.waiting) session.pub.waiting.resolve(m.sdp);
   });
   on('candidate', (m) => {
-    const pc = m.pc === 'subscriber' ? session.subscriber : session.pub && session.pub.pc;
-    if (pc && m.candidate) pc.addIceCandidate(m.candidate).catch(() => {});
+    if (m.candidate) addRemoteCandidate(session, m.pc, m.candidate);
   });
   on('participant_joined', (m) => {
     addPerson(m.participant);
@@ -933,6 +937,26 @@ function newPeerConnection(session, kind) {
   return pc;
 }
 
+/**
+ * A candidate from the server. One that arrives before its PC has the remote description
+ * (the offer or answer is still being applied) waits for it instead of being dropped.
+ */
+function addRemoteCandidate(session, kind, candidate) {
+  const pc = kind === 'subscriber' ? session.subscriber : session.pub && session.pub.pc;
+  if (!pc || !pc.remoteDescription) {
+    session.pendingCandidates[kind].push(candidate);
+    return;
+  }
+  pc.addIceCandidate(candidate).catch(() => {});
+}
+
+function flushCandidates(session, kind) {
+  const pc = kind === 'subscriber' ? session.subscriber : session.pub && session.pub.pc;
+  const pending = session.pendingCandidates[kind];
+  session.pendingCandidates[kind] = [];
+  for (const candidate of pending) pc.addIceCandidate(candidate).catch(() => {});
+}
+
 // ---- Subscriber PC ----
 
 /** mid -> msid "stream track" of every m-section in an SDP. */
@@ -994,6 +1018,7 @@ async function onSubscriberOffer(session, sdp) {
   const pc = ensureSubscriber(session);
   for (const [mid, ids] of msidByMid(sdp)) session.mids.set(mid, ids);
   await pc.setRemoteDescription({ type: 'offer', sdp });
+  flushCandidates(session, 'subscriber');
   const answer = await pc.createAnswer();
   await pc.setLocalDescription(answer);
   if (current(session)) session.signaling.send({ type: 'answer', pc: 'subscriber', sdp: pc.localDescription.sdp });
@@ -1069,6 +1094,7 @@ async function offerOnce(session) {
   session.pub.waiting = null;
   if (!current(session)) return;
   await pc.setRemoteDescription({ type: 'answer', sdp: answer });
+  flushCandidates(session, 'publisher');
   // Mute state goes right after the publisher answer: join muted, or republish muted.
   sendMute(session, 'audio');
   sendMute(session, 'video');
@@ -1377,7 +1403,7 @@ function updateCallControls() {
   const connected = state.phase === 'connected';
   $('chat-input').setAttribute('aria-describedby', 'chat-note');
   if (connected && chatOpen() && $('chat-note').dataset.sticky && /not connected/.test($('chat-note').textContent)) chatNote('', false);
-  if (!connected && state.phase === 'reconnecting') $('chat-note').textContent = 'Reconnecting: chat is paused.';
+  if (!connected && state.phase === 'reconnecting' && !$('chat-note').dataset.sticky) $('chat-note').textContent = 'Reconnecting: chat is paused.';
 }
 
 // ---- Pre-join ----

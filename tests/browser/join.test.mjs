@@ -99,8 +99,12 @@ test('a guest whose browser blocks autoplay gets a prompt, and after the click t
   const strict = await launchBrowser({ autoplay: false, fakeUi: false });
   try {
     const guest = await strict.context.newPage();
+    const consoleLines = [];
     const blocked = new Promise((resolve) => {
-      guest.on('console', (m) => { if (m.text().includes('blocked audio playback')) resolve(); });
+      guest.on('console', (m) => {
+        consoleLines.push(m.text());
+        if (m.text().includes('blocked audio playback')) resolve();
+      });
     });
     guest.errors = [];
     guest.on('pageerror', (err) => guest.errors.push(err.message));
@@ -112,12 +116,34 @@ test('a guest whose browser blocks autoplay gets a prompt, and after the click t
     assert.equal(await guest.isVisible('#audio-prompt'), true, 'the enable-audio prompt is shown');
     await shot(guest, 'autoplay-blocked-prompt');
     await guest.click('#audio-enable');
-    await guest.waitForFunction(() => {
-      const audio = [...document.querySelectorAll('#audio-sinks audio')];
-      const video = [...document.querySelectorAll('.tile.remote video')];
-      return audio.length === 1 && video.length === 1
-        && [...audio, ...video].every((el) => el.srcObject && !el.paused && el.readyState >= 2);
-    }, null, { timeout: 10_000 });
+    const playing = () => guest.evaluate(() => {
+      const els = [...document.querySelectorAll('#audio-sinks audio, .tile.remote video')];
+      return {
+        ok: els.length === 2 && els.every((el) => el.srcObject && !el.paused && el.readyState >= 2),
+        els: els.map((el) => `${el.tagName} tracks=${el.srcObject ? el.srcObject.getTracks().length : 0} paused=${el.paused} readyState=${el.readyState}`),
+      };
+    });
+    const deadline = Date.now() + 10_000;
+    let state = await playing();
+    while (!state.ok && Date.now() < deadline) {
+      await sleep(200);
+      state = await playing();
+    }
+    if (!state.ok) {
+      const stats = await guest.evaluate(async () => {
+        const out = [];
+        const sb = window.switchboard;
+        out.push(`session ${sb.session && sb.session.id} phase ${sb.phase} sub ${sb.subscriber && sb.subscriber.connectionState}`);
+        if (sb.subscriber) {
+          (await sb.subscriber.getStats()).forEach((r) => {
+            if (r.type === 'inbound-rtp') out.push(`${r.kind} mid=${r.mid} packets=${r.packetsReceived} frames=${r.framesReceived} decoded=${r.framesDecoded} keyframes=${r.keyFramesDecoded} pli=${r.pliCount} nack=${r.nackCount}`);
+          });
+        }
+        return out;
+      });
+      console.log([...stats, ...consoleLines].join('\n'));
+    }
+    assert.ok(state.ok, `remote media plays after the click: ${state.els.join('; ')}`);
     assert.equal(await guest.isVisible('#audio-prompt'), false, 'the prompt is gone');
     await waitForVideo(guest, 1);
     await guest.close();
