@@ -127,6 +127,7 @@ impl Dropped {
             Refused::WaitingForKeyframe => &self.waiting_for_keyframe,
             Refused::TooOld => &self.too_old,
             Refused::Duplicate => &self.duplicate,
+            Refused::Expired => &self.expired,
         }
     }
 }

@@ -223,3 +223,114 @@ async fn connect_close_cycles_leave_no_tasks_behind() {
     );
     server.shutdown().await.expect("shutdown");
 }
+
+/// One media section of an SDP, as far as these tests look.
+#[derive(Debug, Default)]
+struct Section {
+    kind: String,
+    mid: String,
+    direction: String,
+    track_id: String,
+    extmap: Vec<(u8, String)>,
+}
+
+fn sections(sdp: &str) -> Vec<Section> {
+    let mut out: Vec<Section> = Vec::new();
+    for line in sdp.lines().map(str::trim_end) {
+        if let Some(m) = line.strip_prefix("m=") {
+            out.push(Section {
+                kind: m.split_whitespace().next().unwrap_or_default().into(),
+                ..Section::default()
+            });
+            continue;
+        }
+        let Some(s) = out.last_mut() else { continue };
+        if let Some(mid) = line.strip_prefix("a=mid:") {
+            s.mid = mid.into();
+        } else if let Some(msid) = line.strip_prefix("a=msid:") {
+            s.track_id = msid.split_whitespace().nth(1).unwrap_or_default().into();
+        } else if let Some(ext) = line.strip_prefix("a=extmap:") {
+            let mut parts = ext.split_whitespace();
+            let id = parts.next().unwrap_or_default();
+            let id = id
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .unwrap_or(0);
+            s.extmap.push((id, parts.next().unwrap_or_default().into()));
+        } else if ["a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive"].contains(&line) {
+            s.direction = line[2..].into();
+        }
+    }
+    out
+}
+
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const AUDIO_LEVEL_URI: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
+
+/// RFC 8843 and RFC 6464 on the way through: each forwarded packet carries the subscriber's
+/// own MID for its m-line and the publisher's audio level under the subscriber's id, and the
+/// server offers what it only sends as `sendonly`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_packets_carry_the_subscribers_mid_and_the_publishers_audio_level() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let alice = Client::join(&url, "ext", "alice").await.unwrap();
+    let bob = Client::join(&url, "ext", "bob").await.unwrap();
+    bob.record_arrivals();
+    alice.publish(PublishOptions::default()).await.unwrap();
+    let received = bob
+        .wait_received("alice's audio and video", WAIT, |r| {
+            r.len() == 2 && r.values().all(|t| t.extension_samples.len() >= 30)
+        })
+        .await
+        .unwrap();
+    let offer = bob.last_subscriber_offer().expect("an offer");
+    let media: Vec<Section> = sections(&offer)
+        .into_iter()
+        .filter(|s| s.kind == "audio" || s.kind == "video")
+        .collect();
+    assert_eq!(media.len(), 2, "{offer}");
+    for s in &media {
+        assert_eq!(s.direction, "sendonly", "m-line {} in\n{offer}", s.mid);
+    }
+    for track in received.values() {
+        let section = media
+            .iter()
+            .find(|s| s.track_id == track.track_id)
+            .unwrap_or_else(|| panic!("no m-line for {}", track.track_id));
+        let id_of = |uri: &str| {
+            section
+                .extmap
+                .iter()
+                .find(|(_, u)| u == uri)
+                .map(|(id, _)| *id)
+                .unwrap_or_else(|| panic!("{uri} not offered on {}", section.kind))
+        };
+        let mid_id = id_of(MID_URI);
+        for (counter, extensions) in &track.extension_samples {
+            let mid = extensions.iter().find(|(id, _)| *id == mid_id);
+            assert_eq!(
+                mid.map(|(_, v)| v.as_ref()),
+                Some(section.mid.as_bytes()),
+                "{} packet {counter} carries mid {:?}",
+                track.kind,
+                section.mid
+            );
+            if track.kind == "audio" {
+                let level_id = id_of(AUDIO_LEVEL_URI);
+                let level = extensions.iter().find(|(id, _)| *id == level_id);
+                let expected = 0x80 | switchboard::load::client::audio_level_of(*counter);
+                assert_eq!(
+                    level.map(|(_, v)| v.first().copied()),
+                    Some(Some(expected)),
+                    "audio packet {counter} carries alice's level"
+                );
+            }
+        }
+    }
+    alice.leave().await;
+    bob.leave().await;
+    server.shutdown().await.unwrap();
+}

@@ -530,3 +530,62 @@ async fn hostile_sdp_gets_errors_and_leaks_nothing() {
     wait_metrics(&server, "everything freed", all_freed).await;
     server.shutdown().await.unwrap();
 }
+
+/// A client that joins with its microphone off mutes the track right after its offer,
+/// before any media: the state holds, reaches the others with the track, and a late joiner
+/// sees it in `joined`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_track_muted_before_its_media_is_published_muted() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let alice = Client::join(&url, "muted", "alice").await.unwrap();
+    let bob = Client::join(&url, "muted", "bob").await.unwrap();
+    alice
+        .publish(PublishOptions {
+            start_muted: vec!["audio".into()],
+            ..PublishOptions::default()
+        })
+        .await
+        .unwrap();
+    let audio_id = format!("{}-audio", alice.id);
+    let video_id = format!("{}-video", alice.id);
+    for (track_id, muted) in [(&audio_id, true), (&video_id, false)] {
+        let published = bob
+            .wait_for("track_published", WAIT, |m| {
+                matches!(m, ServerMessage::TrackPublished { track, .. } if track.id == *track_id)
+            })
+            .await
+            .unwrap();
+        let ServerMessage::TrackPublished { track, .. } = published else {
+            unreachable!()
+        };
+        assert_eq!(track.muted, muted, "{track_id}");
+    }
+    let carol = Client::join(&url, "muted", "carol").await.unwrap();
+    let alice_state = carol
+        .participants_at_join
+        .iter()
+        .find(|p| p.id == alice.id)
+        .expect("alice in joined");
+    for t in &alice_state.tracks {
+        assert_eq!(t.muted, t.id == audio_id, "{} in carol's joined", t.id);
+    }
+    let errors: Vec<_> = alice
+        .drain_events()
+        .await
+        .into_iter()
+        .filter(|m| matches!(m, ServerMessage::Error { .. }))
+        .collect();
+    assert!(errors.is_empty(), "alice got {errors:?}");
+    // Unmuting later works as before.
+    alice.send_json(serde_json::json!({"type": "mute", "track_id": audio_id, "muted": false}));
+    bob.wait_for("track_muted false", WAIT, |m| {
+        matches!(m, ServerMessage::TrackMuted { track_id, muted: false, .. } if *track_id == audio_id)
+    })
+    .await
+    .unwrap();
+    for c in [alice, bob, carol] {
+        c.leave().await;
+    }
+    server.shutdown().await.unwrap();
+}

@@ -90,7 +90,13 @@ pub struct RemoteTrackStats {
     /// With [`Client::record_arrivals`]: (publisher counter, RTP sequence number) of every
     /// packet, in arrival order.
     pub arrivals: Option<Vec<(u32, u16)>>,
+    /// With [`Client::record_arrivals`]: the header extensions (id, value) of the first
+    /// packets, with their publisher counter.
+    pub extension_samples: Vec<(u32, Vec<(u8, bytes::Bytes)>)>,
 }
+
+/// Packets whose header extensions [`Client::record_arrivals`] keeps, per track.
+const EXTENSION_SAMPLES: usize = 200;
 
 impl RemoteTrackStats {
     fn new(stream_id: String, track_id: String, kind: String, clock_rate: u32) -> Self {
@@ -141,6 +147,15 @@ impl RemoteTrackStats {
         };
         if let Some(arrivals) = self.arrivals.as_mut() {
             arrivals.push((stamp.counter, packet.header.sequence_number));
+            if self.extension_samples.len() < EXTENSION_SAMPLES {
+                let extensions = packet
+                    .header
+                    .extensions
+                    .iter()
+                    .map(|e| (e.id, e.payload.clone()))
+                    .collect();
+                self.extension_samples.push((stamp.counter, extensions));
+            }
         }
         match self.seen.insert(u64::from(stamp.counter)) {
             Seen::Duplicate => {
@@ -212,6 +227,9 @@ pub struct PublishOptions {
     /// Send video as a flood of one-packet frames instead: crosses sequence-number wraps in
     /// seconds rather than minutes.
     pub flood: Option<Flood>,
+    /// Kinds (`"audio"`, `"video"`) announced muted: `mute` goes right after the offer,
+    /// before any media, as a client that joins with its microphone off does.
+    pub start_muted: Vec<String>,
 }
 
 /// A fast, fixed-rate stream of one-packet VP8 frames (the first a keyframe, and one on
@@ -233,6 +251,7 @@ impl Default for PublishOptions {
             keyframe_interval: Duration::from_secs(60),
             clip: None,
             flood: None,
+            start_muted: Vec::new(),
         }
     }
 }
@@ -258,6 +277,7 @@ struct Shared {
     signaling_closed: AtomicBool,
     freeze_threshold_us: AtomicU64,
     record_arrivals: AtomicBool,
+    last_subscriber_offer: Mutex<Option<String>>,
 }
 
 pub struct Client {
@@ -570,6 +590,13 @@ impl Client {
         }
         *self.publisher.lock().await = Some(pc.clone());
         self.offer_publisher(&pc).await?;
+        for kind in &options.start_muted {
+            self.send_json(serde_json::json!({
+                "type": "mute",
+                "track_id": format!("{}-{kind}", self.id),
+                "muted": true,
+            }));
+        }
         // The reader applies the answer; media starts once the transport is up (SRTP has no
         // keys before), like a browser's encoder output.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -716,6 +743,15 @@ impl Client {
         self.shared
             .freeze_threshold_us
             .store(threshold.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The SDP of the last subscriber offer the server sent.
+    pub fn last_subscriber_offer(&self) -> Option<String> {
+        self.shared
+            .last_subscriber_offer
+            .lock()
+            .ok()
+            .and_then(|o| o.clone())
     }
 
     /// Keeps every packet's counter and sequence number, in arrival order, for tracks that
@@ -930,6 +966,9 @@ async fn read_loop(
                 }
                 let Some(pc) = slot.clone() else { continue };
                 drop(slot);
+                if let Ok(mut last) = shared.last_subscriber_offer.lock() {
+                    *last = Some(sdp.clone());
+                }
                 let Ok(offer) = RTCSessionDescription::offer(sdp) else {
                     continue;
                 };
@@ -1192,7 +1231,12 @@ async fn send_clip(
     feedback.abort();
 }
 
-/// One Opus-sized packet every 20 ms.
+/// The audio level (−dBov, 0 to 127) the synthetic publisher sends with packet `counter`.
+pub fn audio_level_of(counter: u32) -> u8 {
+    (counter % 128) as u8
+}
+
+/// One Opus-sized packet every 20 ms, with its audio level.
 async fn send_audio(
     track: Arc<TrackLocalStaticRTP>,
     ssrc: u32,
@@ -1220,7 +1264,18 @@ async fn send_audio(
         write_stamp(&mut payload, &stamp, 120);
         let packet = stream.packet(timestamp, false, bytes::Bytes::copy_from_slice(&payload));
         timestamp = timestamp.wrapping_add(960);
-        if track.write_rtp(packet).await.is_err() {
+        // The level a subscriber should see forwarded (RFC 6464), derived from the counter.
+        let level = rtp::extension::HeaderExtension::AudioLevel(
+            rtp::extension::audio_level_extension::AudioLevelExtension {
+                level: audio_level_of(stamp.counter),
+                voice: true,
+            },
+        );
+        if track
+            .write_rtp_with_extensions(packet, &[level])
+            .await
+            .is_err()
+        {
             return;
         }
         stats.audio_packets.fetch_add(1, Ordering::Relaxed);

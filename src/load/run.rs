@@ -176,6 +176,7 @@ impl LoadConfig {
             keyframe_interval: Duration::from_secs_f64(self.keyframe_interval.max(0.1)),
             clip,
             flood: None,
+            start_muted: Vec::new(),
         }
     }
 

@@ -216,29 +216,21 @@ impl DownTrack {
             if self.sink.take_resync() {
                 forwarder.restart();
             }
-            let now = Instant::now();
-            if now.saturating_duration_since(shared.arrived) > self.max_age {
-                // This subscriber fell behind: skip ahead and start again on a keyframe.
-                Metrics::add(&dropped.expired, 1);
-                if !forwarder.is_waiting() {
-                    forwarder.restart();
-                    self.receiver.request_keyframe();
-                }
-                continue;
-            }
             let header = &shared.packet.header;
-            let decision = forwarder.decide(
+            let decision = forwarder.decide_queued(
                 header.ssrc,
                 header.sequence_number,
                 header.timestamp,
                 shared.is_keyframe,
-                now,
+                shared.arrived,
+                Instant::now(),
+                self.max_age,
             );
             let rewritten = match decision {
                 Decision::Forward(rewritten) => rewritten,
                 Decision::Refuse(why) => {
                     Metrics::add(dropped.refused(why), 1);
-                    if why == Refused::WaitingForKeyframe {
+                    if matches!(why, Refused::WaitingForKeyframe | Refused::Expired) {
                         self.receiver.request_keyframe();
                     }
                     continue;

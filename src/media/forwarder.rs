@@ -30,6 +30,9 @@ pub enum Refused {
     TooOld,
     /// Already forwarded.
     Duplicate,
+    /// Waited in the DownTrack's queue longer than its age limit: the subscriber fell behind,
+    /// and skips ahead to the next keyframe rather than lag.
+    Expired,
 }
 
 impl Refused {
@@ -39,6 +42,7 @@ impl Refused {
             Refused::WaitingForKeyframe => "waiting_for_keyframe",
             Refused::TooOld => "too_old",
             Refused::Duplicate => "duplicate",
+            Refused::Expired => "expired",
         }
     }
 }
@@ -107,6 +111,31 @@ impl Forwarder {
     /// packet (audio). Called when packets were lost on the way to the subscriber.
     pub fn restart(&mut self) {
         self.run = None;
+    }
+
+    /// [`Forwarder::decide`] for a packet that waited in a queue since `arrived`: one older
+    /// than `max_age` is refused and the stream restarts on the next keyframe (the caller asks
+    /// for one), so a subscriber that fell behind skips ahead instead of lagging.
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide_queued(
+        &mut self,
+        ssrc: u32,
+        seq: u16,
+        ts: u32,
+        is_keyframe: bool,
+        arrived: Instant,
+        now: Instant,
+        max_age: std::time::Duration,
+    ) -> Decision {
+        if now.saturating_duration_since(arrived) > max_age {
+            // Keep the numbering of what arrives meanwhile: extended numbers stay exact.
+            if self.in_ssrc == Some(ssrc) {
+                self.in_seq.extend(seq);
+            }
+            self.restart();
+            return Decision::Refuse(Refused::Expired);
+        }
+        self.decide(ssrc, seq, ts, is_keyframe, now)
     }
 
     pub fn decide(
@@ -372,6 +401,33 @@ mod tests {
         // Everything from each run's keyframe on that arrived at all went through.
         let forwarded: usize = runs.iter().map(BTreeMap::len).sum();
         assert!(forwarded as u64 > total - 1000 - total / 500, "{forwarded}");
+    }
+
+    #[test]
+    fn a_packet_that_waited_too_long_restarts_the_stream_on_a_keyframe() {
+        let t0 = Instant::now();
+        let max_age = Duration::from_millis(200);
+        let mut f = Forwarder::new(true, 90_000, 500, 0);
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let first = fwd(f.decide_queued(3, 10, 0, true, at(0), at(5), max_age));
+        fwd(f.decide_queued(3, 11, 0, false, at(10), at(200), max_age));
+        // The subscriber stalled: this one waited 250 ms.
+        assert_eq!(
+            f.decide_queued(3, 12, 0, false, at(20), at(270), max_age),
+            Decision::Refuse(Refused::Expired)
+        );
+        assert!(f.is_waiting());
+        // Fresh again, but a delta frame: it waits for the keyframe the caller asked for.
+        assert_eq!(
+            f.decide_queued(3, 13, 0, false, at(300), at(301), max_age),
+            Decision::Refuse(Refused::WaitingForKeyframe)
+        );
+        let resumed = fwd(f.decide_queued(3, 14, 0, true, at(310), at(311), max_age));
+        assert_eq!(
+            resumed.sequence_number,
+            first.sequence_number.wrapping_add(2),
+            "the outgoing sequence continues without a hole"
+        );
     }
 
     #[test]
