@@ -134,3 +134,44 @@ test('a participant whose media stops is marked with a connection problem, and u
     }, null, { timeout: 10_000 });
   }
 });
+
+test('pin and full screen on a tile; devices switch in the call without a new offer', async () => {
+  const carol = pages.carol;
+  await carol.bringToFront();
+  await carol.hover('.tile.remote:has(.name:text-is("alice"))');
+  await carol.click('.tile.remote:has(.name:text-is("alice")) .pin-btn');
+  await carol.waitForFunction(() => document.querySelector('.tile.spot .name')?.textContent === 'alice', null, { timeout: 5_000 });
+  assert.equal(await carol.getAttribute('.tile.remote:has(.name:text-is("alice")) .pin-btn', 'aria-pressed'), 'true');
+  await shot(carol, 'alice-pinned-by-carol');
+  await carol.click('.tile.remote:has(.name:text-is("alice")) .fs-btn');
+  await carol.waitForFunction(() => document.fullscreenElement?.querySelector('.name')?.textContent === 'alice', null, { timeout: 5_000 });
+  await carol.evaluate(() => document.exitFullscreen());
+  await carol.click('.tile.remote:has(.name:text-is("alice")) .pin-btn');
+  await carol.click('#layout-btn');
+
+  // Bob picks another microphone and speaker in the settings dialog.
+  const bob = pages.bob;
+  const offerBefore = await bob.evaluate(() => window.switchboard.publisher.localDescription.sdp);
+  await bob.click('#settings-btn');
+  const mic = await bob.$eval('#mic-select', (s) => [...s.options].find((o) => o.textContent === 'Fake Audio Input 1').value);
+  await bob.selectOption('#mic-select', mic);
+  await bob.waitForFunction(() => window.switchboard.publisher.getSenders().some((s) => s.track && s.track.label === 'Fake Audio Input 1'), null, { timeout: 5_000 });
+  const speaker = await bob.$eval('#speaker-select', (s) => [...s.options].find((o) => o.textContent === 'Fake Audio Output 1')?.value);
+  if (speaker) {
+    await bob.selectOption('#speaker-select', speaker);
+    await bob.waitForFunction((id) => [...document.querySelectorAll('#audio-sinks audio')].every((a) => a.sinkId === id), speaker, { timeout: 5_000 });
+  }
+  await bob.click('#settings-dialog button[type="submit"]');
+  assert.equal(await bob.evaluate(() => window.switchboard.publisher.localDescription.sdp), offerBefore, 'no renegotiation for a device switch');
+  // Alice still hears bob: his audio keeps arriving.
+  const bobId = await bob.evaluate(() => window.switchboard.me.id);
+  const samples = () => pages.alice.evaluate(async (id) => {
+    const person = window.switchboard.people.get(id);
+    let n = 0;
+    (await window.switchboard.subscriber.getStats()).forEach((r) => { if (r.type === 'inbound-rtp' && r.mid === person.audioTrack.mid) n = r.totalSamplesReceived; });
+    return n;
+  }, bobId);
+  const before = await samples();
+  await sleep(1000);
+  assert.ok(await samples() > before, 'bob\'s audio keeps arriving after the switch');
+});

@@ -77,6 +77,12 @@ test('the invite link opens the pre-join screen; a guest joins muted; leaving do
     return tile && tile.querySelector('.badge.mic')?.textContent === 'mic muted' && tile.querySelector('.badge.cam')?.textContent === 'camera off';
   }, null, { timeout: 15_000 });
   assert.equal(await guest.getAttribute('#mic-btn', 'aria-pressed'), 'true', 'the guest\'s mic button shows muted');
+  // The M shortcut unmutes; the host sees it.
+  await guest.locator('body').press('m');
+  await host.waitForFunction(() => {
+    const tile = [...document.querySelectorAll('.tile.remote')].find((t) => t.querySelector('.name').textContent === 'Guest');
+    return tile && !tile.querySelector('.badge.mic');
+  }, null, { timeout: 10_000 });
 
   // Leave, then reload: the lobby, not the call again.
   await host.click('#leave-btn');

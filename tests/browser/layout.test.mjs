@@ -1,5 +1,5 @@
 // The call fits the window: tiles use the stage, controls and the chat box stay on screen,
-// the page itself never scrolls. Extra participants are signaling-only bots (tiles without
+// the page itself never scrolls; chat counts its limit in bytes. Extra participants are signaling-only bots (tiles without
 // media), so a dozen people cost no video decoding.
 
 import { test, before, after } from 'node:test';
@@ -95,11 +95,22 @@ test('controls and chat box stay on screen with 12 people and 50 chat messages, 
   }
   await host.waitForFunction(() => document.querySelectorAll('#chat-log li:not(.system)').length === 50, null, { timeout: 10_000 });
 
+  // The limit is the server's, in UTF-8 bytes: 3000 Cyrillic letters (6000 bytes) are refused
+  // before sending, 2000 (4000 bytes) go through whole.
+  await talker.fill('#chat-input', 'ж'.repeat(3000));
+  assert.equal(await talker.isDisabled('#chat-send'), true, 'send is disabled over the limit');
+  await talker.press('#chat-input', 'Enter');
+  assert.match(await talker.textContent('#chat-note'), /4096 bytes/);
+  assert.equal(await talker.$$eval('#chat-log li.mine', (els) => els.length), 50, 'the long message is not shown as sent');
+  await talker.fill('#chat-input', 'ж'.repeat(2000));
+  await talker.press('#chat-input', 'Enter');
+  await host.waitForFunction(() => [...document.querySelectorAll('#chat-log li .text')].some((e) => e.textContent === 'ж'.repeat(2000)), null, { timeout: 10_000 });
+
   // Phone, drawer closed: the call fits, controls on screen, an unread count on the chat button.
   let m = await measure(host);
   assert.ok(m.controlsInView, 'phone: controls inside the viewport with 12 people');
   assert.ok(!m.pageScrolls, 'phone: the page does not scroll');
-  assert.equal(await host.textContent('#unread-badge'), '50', 'phone: 50 unread messages on the chat button');
+  assert.equal(await host.textContent('#unread-badge'), '51', 'phone: 51 unread messages on the chat button');
   // The chat drawer: the newest message and the input are on screen.
   await host.click('#chat-btn');
   const drawer = await chatOnScreen(host);
@@ -143,7 +154,9 @@ async function chatOnScreen(page) {
     const last = log.lastElementChild.getBoundingClientRect();
     const input = document.getElementById('chat-input').getBoundingClientRect();
     return {
-      lastVisible: last.bottom <= box.bottom + 1 && last.top >= box.top - 1 && box.height > 0,
+      // Scrolled to the end, the newest message's last line in view.
+      lastVisible: box.height > 0 && last.bottom <= box.bottom + 1 && last.bottom > box.top
+        && log.scrollHeight - log.scrollTop - log.clientHeight < 2,
       inputInView: input.top >= 0 && input.bottom <= innerHeight && input.right <= innerWidth && input.height > 0,
       pageScrolls: document.scrollingElement.scrollHeight > innerHeight + 1,
       noHorizontalOverflow: log.scrollWidth <= log.clientWidth + 1,
