@@ -757,6 +757,10 @@ function startSession() {
     const join = { type: 'join', room: state.room, name: state.name };
     if (state.token) join.token = state.token;
     session.signaling.send(join);
+    // A server that accepts the socket but never answers is as good as down.
+    session.timers.push(setTimeout(() => {
+      if (current(session) && !session.joined) sessionFailed(session, 'the server did not answer the join');
+    }, 10000));
   }).catch((err) => sessionFailed(session, err.message));
 }
 
@@ -1063,7 +1067,9 @@ function negotiate(session) {
   const pub = session.pub;
   if (!pub) return Promise.resolve();
   pub.chain = pub.chain.then(() => offerOnce(session)).catch((err) => {
-    if (current(session)) toast(`Publishing failed: ${err.message}`);
+    if (!current(session)) return;
+    if (err.timeout) sessionFailed(session, err.message);
+    else toast(`Publishing failed: ${err.message}`);
   });
   return pub.chain;
 }
@@ -1087,7 +1093,7 @@ async function offerOnce(session) {
   }
   const answered = new Promise((resolve, reject) => { session.pub.waiting = { resolve, reject }; });
   const timeout = new Promise((_, reject) => {
-    session.timers.push(setTimeout(() => reject(new Error('no answer from the server')), 15000));
+    session.timers.push(setTimeout(() => reject(Object.assign(new Error('no answer to the publisher offer'), { timeout: true })), 15000));
   });
   session.signaling.send({ type: 'offer', pc: 'publisher', sdp });
   const answer = await Promise.race([answered, timeout]);
@@ -1333,9 +1339,12 @@ function tickLevels() {
   if (best && best.id !== state.activeSpeaker && (!active || !isSpeaking(active) || best.level > active.level * 2)) {
     state.activeSpeaker = best.id;
     bringIntoView(best.id);
-    renderPeople();
     if (state.view === 'speaker') scheduleLayout();
-  } else if (wasLocal !== state.localSpeaking) {
+  }
+  // The people list marks who is speaking now; redraw it only when that changes.
+  const signature = `${state.localSpeaking}|${[...state.people.values()].filter((p) => state.activeSpeaker === p.id && isSpeaking(p)).map((p) => p.id).join(',')}`;
+  if (signature !== state.speakingSignature || wasLocal !== state.localSpeaking) {
+    state.speakingSignature = signature;
     renderPeople();
   }
   for (const [id, person] of state.people) person.tile.classList.toggle('active-speaker', id === state.activeSpeaker);

@@ -184,6 +184,14 @@ test('axe finds no WCAG A/AA violation (contrast, labels, names) in the lobby or
   await b.fill('#chat-input', 'see https://example.org/agenda for the agenda');
   await b.press('#chat-input', 'Enter');
   await a.waitForSelector('#chat-log a[href="https://example.org/agenda"]');
+  // Markup in a message stays text; only http(s) links become links.
+  const hostile = '<img src=x onerror="window.pwned=1"> javascript:alert(1) <a href="javascript:alert(2)">x</a>';
+  await b.fill('#chat-input', hostile);
+  await b.press('#chat-input', 'Enter');
+  await a.waitForFunction((t) => [...document.querySelectorAll('#chat-log .text')].some((e) => e.textContent === t), hostile);
+  assert.equal(await a.$$eval('#chat-log img', (els) => els.length), 0, 'no element from message text');
+  assert.deepEqual(await a.$$eval('#chat-log a', (els) => els.map((e) => e.getAttribute('href'))), ['https://example.org/agenda']);
+  assert.equal(await a.evaluate(() => window.pwned), undefined);
   await a.click('#mic-btn');
   found.push(...await axe(a, 'call'));
   await a.setViewportSize({ width: 390, height: 844 });
