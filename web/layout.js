@@ -85,30 +85,30 @@ export function computeLayout({ width, height, keys, view = 'grid', spotlight = 
       strip = { x: 0, y: height - stripH, w: width, h: stripH, vertical: false };
     }
     result.rects.set(spotlight, main);
-    // Strip tiles are 16:9; as many as fit, the rest counted on an overflow tile.
+    // Strip tiles are 16:9 when they fit, narrower when that lets more fit; the rest are
+    // counted on an overflow tile.
     const along = strip.vertical ? strip.h : strip.w;
-    let tileW = strip.vertical ? strip.w : Math.round(strip.h * 16 / 9);
-    let tileH = strip.vertical ? Math.round(strip.w * 9 / 16) : strip.h;
-    const step = (strip.vertical ? tileH : tileW) + gap;
-    let fit = Math.max(1, Math.floor((along + gap) / step));
-    if (others.length > fit) fit = Math.max(1, fit - 1); // room for the "+N" tile
-    const shown = others.slice(0, fit);
-    const count = shown.length + (others.length > fit ? 1 : 0);
-    const usedAlong = count * step - gap;
-    const start = (along - usedAlong) / 2;
-    shown.forEach((key, i) => {
+    const natural = strip.vertical ? strip.w * 9 / 16 : strip.h * 16 / 9;
+    const minAlong = strip.vertical ? Math.max(56, natural * 0.7) : 90;
+    const capacity = Math.max(2, Math.floor((along + gap) / (minAlong + gap)));
+    const shownCount = others.length > capacity ? capacity - 1 : others.length;
+    const slots = shownCount + (others.length > shownCount ? 1 : 0);
+    const tileAlong = Math.floor(Math.min(natural, (along - gap * (slots - 1)) / slots));
+    const tileW = strip.vertical ? strip.w : tileAlong;
+    const tileH = strip.vertical ? tileAlong : strip.h;
+    const step = tileAlong + gap;
+    const start = Math.max(0, (along - (slots * step - gap)) / 2);
+    const place = (i) => {
       const offset = Math.round(start + i * step);
-      result.rects.set(key, strip.vertical
+      return strip.vertical
         ? { x: strip.x, y: strip.y + offset, w: tileW, h: tileH }
-        : { x: strip.x + offset, y: strip.y, w: tileW, h: tileH });
-    });
-    if (others.length > fit) {
-      const offset = Math.round(start + shown.length * step);
-      result.overflow = {
-        rect: strip.vertical ? { x: strip.x, y: strip.y + offset, w: tileW, h: tileH } : { x: strip.x + offset, y: strip.y, w: tileW, h: tileH },
-        count: others.length - fit,
-      };
-      result.hidden = others.slice(fit);
+        : { x: strip.x + offset, y: strip.y, w: tileW, h: tileH };
+    };
+    const shown = others.slice(0, shownCount);
+    shown.forEach((key, i) => result.rects.set(key, place(i)));
+    if (others.length > shownCount) {
+      result.overflow = { rect: place(shownCount), count: others.length - shownCount };
+      result.hidden = others.slice(shownCount);
     }
     result.view = 'speaker';
     return result;
