@@ -533,6 +533,7 @@ function layout() {
     overflow.hidden = true;
   }
   document.body.classList.toggle('view-speaker', result.view === 'speaker');
+  $('alone-hint').hidden = !(state.phase === 'connected' && state.people.size === 0);
   const layoutBtn = $('layout-btn');
   layoutBtn.setAttribute('aria-pressed', String(result.view === 'speaker'));
   layoutBtn.title = result.view === 'speaker' ? 'Back to the grid (L)' : 'Speaker view: the active speaker large (L)';
@@ -794,6 +795,7 @@ function sessionFailed(session, reason) {
 
 function enterReconnecting(reason) {
   state.phase = 'reconnecting';
+  scheduleLayout();
   mirror(null);
   state.chat = null;
   const delay = RECONNECT_DELAYS[Math.min(state.attempt, RECONNECT_DELAYS.length - 1)] * (0.8 + Math.random() * 0.4);
@@ -833,6 +835,7 @@ function onJoined(session, m) {
   for (const p of m.participants) addPerson(p, p.tracks);
   renderPeople();
   setStatus('Connected');
+  scheduleLayout();
   appendChat({ system: true, text: rejoin ? `Reconnected to ${m.room}.` : `You joined ${m.room}.` });
   updateCallControls();
   (state.mediaReady || Promise.resolve()).then(() => {
@@ -1537,7 +1540,8 @@ function showLobby() {
   $('room-label').hidden = true;
   $('invite-btn').hidden = true;
   state.phase = 'lobby';
-  document.title = 'switchboard';
+  const room = $('room-input').value.trim();
+  document.title = room ? `Join ${room} · switchboard` : 'switchboard';
   updateShareBox();
   renderPreviewToggles();
   if (!state.preview) {
@@ -1652,6 +1656,7 @@ $('room-input').addEventListener('input', updateShareBox);
 $('share-copy').addEventListener('click', (e) => copyInvite(e.currentTarget));
 $('invite-btn').addEventListener('click', (e) => copyInvite(e.currentTarget));
 $('people-invite').addEventListener('click', (e) => copyInvite(e.currentTarget));
+$('alone-invite').addEventListener('click', (e) => copyInvite(e.currentTarget));
 $('preview-start').addEventListener('click', () => startPreview());
 $('pre-mic-btn').addEventListener('click', () => {
   state.micOn = !state.micOn;
