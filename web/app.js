@@ -616,7 +616,13 @@ function setLocalStream(stream) {
 
 function acquireMedia() {
   if (state.localStream) return Promise.resolve(state.localStream);
+  const call = state.callId;
   return getLocalMedia({ micId: prefs.micId, cameraId: prefs.cameraId }).then(({ stream, error }) => {
+    if (call !== state.callId || state.left) {
+      // The call ended while the browser was asking: do not leave the camera on.
+      if (stream) for (const t of stream.getTracks()) t.stop();
+      return null;
+    }
     if (!stream) {
       toast(`No camera or microphone (${error.message || error.name}); you can still watch and chat.`);
       updateLocalControls();
@@ -714,7 +720,7 @@ async function stopShare() {
     session.pub.slots.delete('screen');
     try {
       if (slot.transceiver.stop) slot.transceiver.stop();
-      else session.publisher.removeTrack(slot.transceiver.sender);
+      else session.pub.pc.removeTrack(slot.transceiver.sender);
     } catch {
       // already stopped
     }
@@ -785,9 +791,11 @@ function sessionFailed(session, reason) {
   if (state.left || state.phase === 'lobby') return;
   if (!wasJoined && state.phase === 'joining' && state.attempt === 0 && !state.everJoined) {
     // The very first attempt never got in: that is an error to show, not a reconnect.
+    state.left = true;
+    teardown();
+    showLobby();
     setStatus('Offline', true);
     toast(reason || 'cannot reach the signaling server');
-    showLobby();
     return;
   }
   enterReconnecting(reason);
@@ -1554,6 +1562,7 @@ function showLobby() {
 // ---- Joining and leaving ----
 
 function enterCall(room, name, { scripted = false } = {}) {
+  state.callId = (state.callId || 0) + 1;
   state.room = room;
   state.name = name;
   state.left = false;
