@@ -1,6 +1,6 @@
 // The server stops and starts again on the same port: every page says it is reconnecting,
 // refuses to pretend a chat message went out, and is back in the call by itself, decoding the
-// others, with its mute state, within 15 s.
+// others, with its mute state, within 15 s. A failed peer connection starts over the same way.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -94,6 +94,21 @@ test('after a server restart on the same port every page is back in the call wit
     await pages[name].waitForSelector('#chat-log li:has(.from:text-is("alice")) .text:text-is("sent while the server was down")', { timeout: 10_000 });
   }
   await shot(pages.bob, 'back-after-restart');
+
+  // A failed peer connection with the socket still up: bob starts over by himself too.
+  const oldBobId = await pages.bob.evaluate(() => window.switchboard.me.id);
+  await pages.bob.evaluate(() => {
+    const pc = window.switchboard.subscriber;
+    Object.defineProperty(pc, 'connectionState', { get: () => 'failed' });
+    pc.dispatchEvent(new Event('connectionstatechange'));
+  });
+  await pages.bob.waitForFunction((old) => window.switchboard.me && window.switchboard.me.id !== old && window.switchboard.phase === 'connected', oldBobId, { timeout: 10_000 });
+  await waitForVideo(pages.bob, 2);
+  await pages.alice.waitForFunction((old) => {
+    const ids = [...window.switchboard.people.keys()];
+    return !ids.includes(old) && [...window.switchboard.people.values()].some((p) => p.name === 'bob' && p.cam);
+  }, oldBobId, { timeout: 10_000 });
+  await waitForVideo(pages.alice, 2);
   for (const name of names) {
     await pages[name].close();
     assert.deepEqual(pages[name].errors, [], `${name}: no page errors`);
