@@ -1,20 +1,14 @@
-//! The data plane's per-packet work: one publisher packet through a Receiver to N DownTracks,
-//! with each DownTrack's keyframe gate and sequence/timestamp rewrite, for N = 1, 10, 100.
-//!
-//! Everything but the socket write is here: the fan-out (lock-free sink list, one shared
-//! `Arc` per packet, a bounded-queue `try_send` per subscriber) and each writer's dequeue,
-//! forwarding decision and header rewrite.
+//! The data plane's own work per publisher packet: the Receiver reads it once, and each
+//! DownTrack gates it and rewrites a fresh header around the shared payload. This is the part
+//! of a worker's fan-out loop that is the SFU's; `engine` adds the peer connections.
 
-use std::hint::black_box;
-use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use rtc::rtp_transceiver::rtp_sender::RTCRtpCodec;
-use switchboard::media::forwarder::{Decision, Forwarder};
-use switchboard::media::receiver::{DownTrackSink, Receiver, TrackMeta};
+use switchboard::media::downtrack::{DownTrack, Negotiated, Outcome};
+use switchboard::media::extensions::{ExtensionIds, SubscriberExtensions, SDES_MID};
+use switchboard::media::receiver::{Codec, Receiver, TrackMeta};
 use switchboard::signal::protocol::TrackKind;
-use switchboard::Metrics;
 
 fn packet(seq: u16, keyframe: bool) -> rtp::Packet {
     let mut payload = vec![0u8; 1100];
@@ -26,7 +20,7 @@ fn packet(seq: u16, keyframe: bool) -> rtp::Packet {
             payload_type: 96,
             sequence_number: seq,
             timestamp: u32::from(seq) * 3000,
-            ssrc: 0x1234_5678,
+            ssrc: 1234,
             ..Default::default()
         },
         payload: bytes::Bytes::from(payload),
@@ -36,55 +30,56 @@ fn packet(seq: u16, keyframe: bool) -> rtp::Packet {
 fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("receiver_to_downtracks");
     for n in [1usize, 10, 100] {
-        let metrics = Arc::new(Metrics::default());
-        let receiver = Receiver::new(
+        let mut receiver = Receiver::new(
             TrackMeta {
                 publisher_id: "p1".into(),
                 track_id: "t1".into(),
                 kind: TrackKind::Video,
-                codec: RTCRtpCodec {
+                codec: Codec {
                     mime_type: "video/VP8".into(),
                     clock_rate: 90_000,
-                    ..Default::default()
+                    ..Codec::default()
                 },
-                extensions: Default::default(),
+                extensions: ExtensionIds::default(),
             },
-            metrics,
+            1234,
+            Duration::from_millis(500),
         );
-        let mut downtracks = Vec::new();
-        for i in 0..n {
-            let (sink, rx) = DownTrackSink::new(format!("s{i}"), 512);
-            receiver.add_sink(sink);
-            downtracks.push((rx, Forwarder::new(true, 90_000, i as u16, i as u32)));
-        }
+        let mut downtracks: Vec<DownTrack> = (0..n)
+            .map(|i| {
+                let mut d =
+                    DownTrack::new(i as u32, true, 90_000, Duration::from_secs(1), i as u16, 0);
+                d.set_negotiated(Negotiated {
+                    payload_type: 96,
+                    extensions: SubscriberExtensions::new(
+                        ExtensionIds::from_negotiated([(SDES_MID, 1)]),
+                        Some(1),
+                        "0",
+                    ),
+                });
+                d.transport_up();
+                d
+            })
+            .collect();
         // Start every DownTrack on a keyframe, as in a running call.
-        receiver.fan_out(packet(0, true));
-        for (rx, forwarder) in &mut downtracks {
-            if let Ok(p) = rx.try_recv() {
-                forwarder.decide(p.packet.header.ssrc, 0, 0, true, Instant::now());
+        let first = packet(0, true);
+        let now = Instant::now();
+        if let Some(incoming) = receiver.incoming(&first, now) {
+            for d in &mut downtracks {
+                let _ = d.forward(&incoming, now, 0);
             }
         }
         let mut seq = 1u16;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
             b.iter(|| {
-                receiver.fan_out(packet(seq, false));
+                let p = packet(seq, false);
                 let now = Instant::now();
-                for (rx, forwarder) in &mut downtracks {
-                    let Ok(shared) = rx.try_recv() else { continue };
-                    let h = &shared.packet.header;
-                    if let Decision::Forward(r) = forwarder.decide(
-                        h.ssrc,
-                        h.sequence_number,
-                        h.timestamp,
-                        shared.is_keyframe,
-                        now,
-                    ) {
-                        let mut out = shared.packet.clone();
-                        out.header.ssrc = 42;
-                        out.header.sequence_number = r.sequence_number;
-                        out.header.timestamp = r.timestamp;
-                        black_box(out);
+                if let Some(incoming) = receiver.incoming(&p, now) {
+                    for d in &mut downtracks {
+                        if let Outcome::Send(out) = d.forward(&incoming, now, 0) {
+                            std::hint::black_box(out);
+                        }
                     }
                 }
                 seq = seq.wrapping_add(1);

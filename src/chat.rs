@@ -2,19 +2,13 @@
 //!
 //! A client sends `{"text": "..."}`; the server relays it to everyone else in the room with
 //! `from` and `ts` set by the server. Anything else is answered on the same channel with an
-//! error and relayed to nobody.
+//! error and relayed to nobody. The media worker that hosts the room does the relaying.
 
-use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
-use tracing::debug;
-use webrtc::data_channel::{DataChannel, DataChannelEvent};
 
-use crate::metrics::Metrics;
-use crate::ratelimit::TokenBucket;
-use crate::room::{Participant, Room};
-use crate::signal::protocol::ChatRelay;
+use crate::signal::protocol::{ChatRelay, ParticipantInfo};
 
 pub const LABEL: &str = "chat";
 
@@ -40,69 +34,24 @@ pub fn parse_chat(is_text: bool, data: &[u8], max_bytes: usize) -> Result<String
     Ok(msg.text)
 }
 
-fn error_json(message: &str) -> String {
-    serde_json::json!({"type": "error", "code": "bad_request", "message": message}).to_string()
+/// An error on the chat channel, as the protocol words it.
+pub fn error_json(code: &str, message: &str) -> String {
+    serde_json::json!({"type": "error", "code": code, "message": message}).to_string()
 }
 
-/// Serves one participant's chat channel until it closes.
-pub async fn serve(
-    channel: Arc<dyn DataChannel>,
-    from: Arc<Participant>,
-    room: Arc<Room>,
-    max_bytes: usize,
-    rate_per_sec: u32,
-    metrics: Arc<Metrics>,
-) {
-    let mut bucket = TokenBucket::new(rate_per_sec);
-    while let Some(event) = channel.poll().await {
-        match event {
-            DataChannelEvent::OnMessage(message) => {
-                if !bucket.allow(Instant::now()) {
-                    let _ = channel
-                        .try_send_text(
-                            &serde_json::json!({"type": "error", "code": "rate_limited", "message": "too many chat messages"}).to_string(),
-                        )
-                        .await;
-                    continue;
-                }
-                match parse_chat(message.is_string, &message.data, max_bytes) {
-                    Ok(text) => relay(&from, &room, text, &metrics).await,
-                    Err(reason) => {
-                        debug!(participant = %from.id, %reason, "chat message refused");
-                        let _ = channel.try_send_text(&error_json(&reason)).await;
-                    }
-                }
-            }
-            DataChannelEvent::OnClose => break,
-            _ => {}
-        }
-    }
-}
-
-async fn relay(from: &Participant, room: &Room, text: String, metrics: &Metrics) {
+/// A chat message as relayed to the others: `from` and `ts` are the server's.
+pub fn relay_json(from: &ParticipantInfo, text: String) -> String {
     let ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0);
     let relayed = ChatRelay {
         kind: "chat".into(),
-        from: from.info(),
+        from: from.clone(),
         text,
         ts,
     };
-    let Ok(json) = serde_json::to_string(&relayed) else {
-        return;
-    };
-    for other in room.others(&from.id) {
-        if let Some(channel) = other.chat_channel() {
-            // try_send: a participant whose channel is backed up misses the message rather
-            // than delaying it for the others.
-            if let Err(e) = channel.try_send_text(&json).await {
-                debug!(to = %other.id, error = %e, "chat message not delivered");
-            }
-        }
-    }
-    Metrics::add(&metrics.chat_messages, 1);
+    serde_json::to_string(&relayed).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -52,37 +52,6 @@ impl std::str::FromStr for IceServer {
     }
 }
 
-/// An inclusive UDP port range for the peer connections' sockets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PortRange {
-    pub min: u16,
-    pub max: u16,
-}
-
-impl std::str::FromStr for PortRange {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (a, b) = s
-            .split_once('-')
-            .ok_or_else(|| format!("port range must be MIN-MAX (got {s:?})"))?;
-        let min: u16 = a
-            .trim()
-            .parse()
-            .map_err(|e| format!("bad port {a:?}: {e}"))?;
-        let max: u16 = b
-            .trim()
-            .parse()
-            .map_err(|e| format!("bad port {b:?}: {e}"))?;
-        if min == 0 || min > max {
-            return Err(format!(
-                "port range must satisfy 0 < MIN <= MAX (got {s:?})"
-            ));
-        }
-        Ok(PortRange { min, max })
-    }
-}
-
 fn parse_duration_secs(s: &str) -> Result<Duration, String> {
     let secs: f64 = s
         .parse()
@@ -100,19 +69,35 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Local IP the peer connections bind their UDP sockets to. `0.0.0.0` means every
-    /// non-loopback interface.
+    /// Local IP the media UDP port is bound to. `0.0.0.0` binds every interface and
+    /// announces each non-loopback address.
     #[arg(long, env = "SWITCHBOARD_RTC_IP", default_value = "127.0.0.1")]
     pub rtc_ip: IpAddr,
 
-    /// Public IPs announced in ICE candidates instead of the bound ones (NAT 1:1 mapping),
-    /// comma separated.
+    /// Public IP announced in ICE candidates instead of the bound ones (NAT 1:1 mapping).
     #[arg(long, env = "SWITCHBOARD_PUBLIC_IP", value_delimiter = ',')]
     pub public_ip: Vec<IpAddr>,
 
-    /// UDP port range the peer connections bind in (MIN-MAX); ephemeral ports when unset.
-    #[arg(long, env = "SWITCHBOARD_UDP_PORTS")]
-    pub udp_ports: Option<PortRange>,
+    /// The one UDP port every peer connection's media goes through (0: any free port).
+    #[arg(long, env = "SWITCHBOARD_UDP_PORT", default_value_t = 7882)]
+    pub udp_port: u16,
+
+    /// Media worker threads (0: one per core). A room lives on one worker.
+    #[arg(long, env = "SWITCHBOARD_WORKERS", default_value_t = 0)]
+    pub workers: usize,
+
+    /// SRTP protection profiles offered, in order of preference: aes128gcm, aes256gcm,
+    /// aes128cm (AES-CM with HMAC-SHA1-80). Restrict it to force one.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_SRTP",
+        default_value = "aes128gcm,aes256gcm,aes128cm"
+    )]
+    pub srtp: String,
+
+    /// Most remote ICE candidates one peer connection takes.
+    #[arg(long, env = "SWITCHBOARD_MAX_CANDIDATES", default_value_t = 32)]
+    pub max_candidates: usize,
 
     /// STUN/TURN servers handed to clients, repeatable or comma separated:
     /// `stun:host:3478` or `turn:host:3478|user:password`.
@@ -193,14 +178,6 @@ pub struct Config {
     )]
     pub signaling_queue_messages: usize,
 
-    /// Packets a DownTrack may queue before it drops (a slow subscriber drops, never stalls).
-    #[arg(
-        long = "downtrack-queue",
-        env = "SWITCHBOARD_DOWNTRACK_QUEUE",
-        default_value_t = 512
-    )]
-    pub downtrack_queue_packets: usize,
-
     /// Longest a video packet may wait in a DownTrack's queue, in milliseconds; older ones
     /// are dropped and the DownTrack restarts on a keyframe.
     #[arg(long, env = "SWITCHBOARD_VIDEO_QUEUE_MS", default_value_t = 200)]
@@ -227,7 +204,10 @@ impl Default for Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             rtc_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             public_ip: Vec::new(),
-            udp_ports: None,
+            udp_port: 7882,
+            workers: 0,
+            srtp: "aes128gcm,aes256gcm,aes128cm".into(),
+            max_candidates: 32,
             ice_servers: Vec::new(),
             tls_cert: None,
             tls_key: None,
@@ -242,7 +222,6 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(30),
             ping_interval: Duration::from_secs(10),
             signaling_queue_messages: 512,
-            downtrack_queue_packets: 512,
             video_queue_ms: 200,
             audio_queue_ms: 100,
             pli_interval_ms: 500,
@@ -252,10 +231,11 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A configuration for tests: an ephemeral port on loopback, everything else default.
+    /// A configuration for tests: ephemeral ports on loopback, everything else default.
     pub fn ephemeral() -> Self {
         Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            udp_port: 0,
             ..Config::default()
         }
     }
@@ -266,10 +246,54 @@ impl Config {
 
     pub fn queue_limits(&self) -> crate::media::downtrack::QueueLimits {
         crate::media::downtrack::QueueLimits {
-            packets: self.downtrack_queue_packets,
             audio_age: Duration::from_millis(self.audio_queue_ms.max(1)),
             video_age: Duration::from_millis(self.video_queue_ms.max(1)),
         }
+    }
+
+    /// The engine's settings: the shared UDP port and what it announces.
+    pub fn engine(&self) -> Result<crate::engine::EngineConfig, crate::Error> {
+        let workers = if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        };
+        Ok(crate::engine::EngineConfig {
+            workers,
+            bind: SocketAddr::new(self.rtc_ip, self.udp_port),
+            announce: self.announced_ips()?,
+            srtp: self.srtp.clone(),
+            pli_interval: self.pli_interval(),
+            queue: self.queue_limits(),
+            max_chat_bytes: self.max_chat_bytes,
+            chat_rate_per_sec: self.message_rate_per_sec,
+            max_candidates: self.max_candidates,
+            fault_drop_every: self.fault_drop_every_nth_packet,
+        })
+    }
+
+    /// The IPs put in ICE candidates: the public ones, else the bound one, else (bound to
+    /// every interface) each non-loopback address of the machine.
+    fn announced_ips(&self) -> Result<Vec<IpAddr>, crate::Error> {
+        if !self.public_ip.is_empty() {
+            return Ok(self.public_ip.clone());
+        }
+        if !self.rtc_ip.is_unspecified() {
+            return Ok(vec![self.rtc_ip]);
+        }
+        let ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+            .map_err(|e| crate::Error::Config(format!("listing network interfaces: {e}")))?
+            .into_iter()
+            .map(|i| i.ip())
+            .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == self.rtc_ip.is_ipv4())
+            .collect();
+        if ips.is_empty() {
+            return Err(crate::Error::Config(format!(
+                "--rtc-ip {} found no non-loopback address to announce; give --public-ip",
+                self.rtc_ip
+            )));
+        }
+        Ok(ips)
     }
 
     /// Checks what clap cannot: TLS is needed off loopback.
@@ -308,20 +332,6 @@ mod tests {
         assert!("http://nope".parse::<IceServer>().is_err());
     }
 
-    #[test]
-    fn parses_port_ranges() {
-        assert_eq!(
-            "50000-50100".parse::<PortRange>().unwrap(),
-            PortRange {
-                min: 50000,
-                max: 50100
-            }
-        );
-        assert!("50100-50000".parse::<PortRange>().is_err());
-        assert!("0-10".parse::<PortRange>().is_err());
-        assert!("5000".parse::<PortRange>().is_err());
-    }
-
     /// The flags the README documents, all accepted.
     #[test]
     fn accepts_every_documented_flag() {
@@ -339,8 +349,14 @@ mod tests {
             "0.0.0.0",
             "--public-ip",
             "203.0.113.7",
-            "--udp-ports",
-            "50000-50999",
+            "--udp-port",
+            "50000",
+            "--workers",
+            "2",
+            "--srtp",
+            "aes128gcm",
+            "--max-candidates",
+            "10",
             "--ice-server",
             "stun:stun.example.org:3478",
             "--ice-server",
@@ -369,8 +385,6 @@ mod tests {
             "12",
             "--ping-interval",
             "3",
-            "--downtrack-queue",
-            "64",
             "--signaling-queue",
             "32",
             "--pli-interval-ms",
@@ -385,19 +399,13 @@ mod tests {
         assert_eq!(c.max_participants_per_room, 4);
         assert_eq!(c.max_tracks_per_participant, 5);
         assert_eq!(c.message_rate_per_sec, 7);
-        assert_eq!(c.downtrack_queue_packets, 64);
         assert_eq!(c.queue_limits().video_age, Duration::from_millis(150));
         assert_eq!(c.queue_limits().audio_age, Duration::from_millis(60));
         assert_eq!(c.signaling_queue_messages, 32);
         assert_eq!(c.ice_servers.len(), 2);
         assert_eq!(c.idle_timeout, Duration::from_secs(12));
-        assert_eq!(
-            c.udp_ports,
-            Some(PortRange {
-                min: 50000,
-                max: 50999
-            })
-        );
+        assert_eq!((c.udp_port, c.workers, c.max_candidates), (50000, 2, 10));
+        assert_eq!(c.engine().unwrap().bind.port(), 50000);
     }
 
     #[test]

@@ -17,4 +17,6 @@ pub enum Error {
     Rtc(String),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("media engine: {0}")]
+    Engine(#[from] crate::engine::EngineError),
 }

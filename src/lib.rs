@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod engine;
 mod error;
 pub mod http;
 pub mod load;
@@ -12,7 +13,6 @@ pub mod media;
 pub mod metrics;
 pub mod ratelimit;
 pub mod room;
-pub mod rtc;
 pub mod signal;
 
 use std::net::SocketAddr;
@@ -26,14 +26,14 @@ pub use config::Config;
 pub use error::Error;
 pub use metrics::{Metrics, MetricsSnapshot};
 
-use crate::rtc::{IceSettings, PcFactory};
+use crate::engine::Engine;
 
 /// What every request handler shares.
 pub struct AppState {
     pub config: Config,
     pub registry: room::Registry,
     pub metrics: Arc<Metrics>,
-    pub pc_factory: PcFactory,
+    pub engine: Arc<Engine>,
     pub accepting: std::sync::atomic::AtomicBool,
 }
 
@@ -50,14 +50,21 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, Error> {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
+        let engine = Arc::new(Engine::start(config.engine()?, metrics.clone())?);
+        info!(
+            udp_port = engine.udp_port(),
+            workers = engine.workers(),
+            "media engine started"
+        );
         let state = Arc::new(AppState {
             registry: room::Registry::new(
                 config.max_rooms,
                 config.max_participants_per_room,
                 config.max_tracks_per_participant,
+                engine.clone(),
                 metrics.clone(),
             ),
-            pc_factory: PcFactory::new(IceSettings::from_config(&config), metrics.clone()),
+            engine,
             metrics,
             accepting: std::sync::atomic::AtomicBool::new(true),
             config,
@@ -105,16 +112,25 @@ impl Server {
         self.state.registry.snapshot()
     }
 
+    /// The shared UDP port every peer connection's media goes through.
+    pub fn udp_port(&self) -> u16 {
+        self.state.engine.udp_port()
+    }
+
     /// Stops accepting connections and waits for the listener to close.
     pub async fn shutdown(self) -> Result<(), Error> {
         self.state
             .accepting
             .store(false, std::sync::atomic::Ordering::Release);
         let _ = self.shutdown.send(true);
-        match self.task.await {
+        let result = match self.task.await {
             Ok(result) => result,
             Err(e) => Err(Error::Io(std::io::Error::other(e))),
-        }
+        };
+        // Joining the worker threads blocks: off the async threads.
+        let engine = self.state.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        result
     }
 
     /// Resolves if the listener stops by itself (an accept loop failure, say).

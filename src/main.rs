@@ -27,12 +27,16 @@ enum Command {
     Load(switchboard::load::LoadConfig),
 }
 
+/// What an operator acts on: our own info, everyone's warnings, but not the WebRTC stack's
+/// per-datagram and per-handshake warnings (junk from the network, harmless SDP details).
+const DEFAULT_LOG: &str = "warn,switchboard=info,rtc=error,rtc_ice=error,rtc_dtls=error,\
+rtc_sctp=error,rtc_srtp=error,rtc_datachannel=error,webrtc=error";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| EnvFilter::new("warn,switchboard=info")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG)),
         )
         .init();
     let cli = Cli::parse();

@@ -103,6 +103,13 @@ metrics! {
         chat_messages: "Chat messages relayed.",
         signaling_errors: "Error replies sent on signaling sockets.",
         joins: "Successful joins.",
+        datagrams_sent: "UDP datagrams the media workers sent.",
+        send_syscalls: "System calls the media workers made to send them (GSO batches several).",
+        datagrams_send_dropped: "UDP datagrams dropped after waiting too long for the socket, or refused by it.",
+        datagrams_unrouted: "UDP datagrams that matched no peer connection (junk, strangers, stale): dropped.",
+        datagrams_handed_over: "UDP datagrams that reached another worker's socket and were passed to the owner.",
+        media_timeouts: "Participants removed because their media connection failed.",
+        candidates_refused: "Remote ICE candidates refused over the per-connection limit.",
     }
     dropped {
         // The DownTrack's queue was full: its subscriber fell behind.

@@ -26,11 +26,11 @@ use webrtc::peer_connection::{
     RTCSessionDescription,
 };
 
+use crate::engine::feedback::is_keyframe_request;
 use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Stamp};
+use crate::load::peer::{candidate_from_init, candidate_to_init, Pc, PcFactory};
 use crate::media::sequence::{Seen, SeenWindow};
 use crate::metrics::Metrics;
-use crate::rtc::{candidate_from_init, candidate_to_init};
-use crate::rtc::{is_keyframe_request, IceSettings, Pc, PcFactory};
 use crate::signal::protocol::{ChatRelay, ParticipantState, PcKind, ServerMessage};
 
 #[derive(Debug, thiserror::Error)]
@@ -474,7 +474,7 @@ impl Client {
         };
 
         let metrics = Arc::new(Metrics::default());
-        let factory = Arc::new(PcFactory::new(IceSettings::loopback(), metrics));
+        let factory = Arc::new(PcFactory::loopback(metrics));
         let shared = Arc::new(Shared {
             freeze_threshold_us: AtomicU64::new(DEFAULT_FREEZE_THRESHOLD.as_micros() as u64),
             ..Shared::default()

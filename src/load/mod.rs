@@ -3,6 +3,7 @@
 pub mod client;
 pub mod clip;
 pub mod payload;
+pub mod peer;
 pub mod report;
 pub mod run;
 

@@ -132,8 +132,28 @@ impl ProcessSample {
     }
 }
 
+/// Resident memory at one point of the media phase.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct MemorySample {
+    pub at_seconds: f64,
+    pub rss_mib: f64,
+}
+
+/// `first -> last (max)` of a memory timeline.
+fn timeline_summary(timeline: &[MemorySample]) -> Option<String> {
+    let first = timeline.first()?;
+    let last = timeline.last()?;
+    let max = timeline.iter().map(|s| s.rss_mib).fold(0.0, f64::max);
+    Some(format!(
+        "{:.1} MiB at {:.0} s -> {:.1} MiB at {:.0} s (max {max:.1})",
+        first.rss_mib, first.at_seconds, last.rss_mib, last.at_seconds
+    ))
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ServerReport {
+    /// With `--pid`: resident memory every 10 s of media time.
+    pub rss_timeline: Vec<MemorySample>,
     /// Packets the server forwarded during the run (from its `/metrics`).
     pub packets_forwarded: Option<u64>,
     pub packets_forwarded_per_second: Option<f64>,
@@ -171,6 +191,7 @@ impl ServerReport {
                 .map(|(c, f)| c * 1e6 / f as f64),
             rss_bytes_before: before.map(|b| b.rss_bytes),
             rss_bytes_after: after.map(|a| a.rss_bytes),
+            rss_timeline: Vec::new(),
             rss_bytes_per_participant: before
                 .zip(after)
                 .filter(|_| participants > 0)
@@ -297,6 +318,8 @@ pub struct Report {
     pub keyframe_requests: u64,
     pub server: ServerReport,
     pub tester_cpu_seconds: Option<f64>,
+    /// The tester's own resident memory every 10 s of media time.
+    pub tester_rss_timeline: Vec<MemorySample>,
     pub tester_cpu_percent_per_participant: Option<f64>,
     pub participants: Vec<ParticipantReport>,
     pub thresholds: Thresholds,
@@ -414,6 +437,14 @@ impl Report {
                         .rss_bytes_per_participant
                         .map_or("n/a".into(), |b| format!("{:.0} KiB", b / 1024.0))
                 ),
+            ),
+            (
+                "server memory over the run",
+                timeline_summary(&self.server.rss_timeline).unwrap_or_else(|| "n/a".into()),
+            ),
+            (
+                "tester memory over the run",
+                timeline_summary(&self.tester_rss_timeline).unwrap_or_else(|| "n/a".into()),
             ),
             (
                 "load tester CPU",

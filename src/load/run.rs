@@ -19,8 +19,8 @@ use tokio::task::JoinSet;
 use crate::load::client::{new_latency_histogram, Client, PublishOptions, RemoteTrackStats};
 use crate::load::clip::Clip;
 use crate::load::report::{
-    LatencySummary, ParticipantReport, ProcessSample, Report, ServerReport, Shape, Thresholds,
-    TrackReport,
+    LatencySummary, MemorySample, ParticipantReport, ProcessSample, Report, ServerReport, Shape,
+    Thresholds, TrackReport,
 };
 
 /// The shape of a load test.
@@ -261,12 +261,15 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     // time, every packet a publisher sends is expected at every other participant.
     let media_started = Instant::now();
     let mut settled: Option<(Instant, SentCounts)> = None;
+    let mut memory = MemoryTimeline::default();
+    memory.sample(config.pid, media_started);
     while media_started.elapsed() < config.duration {
         let left = config.duration.saturating_sub(media_started.elapsed());
         tokio::time::sleep(Duration::from_millis(500).min(left)).await;
         if settled.is_none() && media_started.elapsed() >= config.settle {
             settled = Some((Instant::now(), SentCounts::of(&joined)));
         }
+        memory.sample(config.pid, media_started);
         progress.print(
             &joined,
             &config,
@@ -305,6 +308,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     let media_secs = media_started.elapsed().as_secs_f64();
     let server_after = config.pid.and_then(ProcessSample::of_pid);
     let tester_after = ProcessSample::of_self();
+    memory.sample_now(config.pid, media_started);
 
     let window = Window {
         // A run shorter than the settle time expects only what subscribers started on.
@@ -400,6 +404,8 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         participants.len(),
     );
     let tester = ProcessSample::cpu_seconds_between(tester_before, tester_after);
+    let mut server = server;
+    server.rss_timeline = memory.server;
     let mut report = Report {
         shape: Shape::from(&config),
         wall_seconds: wall.as_secs_f64(),
@@ -427,6 +433,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         keyframe_requests: total_of(|p| p.keyframe_requests_received),
         server,
         tester_cpu_seconds: tester,
+        tester_rss_timeline: memory.tester,
         tester_cpu_percent_per_participant: tester
             .map(|s| s / wall.as_secs_f64().max(0.001) * 100.0 / (total.max(1) as f64)),
         participants,
@@ -434,6 +441,40 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     };
     report.thresholds = Thresholds::check(&config, &report);
     Ok(report)
+}
+
+/// Resident memory of the server (with `--pid`) and of the tester, every
+/// [`MEMORY_SAMPLE_EVERY`] of media time: a long run shows whether either creeps.
+#[derive(Default)]
+struct MemoryTimeline {
+    server: Vec<MemorySample>,
+    tester: Vec<MemorySample>,
+    next: Duration,
+}
+
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(10);
+
+impl MemoryTimeline {
+    fn sample(&mut self, pid: Option<u32>, since: Instant) {
+        if since.elapsed() >= self.next {
+            self.sample_now(pid, since);
+            self.next = since.elapsed() + MEMORY_SAMPLE_EVERY;
+        }
+    }
+
+    fn sample_now(&mut self, pid: Option<u32>, since: Instant) {
+        let at_seconds = since.elapsed().as_secs_f64();
+        let point = |s: ProcessSample| MemorySample {
+            at_seconds,
+            rss_mib: s.rss_bytes as f64 / 1_048_576.0,
+        };
+        if let Some(s) = pid.and_then(ProcessSample::of_pid) {
+            self.server.push(point(s));
+        }
+        if let Some(s) = ProcessSample::of_self() {
+            self.tester.push(point(s));
+        }
+    }
 }
 
 /// Packets each publisher has sent, per kind, read from its own counters.

@@ -1,8 +1,10 @@
 //! The control plane: rooms, their participants and published tracks.
 //!
 //! A Room's state sits behind one lock, held only to read or change the state, never across
-//! an `await` or I/O: messages to participants are queued (`try_send`) after the lock is
-//! released. The data plane never takes it.
+//! an `await` or I/O. Every change and everything it causes, the messages queued for
+//! participants (`try_send`) and the commands queued for the media plane, happen under that
+//! lock, so they happen in one order: no interleaving of join, publish, unpublish and leave
+//! can subscribe anyone to a track that is gone. The data plane never takes it.
 
 pub mod participant;
 
@@ -13,40 +15,64 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use serde::Serialize;
 use tracing::info;
 
-use crate::media::receiver::Receiver;
 use crate::metrics::Metrics;
-use crate::rtc::subscriber::SubscriberCommand;
-use crate::signal::protocol::{ErrorCode, ParticipantState, ServerMessage, TrackInfo};
+use crate::signal::protocol::{
+    Candidate, ErrorCode, ParticipantState, PcKind, ServerMessage, TrackInfo, TrackKind,
+};
 pub use participant::Participant;
+
+/// What a room asks of the media plane (the engine worker that hosts it). Calls are queued,
+/// never awaited: the room makes them under its lock, so the worker sees them in the order
+/// the room decided.
+pub trait MediaPlane: Send + Sync {
+    /// A participant joined: it gets its subscriber peer connection and the chat channel.
+    fn add_participant(&self, participant: &Arc<Participant>, room: &Arc<Room>);
+    /// Tears down everything of a participant: its peer connections, the tracks it published
+    /// and the tracks it received.
+    fn remove_participant(&self, participant_id: &str);
+    /// Forwards a published track to a subscriber.
+    fn subscribe(&self, subscriber_id: &str, track: &PublishedTrack);
+    /// A published track is gone: stop forwarding it to everyone.
+    fn remove_track(&self, publisher_id: &str, track_id: &str);
+    /// A publisher's offer; `sending` are the track ids it still sends.
+    fn publisher_offer(&self, participant_id: &str, sdp: String, sending: Vec<String>);
+    fn subscriber_answer(&self, participant_id: &str, sdp: String);
+    fn candidate(&self, participant_id: &str, pc: PcKind, candidate: Option<Candidate>);
+}
+
+/// Places each new room on a media plane (a worker of the engine).
+pub trait MediaPlacer: Send + Sync {
+    fn place(&self, room_name: &str) -> Arc<dyn MediaPlane>;
+}
 
 /// A track published in a room.
 pub struct PublishedTrack {
-    pub receiver: Arc<Receiver>,
+    pub publisher_id: String,
+    pub track_id: String,
+    pub kind: TrackKind,
     muted: AtomicBool,
 }
 
 impl PublishedTrack {
-    pub fn new(receiver: Arc<Receiver>, muted: bool) -> Arc<Self> {
+    pub fn new(publisher_id: String, track_id: String, kind: TrackKind, muted: bool) -> Arc<Self> {
         Arc::new(PublishedTrack {
-            receiver,
+            publisher_id,
+            track_id,
+            kind,
             muted: AtomicBool::new(muted),
         })
     }
 
-    pub fn publisher_id(&self) -> &str {
-        &self.receiver.meta.publisher_id
-    }
-
-    pub fn track_id(&self) -> &str {
-        &self.receiver.meta.track_id
-    }
-
     pub fn info(&self) -> TrackInfo {
         TrackInfo {
-            id: self.track_id().to_string(),
-            kind: self.receiver.meta.kind,
+            id: self.track_id.clone(),
+            kind: self.kind,
             muted: self.muted.load(Ordering::Relaxed),
         }
+    }
+
+    fn is(&self, publisher_id: &str, track_id: &str) -> bool {
+        self.publisher_id == publisher_id && self.track_id == track_id
     }
 }
 
@@ -86,18 +112,14 @@ impl RoomState {
             tracks: self
                 .tracks
                 .iter()
-                .filter(|t| t.publisher_id() == p.id)
+                .filter(|t| t.publisher_id == p.id)
                 .map(|t| t.info())
                 .collect(),
         }
     }
 
-    fn others(&self, id: &str) -> Vec<Arc<Participant>> {
-        self.participants
-            .iter()
-            .filter(|p| p.id != id)
-            .cloned()
-            .collect()
+    fn others<'a>(&'a self, id: &'a str) -> impl Iterator<Item = &'a Arc<Participant>> + 'a {
+        self.participants.iter().filter(move |p| p.id != id)
     }
 }
 
@@ -106,6 +128,7 @@ pub struct Room {
     state: Mutex<RoomState>,
     max_participants: usize,
     max_tracks_per_participant: usize,
+    media: Arc<dyn MediaPlane>,
     metrics: Arc<Metrics>,
 }
 
@@ -114,6 +137,7 @@ impl Room {
         name: String,
         max_participants: usize,
         max_tracks_per_participant: usize,
+        media: Arc<dyn MediaPlane>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Metrics::inc(&metrics.rooms);
@@ -122,8 +146,14 @@ impl Room {
             state: Mutex::new(RoomState::default()),
             max_participants,
             max_tracks_per_participant,
+            media,
             metrics,
         }
+    }
+
+    /// The media plane hosting this room's peer connections.
+    pub fn media(&self) -> &dyn MediaPlane {
+        &*self.media
     }
 
     fn state(&self) -> MutexGuard<'_, RoomState> {
@@ -134,80 +164,73 @@ impl Room {
     /// Adds a participant. `joined` builds its `joined` message from the others as they are
     /// now; it is queued under the lock, so no event about the room can overtake it.
     fn join(
-        &self,
+        self: &Arc<Self>,
         participant: &Arc<Participant>,
         joined: impl FnOnce(Vec<ParticipantState>) -> ServerMessage,
     ) -> Result<(), Refusal> {
-        let (others, tracks) = {
-            let mut state = self.state();
-            if state.closed {
-                return Err(Refusal::new(ErrorCode::Internal, "room is closing; retry"));
-            }
-            if state.participants.len() >= self.max_participants {
-                return Err(Refusal::new(
-                    ErrorCode::RoomFull,
-                    format!(
-                        "room {} is full ({} participants)",
-                        self.name, self.max_participants
-                    ),
-                ));
-            }
-            let snapshot: Vec<ParticipantState> = state
-                .participants
-                .iter()
-                .map(|p| state.snapshot_of(p))
-                .collect();
-            let others = state.participants.clone();
-            state.participants.push(participant.clone());
-            participant.send(joined(snapshot));
-            (others, state.tracks.clone())
-        };
-        Metrics::inc(&self.metrics.participants);
-        for other in &others {
+        let mut state = self.state();
+        if state.closed {
+            return Err(Refusal::new(ErrorCode::Internal, "room is closing; retry"));
+        }
+        if state.participants.len() >= self.max_participants {
+            return Err(Refusal::new(
+                ErrorCode::RoomFull,
+                format!(
+                    "room {} is full ({} participants)",
+                    self.name, self.max_participants
+                ),
+            ));
+        }
+        let snapshot = state
+            .participants
+            .iter()
+            .map(|p| state.snapshot_of(p))
+            .collect();
+        participant.send(joined(snapshot));
+        for other in &state.participants {
             other.send(ServerMessage::ParticipantJoined {
                 participant: participant.info(),
             });
         }
-        for track in tracks {
-            participant.subscriber(SubscriberCommand::Subscribe(track));
+        state.participants.push(participant.clone());
+        self.media.add_participant(participant, self);
+        for track in &state.tracks {
+            self.media.subscribe(&participant.id, track);
         }
+        Metrics::inc(&self.metrics.participants);
         Ok(())
     }
 
     /// Removes a participant and everything it published; returns true when the room is
     /// now empty (and closed).
     fn leave(&self, participant_id: &str) -> bool {
-        let (removed, others, gone_tracks, kept_tracks, empty) = {
-            let mut state = self.state();
-            let before = state.participants.len();
-            state.participants.retain(|p| p.id != participant_id);
-            let removed = state.participants.len() != before;
-            let (gone, kept): (Vec<_>, Vec<_>) = state
-                .tracks
-                .drain(..)
-                .partition(|t| t.publisher_id() == participant_id);
-            state.tracks = kept.clone();
-            state
-                .announced
-                .retain(|(publisher, _), _| publisher != participant_id);
-            let empty = state.participants.is_empty();
-            if empty {
-                state.closed = true;
-            }
-            (removed, state.participants.clone(), gone, kept, empty)
-        };
+        let mut state = self.state();
+        let before = state.participants.len();
+        state.participants.retain(|p| p.id != participant_id);
+        let removed = state.participants.len() != before;
+        let (gone, kept): (Vec<_>, Vec<_>) = state
+            .tracks
+            .drain(..)
+            .partition(|t| t.publisher_id == participant_id);
+        state.tracks = kept;
+        state
+            .announced
+            .retain(|(publisher, _), _| publisher != participant_id);
+        let empty = state.participants.is_empty();
+        if empty {
+            state.closed = true;
+        }
         if !removed {
             return empty;
         }
+        // Its tracks go with its peer connections.
+        self.media.remove_participant(participant_id);
         Metrics::dec(&self.metrics.participants);
-        for track in &kept_tracks {
-            track.receiver.remove_subscriber(participant_id);
-        }
-        for track in &gone_tracks {
+        for track in &gone {
             Metrics::dec(&self.metrics.published_tracks);
-            self.announce_unpublished(&others, track);
+            tell_unpublished(&state, track);
         }
-        for other in &others {
+        for other in &state.participants {
             other.send(ServerMessage::ParticipantLeft {
                 participant_id: participant_id.to_string(),
             });
@@ -215,93 +238,71 @@ impl Room {
         empty
     }
 
-    fn announce_unpublished(&self, others: &[Arc<Participant>], track: &PublishedTrack) {
-        for other in others {
-            other.subscriber(SubscriberCommand::Unsubscribe {
-                publisher_id: track.publisher_id().to_string(),
-                track_id: track.track_id().to_string(),
-            });
-            other.send(ServerMessage::TrackUnpublished {
-                participant_id: track.publisher_id().to_string(),
-                track_id: track.track_id().to_string(),
-            });
-        }
-    }
-
     /// Publishes a track and subscribes everyone else to it.
     pub fn publish(&self, track: Arc<PublishedTrack>) -> Result<(), Refusal> {
-        let publisher_id = track.publisher_id();
-        let others = {
-            let mut state = self.state();
-            if !state.participants.iter().any(|p| p.id == publisher_id) {
-                return Err(Refusal::new(
-                    ErrorCode::NotJoined,
-                    "publisher left the room",
-                ));
-            }
-            if state
-                .tracks
-                .iter()
-                .any(|t| t.track_id() == track.track_id())
-            {
-                return Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "track id {:?} is already published in this room",
-                        track.track_id()
-                    ),
-                ));
-            }
-            let own = state
-                .tracks
-                .iter()
-                .filter(|t| t.publisher_id() == publisher_id)
-                .count();
-            if own >= self.max_tracks_per_participant {
-                return Err(Refusal::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "a participant may publish at most {} tracks",
-                        self.max_tracks_per_participant
-                    ),
-                ));
-            }
-            let key = (publisher_id.to_string(), track.track_id().to_string());
-            if let Some(muted) = state.announced.remove(&key) {
-                track.muted.store(muted, Ordering::Relaxed);
-            }
-            state.tracks.push(track.clone());
-            state.others(publisher_id)
-        };
+        let publisher_id = track.publisher_id.as_str();
+        let mut state = self.state();
+        if !state.participants.iter().any(|p| p.id == publisher_id) {
+            return Err(Refusal::new(
+                ErrorCode::NotJoined,
+                "publisher left the room",
+            ));
+        }
+        if state.tracks.iter().any(|t| t.track_id == track.track_id) {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "track id {:?} is already published in this room",
+                    track.track_id
+                ),
+            ));
+        }
+        let own = state
+            .tracks
+            .iter()
+            .filter(|t| t.publisher_id == publisher_id)
+            .count();
+        if own >= self.max_tracks_per_participant {
+            return Err(Refusal::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "a participant may publish at most {} tracks",
+                    self.max_tracks_per_participant
+                ),
+            ));
+        }
+        let key = (publisher_id.to_string(), track.track_id.clone());
+        if let Some(muted) = state.announced.remove(&key) {
+            track.muted.store(muted, Ordering::Relaxed);
+        }
+        state.tracks.push(track.clone());
         Metrics::inc(&self.metrics.published_tracks);
-        info!(room = %self.name, participant = %publisher_id, track = %track.track_id(), kind = ?track.receiver.meta.kind, codec = %track.receiver.meta.codec.mime_type, "track published");
-        for other in &others {
+        info!(room = %self.name, participant = %publisher_id, track = %track.track_id, kind = ?track.kind, "track published");
+        for other in state.others(publisher_id) {
             other.send(ServerMessage::TrackPublished {
                 participant_id: publisher_id.to_string(),
                 track: track.info(),
             });
-            other.subscriber(SubscriberCommand::Subscribe(track.clone()));
+            self.media.subscribe(&other.id, &track);
         }
         Ok(())
     }
 
     /// Removes one published track, if it is still there.
     pub fn unpublish(&self, publisher_id: &str, track_id: &str) {
-        let (track, others) = {
-            let mut state = self.state();
-            let Some(pos) = state
-                .tracks
-                .iter()
-                .position(|t| t.publisher_id() == publisher_id && t.track_id() == track_id)
-            else {
-                return;
-            };
-            let track = state.tracks.remove(pos);
-            (track, state.others(publisher_id))
+        let mut state = self.state();
+        let Some(pos) = state
+            .tracks
+            .iter()
+            .position(|t| t.is(publisher_id, track_id))
+        else {
+            return;
         };
+        let track = state.tracks.remove(pos);
         Metrics::dec(&self.metrics.published_tracks);
         info!(room = %self.name, participant = %publisher_id, track = %track_id, "track unpublished");
-        self.announce_unpublished(&others, &track);
+        self.media.remove_track(publisher_id, track_id);
+        tell_unpublished(&state, &track);
     }
 
     /// Track ids a participant has published.
@@ -309,8 +310,8 @@ impl Room {
         self.state()
             .tracks
             .iter()
-            .filter(|t| t.publisher_id() == publisher_id)
-            .map(|t| t.track_id().to_string())
+            .filter(|t| t.publisher_id == publisher_id)
+            .map(|t| t.track_id.clone())
             .collect()
     }
 
@@ -322,10 +323,7 @@ impl Room {
             .announced
             .retain(|(p, t), _| p != publisher_id || track_ids.contains(t));
         for track_id in track_ids {
-            let published = state
-                .tracks
-                .iter()
-                .any(|t| t.publisher_id() == publisher_id && t.track_id() == track_id);
+            let published = state.tracks.iter().any(|t| t.is(publisher_id, track_id));
             if !published {
                 state
                     .announced
@@ -339,24 +337,17 @@ impl Room {
     /// published nor announced. A track announced but not yet published keeps the state
     /// until it is, and is published with it.
     pub fn set_muted(&self, publisher_id: &str, track_id: &str, muted: bool) -> bool {
-        let others = {
-            let mut state = self.state();
-            let key = (publisher_id.to_string(), track_id.to_string());
-            if let Some(pending) = state.announced.get_mut(&key) {
-                *pending = muted;
-                return true;
-            }
-            let Some(track) = state
-                .tracks
-                .iter()
-                .find(|t| t.publisher_id() == publisher_id && t.track_id() == track_id)
-            else {
-                return false;
-            };
-            track.muted.store(muted, Ordering::Relaxed);
-            state.others(publisher_id)
+        let mut state = self.state();
+        let key = (publisher_id.to_string(), track_id.to_string());
+        if let Some(pending) = state.announced.get_mut(&key) {
+            *pending = muted;
+            return true;
+        }
+        let Some(track) = state.tracks.iter().find(|t| t.is(publisher_id, track_id)) else {
+            return false;
         };
-        for other in others {
+        track.muted.store(muted, Ordering::Relaxed);
+        for other in state.others(publisher_id) {
             other.send(ServerMessage::TrackMuted {
                 participant_id: publisher_id.to_string(),
                 track_id: track_id.to_string(),
@@ -368,7 +359,7 @@ impl Room {
 
     /// Everyone in the room but `participant_id`.
     pub fn others(&self, participant_id: &str) -> Vec<Arc<Participant>> {
-        self.state().others(participant_id)
+        self.state().others(participant_id).cloned().collect()
     }
 
     pub fn snapshot(&self) -> RoomSnapshot {
@@ -381,6 +372,16 @@ impl Room {
                 .map(|p| state.snapshot_of(p))
                 .collect(),
         }
+    }
+}
+
+/// Tells everyone but its publisher that a track is gone.
+fn tell_unpublished(state: &RoomState, track: &PublishedTrack) {
+    for other in state.others(&track.publisher_id) {
+        other.send(ServerMessage::TrackUnpublished {
+            participant_id: track.publisher_id.clone(),
+            track_id: track.track_id.clone(),
+        });
     }
 }
 
@@ -403,6 +404,7 @@ pub struct Registry {
     max_rooms: usize,
     max_participants: usize,
     max_tracks_per_participant: usize,
+    placer: Arc<dyn MediaPlacer>,
     metrics: Arc<Metrics>,
 }
 
@@ -411,6 +413,7 @@ impl Registry {
         max_rooms: usize,
         max_participants: usize,
         max_tracks_per_participant: usize,
+        placer: Arc<dyn MediaPlacer>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Registry {
@@ -418,6 +421,7 @@ impl Registry {
             max_rooms,
             max_participants,
             max_tracks_per_participant,
+            placer,
             metrics,
         }
     }
@@ -449,6 +453,7 @@ impl Registry {
                     room_name.to_string(),
                     self.max_participants,
                     self.max_tracks_per_participant,
+                    self.placer.place(room_name),
                     self.metrics.clone(),
                 ));
                 rooms.insert(room_name.to_string(), room.clone());

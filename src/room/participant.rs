@@ -1,40 +1,31 @@
-//! Participant: one signaling socket, its publisher PC and its subscriber PC.
+//! Participant: one signaling session as the room sees it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, Notify};
 use tracing::warn;
-use webrtc::data_channel::DataChannel;
 
-use crate::rtc::subscriber::SubscriberCommand;
 use crate::signal::protocol::{ParticipantInfo, ServerMessage};
 
 pub struct Participant {
     pub id: String,
     pub name: String,
     outbox: mpsc::Sender<ServerMessage>,
-    subscriber: mpsc::UnboundedSender<SubscriberCommand>,
-    chat: Mutex<Option<Arc<dyn DataChannel>>>,
-    /// Set when the participant must go (its socket cannot keep up); the session watches it.
+    /// Set when the participant must go (its socket cannot keep up, its media path died);
+    /// the session watches it.
     kicked: AtomicBool,
+    kick_reason: std::sync::Mutex<&'static str>,
     pub kick_notify: Notify,
 }
 
 impl Participant {
-    pub fn new(
-        id: String,
-        name: String,
-        outbox: mpsc::Sender<ServerMessage>,
-        subscriber: mpsc::UnboundedSender<SubscriberCommand>,
-    ) -> Self {
+    pub fn new(id: String, name: String, outbox: mpsc::Sender<ServerMessage>) -> Self {
         Participant {
             id,
             name,
             outbox,
-            subscriber,
-            chat: Mutex::new(None),
             kicked: AtomicBool::new(false),
+            kick_reason: std::sync::Mutex::new(""),
             kick_notify: Notify::new(),
         }
     }
@@ -51,11 +42,17 @@ impl Participant {
     pub fn send(&self, message: ServerMessage) {
         if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(message) {
             warn!(participant = %self.id, "signaling queue full; disconnecting");
-            self.kick();
+            self.kick("signaling queue overflow");
         }
     }
 
-    pub fn kick(&self) {
+    /// Asks the session to end this participant, saying why in the close frame.
+    pub fn kick(&self, reason: &'static str) {
+        if let Ok(mut r) = self.kick_reason.lock() {
+            if r.is_empty() {
+                *r = reason;
+            }
+        }
         self.kicked.store(true, Ordering::Release);
         self.kick_notify.notify_one();
     }
@@ -64,18 +61,7 @@ impl Participant {
         self.kicked.load(Ordering::Acquire)
     }
 
-    pub fn subscriber(&self, command: SubscriberCommand) {
-        // Fails only once the subscriber PC has shut down, when there is nothing to do.
-        let _ = self.subscriber.send(command);
-    }
-
-    pub fn set_chat_channel(&self, channel: Option<Arc<dyn DataChannel>>) {
-        if let Ok(mut chat) = self.chat.lock() {
-            *chat = channel;
-        }
-    }
-
-    pub fn chat_channel(&self) -> Option<Arc<dyn DataChannel>> {
-        self.chat.lock().ok().and_then(|chat| chat.clone())
+    pub fn kick_reason(&self) -> &'static str {
+        self.kick_reason.lock().map(|r| *r).unwrap_or("kicked")
     }
 }

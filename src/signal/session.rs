@@ -12,17 +12,14 @@ use std::panic::AssertUnwindSafe;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, Instrument};
-use webrtc::peer_connection::RTCSessionDescription;
 
 use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::room::{Participant, Room};
-use crate::rtc::publisher::{media_sections, offer_error, PublisherEvents};
-use crate::rtc::subscriber::{SubscriberCommand, SubscriberPc, SubscriberSettings};
-use crate::rtc::{candidate_to_init, Pc};
 use crate::signal::protocol::{
-    decode_client, Candidate, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
+    decode_client, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
 };
+use crate::signal::sdp::media_sections;
 use crate::AppState;
 
 /// Close codes the server uses.
@@ -34,13 +31,10 @@ const CLOSE_INTERNAL: u16 = 1011;
 
 /// How long the writer may take to flush the last messages and the close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
-/// Publisher candidates kept while the publisher PC does not exist yet.
-const MAX_EARLY_CANDIDATES: usize = 64;
 
 struct Joined {
     participant: Arc<Participant>,
     room: Arc<Room>,
-    publisher: Option<Pc>,
 }
 
 /// What the reader decided after a frame.
@@ -52,9 +46,7 @@ enum Flow {
 struct Session {
     state: Arc<AppState>,
     outbox: mpsc::Sender<ServerMessage>,
-    /// Taken by the join: the subscriber PC's command channel is made with the participant.
     joined: Option<Joined>,
-    early_candidates: Vec<Candidate>,
     bucket: TokenBucket,
 }
 
@@ -84,7 +76,6 @@ async fn serve(socket: WebSocket, state: Arc<AppState>) {
         state: state.clone(),
         outbox: outbox_tx,
         joined: None,
-        early_candidates: Vec::new(),
     };
     let idle = state.config.idle_timeout;
     let close = loop {
@@ -96,7 +87,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>) {
         };
         let frame = tokio::select! {
             frame = tokio::time::timeout(idle, stream.next()) => frame,
-            _ = kicked => break (CLOSE_POLICY, "signaling queue overflow"),
+            _ = kicked => break (CLOSE_POLICY, session.kick_reason()),
         };
         let frame = match frame {
             Err(_) => {
@@ -295,13 +286,13 @@ impl Session {
             }
             ClientMessage::Leave => Flow::Close(CLOSE_NORMAL, "left"),
             ClientMessage::Offer { pc, sdp } => {
-                self.publisher_offer(pc, sdp).await;
+                self.publisher_offer(pc, sdp);
                 Flow::Continue
             }
             ClientMessage::Answer { pc, sdp } => {
                 match (pc, &self.joined) {
                     (PcKind::Subscriber, Some(j)) => {
-                        j.participant.subscriber(SubscriberCommand::Answer(sdp));
+                        j.room.media().subscriber_answer(&j.participant.id, sdp);
                     }
                     _ => self.error(
                         ErrorCode::BadRequest,
@@ -312,7 +303,9 @@ impl Session {
                 Flow::Continue
             }
             ClientMessage::Candidate { pc, candidate } => {
-                self.candidate(pc, candidate).await;
+                if let Some(j) = &self.joined {
+                    j.room.media().candidate(&j.participant.id, pc, candidate);
+                }
                 Flow::Continue
             }
             ClientMessage::Mute { track_id, muted } => {
@@ -366,12 +359,10 @@ impl Session {
             );
             return Flow::Continue;
         };
-        let (commands_tx, commands_rx) = mpsc::unbounded_channel();
         let participant = Arc::new(Participant::new(
             new_participant_id(),
             name,
             self.outbox.clone(),
-            commands_tx.clone(),
         ));
         let ice_servers: Vec<IceServerInfo> = self
             .state
@@ -405,38 +396,11 @@ impl Session {
         span.record("room", room.name.as_str());
         span.record("participant", participant.id.as_str());
         info!(name = %participant.name, "joined");
-        let settings = SubscriberSettings {
-            queue: self.state.config.queue_limits(),
-            max_chat_bytes: self.state.config.max_chat_bytes,
-            message_rate_per_sec: self.state.config.message_rate_per_sec,
-        };
-        let started = SubscriberPc::spawn(
-            &self.state.pc_factory,
-            participant.clone(),
-            room.clone(),
-            commands_tx,
-            commands_rx,
-            settings,
-            self.state.metrics.clone(),
-        )
-        .await;
-        self.joined = Some(Joined {
-            participant,
-            room,
-            publisher: None,
-        });
-        if let Err(e) = started {
-            self.error(
-                ErrorCode::Internal,
-                format!("cannot start media: {e}"),
-                Some("join".into()),
-            );
-            return Flow::Close(CLOSE_NORMAL, "internal error");
-        }
+        self.joined = Some(Joined { participant, room });
         Flow::Continue
     }
 
-    async fn publisher_offer(&mut self, pc_kind: PcKind, sdp: String) {
+    fn publisher_offer(&mut self, pc_kind: PcKind, sdp: String) {
         if pc_kind != PcKind::Publisher {
             self.error(
                 ErrorCode::BadRequest,
@@ -445,11 +409,14 @@ impl Session {
             );
             return;
         }
-        let Some(j) = self.joined.as_mut() else {
+        let Some(j) = &self.joined else {
             return;
         };
-        let sections = media_sections(&sdp);
-        let sending: Vec<_> = sections.iter().filter(|s| s.sending).collect();
+        let sending: Vec<String> = media_sections(&sdp)
+            .into_iter()
+            .filter(|s| s.sending)
+            .filter_map(|s| s.track_id)
+            .collect();
         let max_tracks = self.state.config.max_tracks_per_participant;
         if sending.len() > max_tracks {
             self.error(
@@ -459,118 +426,24 @@ impl Session {
             );
             return;
         }
-        let still_sent: Vec<String> = sending.iter().filter_map(|s| s.track_id.clone()).collect();
-        let desc = match RTCSessionDescription::offer(sdp) {
-            Ok(desc) => desc,
-            Err(e) => {
-                self.send_offer_error(ErrorCode::InvalidSdp, format!("offer rejected: {e}"));
-                return;
-            }
-        };
         // From now on a `mute` for these tracks is kept until their media arrives.
-        j.room.announce(&j.participant.id, &still_sent);
-        let pc = match &j.publisher {
-            Some(pc) => pc.clone(),
-            None => {
-                let handler = Arc::new(PublisherEvents {
-                    participant: j.participant.clone(),
-                    room: j.room.clone(),
-                    pli_interval: self.state.config.pli_interval(),
-                    fault_drop_every: self.state.config.fault_drop_every_nth_packet,
-                    pc: std::sync::OnceLock::new(),
-                    metrics: self.state.metrics.clone(),
-                });
-                match self.state.pc_factory.build(handler.clone()).await {
-                    Ok(pc) => {
-                        let _ = handler.pc.set(Arc::downgrade(&pc));
-                        j.publisher = Some(pc.clone());
-                        pc
-                    }
-                    Err(e) => {
-                        self.send_offer_error(
-                            ErrorCode::Internal,
-                            format!("cannot create the publisher PC: {e}"),
-                        );
-                        return;
-                    }
-                }
-            }
-        };
-        if let Err(e) = pc.set_remote_description(desc).await {
-            self.send_offer_error(ErrorCode::InvalidSdp, format!("offer rejected: {e}"));
-            return;
-        }
-        let answer = match pc.create_answer(None).await {
-            Ok(answer) => answer,
-            Err(e) => {
-                self.send_offer_error(
-                    ErrorCode::InvalidSdp,
-                    format!("cannot answer this offer: {e}"),
-                );
-                return;
-            }
-        };
-        let answer_sdp = answer.sdp.clone();
-        if let Err(e) = pc.set_local_description(answer).await {
-            self.send_offer_error(ErrorCode::Internal, format!("cannot apply the answer: {e}"));
-            return;
-        }
-        self.send(ServerMessage::Answer {
-            pc: PcKind::Publisher,
-            sdp: answer_sdp,
-        });
-        for candidate in std::mem::take(&mut self.early_candidates) {
-            let _ = pc.add_ice_candidate(candidate_to_init(candidate)).await;
-        }
-        // A track the new offer no longer sends is unpublished at once, whatever the
-        // transport does with it later.
-        if let Some(j) = &self.joined {
-            for track_id in j.room.tracks_of(&j.participant.id) {
-                if !still_sent.contains(&track_id) {
-                    j.room.unpublish(&j.participant.id, &track_id);
-                }
-            }
-        }
+        j.room.announce(&j.participant.id, &sending);
+        j.room
+            .media()
+            .publisher_offer(&j.participant.id, sdp, sending);
     }
 
-    fn send_offer_error(&self, code: ErrorCode, message: String) {
-        Metrics::add(&self.state.metrics.signaling_errors, 1);
-        self.send(offer_error(code, message));
-    }
-
-    async fn candidate(&mut self, pc_kind: PcKind, candidate: Option<Candidate>) {
-        let Some(j) = &self.joined else { return };
-        match pc_kind {
-            PcKind::Subscriber => j
-                .participant
-                .subscriber(SubscriberCommand::Candidate(candidate)),
-            PcKind::Publisher => {
-                let Some(candidate) = candidate else { return };
-                match &j.publisher {
-                    Some(pc) => {
-                        if let Err(e) = pc.add_ice_candidate(candidate_to_init(candidate)).await {
-                            debug!(error = %e, "ignoring a publisher candidate");
-                        }
-                    }
-                    None if self.early_candidates.len() < MAX_EARLY_CANDIDATES => {
-                        self.early_candidates.push(candidate);
-                    }
-                    None => {}
-                }
-            }
-        }
+    fn kick_reason(&self) -> &'static str {
+        self.joined
+            .as_ref()
+            .map_or("closed", |j| j.participant.kick_reason())
     }
 
     /// Tears down everything of this participant and tells the others.
     async fn leave(&mut self) {
         let Some(j) = self.joined.take() else { return };
+        // The room tells the media engine, which closes both peer connections.
         self.state.registry.leave(&j.room, &j.participant.id);
-        j.participant.subscriber(SubscriberCommand::Close);
-        if let Some(pc) = j.publisher {
-            if let Err(e) = pc.close().await {
-                debug!(error = %e, "closing the publisher PC");
-            }
-        }
         info!("left");
     }
 }

@@ -1,129 +1,53 @@
-//! webrtc-rs setup: codecs, interceptors, ICE settings and socket allocation.
-//!
-//! Everything that names webrtc-rs configuration types lives here, so that the next breaking
-//! release of the stack touches few files.
-
-mod feedback_interceptor;
+//! The test and load clients' peer connections, on webrtc-rs's async layer (the `webrtc`
+//! crate): one socket and one driver task per connection, which is fine for a client and
+//! keeps the two sides of every test independent implementations.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use rtc::ice::mdns::MulticastDnsMode;
 use webrtc::peer_connection::{
     configure_nack, configure_rtcp_reports, configure_simulcast_extension_headers, configure_twcc,
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateType, RTCIceServer, Registry, SettingEngine,
-    SettingEngineBuilder,
+    RTCConfigurationBuilder, Registry, SettingEngine, SettingEngineBuilder,
 };
 
-use crate::config::{Config, PortRange};
+use crate::engine::feedback::FeedbackInterceptor;
 use crate::metrics::Metrics;
 use crate::Error;
-
-pub use feedback_interceptor::{is_keyframe_request, FeedbackInterceptor};
 
 /// The boxed peer connection type the rest of the code holds.
 pub type Pc = Arc<PcHandle>;
 
-/// How the ICE side of a peer connection is set up.
-#[derive(Debug, Clone)]
-pub struct IceSettings {
-    /// IP to bind UDP sockets on.
-    pub bind_ip: IpAddr,
-    /// IPs announced instead of the bound ones (NAT 1:1).
-    pub public_ips: Vec<IpAddr>,
-    /// STUN/TURN servers the peer connection itself uses.
-    pub ice_servers: Vec<RTCIceServer>,
-    pub ports: Option<PortRange>,
-}
-
-impl IceSettings {
-    pub fn from_config(config: &Config) -> Self {
-        IceSettings {
-            bind_ip: config.rtc_ip,
-            public_ips: config.public_ip.clone(),
-            // The server has a public address of its own or a NAT mapping: it needs no STUN.
-            ice_servers: Vec::new(),
-            ports: config.udp_ports,
-        }
-    }
-
-    /// Loopback only, for clients in tests and the load tester.
-    pub fn loopback() -> Self {
-        IceSettings {
-            bind_ip: IpAddr::from([127, 0, 0, 1]),
-            public_ips: Vec::new(),
-            ice_servers: Vec::new(),
-            ports: None,
-        }
-    }
-}
-
-/// Builds peer connections with the project's media and ICE settings.
+/// Builds the clients' peer connections, each on its own ephemeral UDP port on `bind_ip`.
 pub struct PcFactory {
-    ice: IceSettings,
-    next_port: AtomicU32,
+    bind_ip: IpAddr,
     metrics: Arc<Metrics>,
 }
 
 impl PcFactory {
-    pub fn new(ice: IceSettings, metrics: Arc<Metrics>) -> Self {
+    /// Clients on loopback, as the tests and the load tester run them.
+    pub fn loopback(metrics: Arc<Metrics>) -> Self {
         PcFactory {
-            next_port: AtomicU32::new(0),
-            ice,
+            bind_ip: IpAddr::from([127, 0, 0, 1]),
             metrics,
         }
     }
 
     fn setting_engine(&self) -> SettingEngine {
-        let mut builder = SettingEngineBuilder::new()
+        SettingEngineBuilder::new()
             // mDNS would send multicast packets off the machine and hide our IPs: off.
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-            .with_include_loopback_candidate(self.ice.bind_ip.is_loopback());
-        if !self.ice.public_ips.is_empty() {
-            builder = builder.with_nat_1to1_ips(
-                self.ice
-                    .public_ips
-                    .iter()
-                    .map(|ip| ip.to_string())
-                    .collect(),
-                RTCIceCandidateType::Host,
-            );
-        }
-        builder.build()
+            .with_include_loopback_candidate(self.bind_ip.is_loopback())
+            .build()
     }
 
-    /// Builds one peer connection, binding its UDP socket in the configured port range.
+    /// Builds one peer connection on an ephemeral port.
     pub async fn build(&self, handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Pc, Error> {
-        let attempts = self
-            .ice
-            .ports
-            .map(|r| u32::from(r.max - r.min) + 1)
-            .unwrap_or(1);
-        let mut last_err = None;
-        for _ in 0..attempts {
-            let port = self.pick_port();
-            let addr = SocketAddr::new(self.ice.bind_ip, port);
-            match self.build_on(addr, handler.clone()).await {
-                Ok(pc) => {
-                    return Ok(Arc::new(PcHandle::new(Box::new(pc), self.metrics.clone())));
-                }
-                Err(e) => last_err = Some(e),
-            }
-        }
-        Err(last_err.unwrap_or_else(|| Error::Rtc("no UDP port available".into())))
-    }
-
-    fn pick_port(&self) -> u16 {
-        match self.ice.ports {
-            None => 0,
-            Some(range) => {
-                let span = u32::from(range.max - range.min) + 1;
-                let n = self.next_port.fetch_add(1, Ordering::Relaxed) % span;
-                range.min + n as u16
-            }
-        }
+        let pc = self
+            .build_on(SocketAddr::new(self.bind_ip, 0), handler)
+            .await?;
+        Ok(Arc::new(PcHandle::new(Box::new(pc), self.metrics.clone())))
     }
 
     async fn build_on(
@@ -143,9 +67,7 @@ impl PcFactory {
                 interceptor::Slot::from(14_000usize),
                 FeedbackInterceptor::new(self.metrics.clone()),
             );
-        let configuration = RTCConfigurationBuilder::new()
-            .with_ice_servers(self.ice.ice_servers.clone())
-            .build();
+        let configuration = RTCConfigurationBuilder::new().build();
         PeerConnectionBuilder::new()
             .with_configuration(configuration)
             .with_media_engine(media_engine)
@@ -220,20 +142,6 @@ pub fn candidate_to_init(
     }
 }
 
-/// Sends a locally gathered candidate to the participant (trickle ICE).
-pub fn relay_candidate(
-    participant: &crate::room::Participant,
-    pc: crate::signal::protocol::PcKind,
-    event: &webrtc::peer_connection::RTCPeerConnectionIceEvent,
-) {
-    if let Ok(init) = event.candidate.to_json() {
-        participant.send(crate::signal::protocol::ServerMessage::Candidate {
-            pc,
-            candidate: Some(candidate_from_init(init)),
-        });
-    }
-}
-
 /// A peer connection that counts itself in the `peer_connections` gauge while alive.
 pub struct PcHandle {
     inner: Box<dyn PeerConnection>,
@@ -259,6 +167,3 @@ impl std::ops::Deref for PcHandle {
         &*self.inner
     }
 }
-
-pub mod publisher;
-pub mod subscriber;

@@ -1,0 +1,228 @@
+//! Building the server's sans-IO peer connections: codecs, header extensions, interceptors,
+//! ICE lite on the shared address, SRTP profiles, one DTLS certificate for the process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
+use rtc::ice::mdns::MulticastDnsMode;
+use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
+use rtc::peer_connection::configuration::interceptor_registry::{
+    configure_nack, configure_rtcp_reports, configure_twcc, Registry,
+};
+use rtc::peer_connection::configuration::media_engine::MediaEngine;
+use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::RTCConfigurationBuilder;
+use rtc::peer_connection::transport::{
+    CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
+};
+use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
+
+use crate::engine::feedback::FeedbackInterceptor;
+use crate::engine::EngineError;
+use crate::media::extensions::{
+    ABS_SEND_TIME, AUDIO_LEVEL, PLAYOUT_DELAY, SDES_MID, VIDEO_ORIENTATION,
+};
+use crate::metrics::Metrics;
+
+/// The SRTP protection profiles the server accepts, by the names `--srtp` takes.
+pub fn parse_srtp_profiles(names: &str) -> Result<Vec<SrtpProtectionProfile>, String> {
+    let mut profiles = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let profile = match name.to_ascii_lowercase().as_str() {
+            "aes128gcm" | "aead_aes_128_gcm" => SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+            "aes256gcm" | "aead_aes_256_gcm" => SrtpProtectionProfile::Srtp_Aead_Aes_256_Gcm,
+            "aes128cm" | "aes128_cm_hmac_sha1_80" => {
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80
+            }
+            other => {
+                return Err(format!(
+                    "unknown SRTP profile {other:?}: use aes128gcm, aes256gcm or aes128cm"
+                ))
+            }
+        };
+        if !profiles.contains(&profile) {
+            profiles.push(profile);
+        }
+    }
+    if profiles.is_empty() {
+        return Err("--srtp needs at least one profile".into());
+    }
+    Ok(profiles)
+}
+
+/// What every server peer connection shares.
+pub struct PeerSettings {
+    /// The addresses announced as host candidates (the shared UDP port on each IP).
+    pub candidates: Vec<SocketAddr>,
+    pub srtp_profiles: Vec<SrtpProtectionProfile>,
+    pub certificate: RTCCertificate,
+    pub metrics: Arc<Metrics>,
+}
+
+/// With ICE lite the server never checks: a client's Binding requests are all it hears.
+/// Browsers send one every ~2.5 s, aiortc every 4–6 s: give them room before "disconnected".
+const ICE_DISCONNECTED_AFTER: Duration = Duration::from_secs(12);
+const ICE_FAILED_AFTER: Duration = Duration::from_secs(25);
+
+impl PeerSettings {
+    pub fn new(
+        candidates: Vec<SocketAddr>,
+        srtp_profiles: Vec<SrtpProtectionProfile>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, EngineError> {
+        let provider = rtc::crypto::default_provider()
+            .map_err(|e| EngineError::Rtc(format!("crypto provider: {e}")))?;
+        let params = CertificateParams::new(vec!["switchboard".to_owned()])
+            .map_err(|e| EngineError::Rtc(format!("certificate parameters: {e}")))?;
+        let certificate = RTCCertificate::generate(
+            provider.crypto(),
+            rtc::crypto::SignatureScheme::EcdsaP256Sha256,
+            params,
+        )
+        .map_err(|e| EngineError::Rtc(format!("generating the DTLS certificate: {e}")))?;
+        Ok(PeerSettings {
+            candidates,
+            srtp_profiles,
+            certificate,
+            metrics,
+        })
+    }
+
+    /// A server peer connection with local credentials `ufrag`/`pwd`, its host candidates
+    /// already added (they go into every SDP it writes, followed by end-of-candidates).
+    pub fn build(
+        &self,
+        ufrag: &str,
+        pwd: &str,
+        now: Instant,
+    ) -> Result<RTCPeerConnection, EngineError> {
+        let rtc_err =
+            |what: &str, e: rtc::shared::error::Error| EngineError::Rtc(format!("{what}: {e}"));
+        let mut media_engine = MediaEngine::default();
+        media_engine
+            .register_default_codecs()
+            .map_err(|e| rtc_err("registering codecs", e))?;
+        register_extensions(&mut media_engine).map_err(|e| rtc_err("registering extensions", e))?;
+        let registry = configure_nack(Registry::new(), &mut media_engine);
+        let registry = configure_twcc(registry, &mut media_engine)
+            .map_err(|e| rtc_err("registering TWCC", e))?;
+        // Last in the chain: it sees inbound feedback after the NACK responder, and the
+        // outbound NACKs the generator made.
+        let registry = configure_rtcp_reports(registry).with(
+            interceptor::Slot::from(14_000usize),
+            FeedbackInterceptor::new(self.metrics.clone()),
+        );
+        let settings = SettingEngineBuilder::new()
+            // mDNS would send multicast off the machine and hide our addresses: off.
+            .with_multicast_dns_mode(MulticastDnsMode::Disabled)
+            .with_lite(true)
+            .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
+            .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
+            .with_srtp_protection_profiles(self.srtp_profiles.clone())
+            .build();
+        let configuration = RTCConfigurationBuilder::new()
+            .with_certificates(vec![self.certificate.clone()])
+            .build();
+        let mut pc = RTCPeerConnectionBuilder::new()
+            .with_configuration(configuration)
+            .with_media_engine(media_engine)
+            .with_setting_engine(settings)
+            .with_interceptor_registry(registry)
+            .build(now)
+            .map_err(|e| rtc_err("building a peer connection", e))?;
+        for &addr in &self.candidates {
+            pc.add_local_candidate(host_candidate(addr)?)
+                .map_err(|e| rtc_err("adding a candidate", e))?;
+        }
+        // End of candidates: there will be no others.
+        pc.add_local_candidate(RTCIceCandidateInit::default())
+            .map_err(|e| rtc_err("ending candidates", e))?;
+        Ok(pc)
+    }
+}
+
+/// The header extensions forwarded from publishers to subscribers, and `sdes:mid` on both
+/// kinds (so two Opus streams are told apart by more than their SSRC).
+fn register_extensions(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    let wanted = [
+        (SDES_MID, RtpCodecKind::Audio),
+        (SDES_MID, RtpCodecKind::Video),
+        (AUDIO_LEVEL, RtpCodecKind::Audio),
+        (ABS_SEND_TIME, RtpCodecKind::Audio),
+        (ABS_SEND_TIME, RtpCodecKind::Video),
+        (VIDEO_ORIENTATION, RtpCodecKind::Video),
+        (PLAYOUT_DELAY, RtpCodecKind::Video),
+    ];
+    for (uri, kind) in wanted {
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            kind,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn host_candidate(addr: SocketAddr) -> Result<RTCIceCandidateInit, EngineError> {
+    let candidate = CandidateHostConfig {
+        base_config: CandidateConfig {
+            network: "udp".to_owned(),
+            address: addr.ip().to_string(),
+            port: addr.port(),
+            component: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+    .new_candidate_host()
+    .map_err(|e| EngineError::Rtc(format!("host candidate {addr}: {e}")))?;
+    RTCIceCandidate::from(&candidate)
+        .to_json()
+        .map_err(|e| EngineError::Rtc(format!("host candidate {addr}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srtp_profiles_parse_in_order_of_preference() {
+        assert_eq!(
+            parse_srtp_profiles("aes128gcm, aes128cm").unwrap(),
+            vec![
+                SrtpProtectionProfile::Srtp_Aead_Aes_128_Gcm,
+                SrtpProtectionProfile::Srtp_Aes128_Cm_Hmac_Sha1_80
+            ]
+        );
+        assert!(parse_srtp_profiles("rot13").is_err());
+        assert!(parse_srtp_profiles("").is_err());
+    }
+
+    #[test]
+    fn a_peer_connection_offers_our_candidate_ice_lite_and_fixed_credentials() {
+        let settings = PeerSettings::new(
+            vec!["192.0.2.7:7882".parse().unwrap()],
+            parse_srtp_profiles("aes128gcm,aes128cm").unwrap(),
+            Arc::new(Metrics::default()),
+        )
+        .unwrap();
+        let mut pc = settings
+            .build("00abcdefgh", "passwordpasswordpassword", Instant::now())
+            .unwrap();
+        pc.create_data_channel("chat", None).unwrap();
+        let offer = pc.create_offer(None).unwrap();
+        assert!(offer.sdp.contains("a=ice-lite"), "{}", offer.sdp);
+        assert!(offer.sdp.contains("a=ice-ufrag:00abcdefgh"));
+        assert!(
+            offer.sdp.contains("192.0.2.7 7882 typ host"),
+            "{}",
+            offer.sdp
+        );
+        assert!(offer.sdp.contains("a=end-of-candidates"));
+    }
+}

@@ -1,0 +1,274 @@
+//! The shared UDP port: one socket per worker on the same address (`SO_REUSEPORT`), batched
+//! reads (`recvmmsg` and GRO, through quinn-udp) and batched writes (GSO: one system call for
+//! a run of same-sized datagrams to one destination).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+use socket2::{Domain, Protocol, Socket, Type};
+
+/// Kernel buffers asked for each socket: bursts (a keyframe to every subscriber) must not
+/// overflow between two reads or two writes.
+const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+/// Largest datagram read (GRO may coalesce several into one buffer).
+const RECV_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Binds one socket of the shared port. `reuse_port` lets every worker bind the same
+/// address; the kernel then spreads clients across them by a hash of their address.
+pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    // Best effort: the kernel caps these at net.core.{r,w}mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A datagram to send.
+#[derive(Debug)]
+pub struct Outgoing {
+    pub to: SocketAddr,
+    pub data: BytesMut,
+    /// When it was queued: what waits too long for the socket is dropped.
+    pub queued: Instant,
+}
+
+/// A received datagram.
+#[derive(Debug)]
+pub struct Incoming {
+    pub from: SocketAddr,
+    pub data: BytesMut,
+}
+
+pub struct Udp {
+    io: tokio::net::UdpSocket,
+    state: UdpSocketState,
+    recv_buffers: Vec<Vec<u8>>,
+    recv_meta: Vec<RecvMeta>,
+    gso_buffer: Vec<u8>,
+    /// Datagrams waiting for the socket to take them.
+    pub queue: VecDeque<Outgoing>,
+}
+
+/// What a flush did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flushed {
+    pub datagrams: u64,
+    pub syscalls: u64,
+    /// Waited longer than the limit for the socket: dropped.
+    pub expired: u64,
+    /// Refused by the kernel (unreachable destination, too large): dropped.
+    pub failed: u64,
+    /// The socket is full: wait until it is writable and flush again.
+    pub blocked: bool,
+}
+
+impl Udp {
+    /// Wraps a socket from [`bind`]; must run inside the worker's runtime.
+    pub fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
+        let io = tokio::net::UdpSocket::from_std(socket)?;
+        let state = UdpSocketState::new(UdpSockRef::from(&io))?;
+        let batch = BATCH_SIZE.max(1);
+        Ok(Udp {
+            io,
+            state,
+            recv_buffers: (0..batch).map(|_| vec![0u8; RECV_BUFFER_BYTES]).collect(),
+            recv_meta: vec![RecvMeta::default(); batch],
+            gso_buffer: Vec::with_capacity(64 * 1024),
+            queue: VecDeque::new(),
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.io.local_addr()
+    }
+
+    pub async fn readable(&self) -> io::Result<()> {
+        self.io.readable().await
+    }
+
+    pub async fn writable(&self) -> io::Result<()> {
+        self.io.writable().await
+    }
+
+    /// Reads one batch of datagrams into `out`; `Ok(0)` when nothing is waiting.
+    pub fn recv_batch(&mut self, out: &mut Vec<Incoming>) -> io::Result<usize> {
+        let Udp {
+            io,
+            state,
+            recv_buffers,
+            recv_meta,
+            ..
+        } = self;
+        let mut slices: Vec<IoSliceMut<'_>> = recv_buffers
+            .iter_mut()
+            .map(|b| IoSliceMut::new(b))
+            .collect();
+        let received = io.try_io(tokio::io::Interest::READABLE, || {
+            let n = state.recv(UdpSockRef::from(&*io), &mut slices, recv_meta)?;
+            if n == 0 {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        let n = match received {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut datagrams = 0;
+        for (meta, buffer) in recv_meta.iter().zip(slices.iter()).take(n) {
+            // GRO: several datagrams from one sender, `stride` bytes each.
+            let stride = if meta.stride == 0 {
+                meta.len.max(1)
+            } else {
+                meta.stride
+            };
+            for chunk in buffer[..meta.len].chunks(stride) {
+                out.push(Incoming {
+                    from: meta.addr,
+                    data: BytesMut::from(chunk),
+                });
+                datagrams += 1;
+            }
+        }
+        Ok(datagrams)
+    }
+
+    /// Sends what is queued, in order: runs of same-sized datagrams to one destination go in
+    /// one GSO system call. Datagrams that waited longer than `max_wait` are dropped.
+    pub fn flush(&mut self, now: Instant, max_wait: Duration) -> Flushed {
+        let mut done = Flushed::default();
+        let max_segments = self.state.max_gso_segments().max(1);
+        while let Some(first) = self.queue.front() {
+            if now.saturating_duration_since(first.queued) > max_wait {
+                self.queue.pop_front();
+                done.expired += 1;
+                continue;
+            }
+            // The run: same destination, same size, except that the last may be shorter.
+            let to = first.to;
+            let size = first.data.len();
+            let mut run = 1;
+            while run < max_segments {
+                match self.queue.get(run) {
+                    Some(next) if next.to == to && next.data.len() <= size => {
+                        run += 1;
+                        if next.data.len() < size {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            let result = if run == 1 {
+                send(&self.io, &self.state, to, &first.data, None)
+            } else {
+                self.gso_buffer.clear();
+                for d in self.queue.iter().take(run) {
+                    self.gso_buffer.extend_from_slice(&d.data);
+                }
+                send(&self.io, &self.state, to, &self.gso_buffer, Some(size))
+            };
+            match result {
+                Ok(()) => {
+                    done.syscalls += 1;
+                    done.datagrams += run as u64;
+                    self.queue.drain(..run);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    done.blocked = true;
+                    break;
+                }
+                Err(_) => {
+                    // Not retried: a refused datagram would block all that follow it.
+                    done.failed += run as u64;
+                    self.queue.drain(..run);
+                }
+            }
+        }
+        done
+    }
+}
+
+fn send(
+    io: &tokio::net::UdpSocket,
+    state: &UdpSocketState,
+    to: SocketAddr,
+    contents: &[u8],
+    segment_size: Option<usize>,
+) -> io::Result<()> {
+    let transmit = Transmit {
+        destination: to,
+        ecn: None,
+        contents,
+        segment_size,
+        src_ip: None,
+    };
+    io.try_io(tokio::io::Interest::WRITABLE, || {
+        state.try_send(UdpSockRef::from(io), &transmit)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_goes_out_in_few_syscalls_and_comes_back_whole() {
+        let a = Udp::new(bind("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap();
+        let mut b = Udp::new(bind("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap();
+        let to = b.local_addr().unwrap();
+        let mut a = a;
+        let now = Instant::now();
+        // A video frame: nine full packets and a short last one.
+        for i in 0..10u8 {
+            let len = if i == 9 { 300 } else { 1200 };
+            a.queue.push_back(Outgoing {
+                to,
+                data: BytesMut::from(&vec![i; len][..]),
+                queued: now,
+            });
+        }
+        a.writable().await.unwrap();
+        let flushed = a.flush(now, Duration::from_secs(1));
+        assert_eq!(flushed.datagrams, 10);
+        assert!(flushed.syscalls <= 10);
+        let mut got = Vec::new();
+        while got.len() < 10 {
+            b.readable().await.unwrap();
+            b.recv_batch(&mut got).unwrap();
+        }
+        for (i, d) in got.iter().enumerate() {
+            assert_eq!(d.data[0], i as u8);
+            assert_eq!(d.data.len(), if i == 9 { 300 } else { 1200 });
+        }
+    }
+
+    #[test]
+    fn what_waited_too_long_is_dropped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut a = Udp::new(bind("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap();
+            let t0 = Instant::now();
+            a.queue.push_back(Outgoing {
+                to: "127.0.0.1:9".parse().unwrap(),
+                data: BytesMut::from(&b"old"[..]),
+                queued: t0,
+            });
+            let flushed = a.flush(t0 + Duration::from_secs(1), Duration::from_millis(100));
+            assert_eq!((flushed.expired, flushed.datagrams), (1, 0));
+        });
+    }
+}
