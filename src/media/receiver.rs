@@ -227,8 +227,16 @@ mod tests {
     fn keyframes_are_told_apart_and_padding_is_not_forwarded() {
         let mut r = video();
         let now = Instant::now();
-        assert!(r.incoming(&packet(&[0x10, 0x00, 0x9d, 1]), now).unwrap().is_keyframe);
-        assert!(!r.incoming(&packet(&[0x10, 0x01, 0x9d, 1]), now).unwrap().is_keyframe);
+        assert!(
+            r.incoming(&packet(&[0x10, 0x00, 0x9d, 1]), now)
+                .unwrap()
+                .is_keyframe
+        );
+        assert!(
+            !r.incoming(&packet(&[0x10, 0x01, 0x9d, 1]), now)
+                .unwrap()
+                .is_keyframe
+        );
         assert!(r.incoming(&packet(&[]), now).is_none());
     }
 
