@@ -190,6 +190,16 @@ impl Engine {
     pub fn start(config: EngineConfig, metrics: Arc<Metrics>) -> Result<Engine, EngineError> {
         let workers = config.workers.clamp(1, 64);
         let reuse = workers > 1;
+        if reuse && config.bind.port() != 0 {
+            // SO_REUSEPORT would let this process share the port with another server that
+            // holds it the same way: make sure nobody holds it first.
+            drop(
+                udp::bind(config.bind, false).map_err(|source| EngineError::Bind {
+                    addr: config.bind,
+                    source,
+                })?,
+            );
+        }
         // The first socket settles the port (the configured one, or a free one for port 0);
         // the others join it.
         let first = udp::bind(config.bind, reuse).map_err(|source| EngineError::Bind {

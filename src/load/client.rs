@@ -278,6 +278,7 @@ struct Shared {
     freeze_threshold_us: AtomicU64,
     record_arrivals: AtomicBool,
     last_subscriber_offer: Mutex<Option<String>>,
+    last_publisher_answer: Mutex<Option<String>>,
 }
 
 pub struct Client {
@@ -754,6 +755,15 @@ impl Client {
             .and_then(|o| o.clone())
     }
 
+    /// The SDP of the last answer the server gave to this client's publisher offers.
+    pub fn last_publisher_answer(&self) -> Option<String> {
+        self.shared
+            .last_publisher_answer
+            .lock()
+            .ok()
+            .and_then(|o| o.clone())
+    }
+
     /// Keeps every packet's counter and sequence number, in arrival order, for tracks that
     /// arrive from now on (tests only: memory grows with the stream).
     pub fn record_arrivals(&self) {
@@ -990,6 +1000,9 @@ async fn read_loop(
                 pc: PcKind::Publisher,
                 sdp,
             } => {
+                if let Ok(mut last) = shared.last_publisher_answer.lock() {
+                    *last = Some(sdp.clone());
+                }
                 let pc = publisher.lock().await.clone();
                 if let (Some(pc), Ok(answer)) = (pc, RTCSessionDescription::answer(sdp)) {
                     let _ = pc.set_remote_description(answer).await;

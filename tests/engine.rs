@@ -1,0 +1,232 @@
+//! The media engine as an operator sees it from outside the process: every peer on one UDP
+//! port, whatever the number of participants.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+use switchboard::load::client::{Client, PublishOptions};
+
+/// Starts the server binary (its sockets are then its own to count), with two workers so
+/// that the port is shared between them.
+async fn spawn_server() -> (tokio::process::Child, String) {
+    init_tracing();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--udp-port",
+            "0",
+            "--workers",
+            "2",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let url = loop {
+        let line = lines.next_line().await.unwrap().expect("a listening line");
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break format!("ws://{}/ws", rest.trim());
+        }
+    };
+    (child, url)
+}
+
+/// Ports of the UDP sockets a process holds (from /proc).
+fn udp_ports_of(pid: u32) -> Vec<u16> {
+    let mut inodes = HashSet::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        if let Ok(link) = std::fs::read_link(fd.path()) {
+            let link = link.to_string_lossy().to_string();
+            if let Some(inode) = link
+                .strip_prefix("socket:[")
+                .and_then(|s| s.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(inode)) = (fields.get(1), fields.get(9)) else {
+                continue;
+            };
+            if inodes.contains(*inode) {
+                let port = local.rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports
+}
+
+fn candidate_ports(sdp: &str) -> Vec<u16> {
+    sdp.lines()
+        .filter_map(|l| l.trim().strip_prefix("a=candidate:"))
+        .filter_map(|c| c.split_whitespace().nth(5)?.parse().ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_ten_is_served_on_one_udp_port() {
+    let (child, url) = spawn_server().await;
+    let pid = child.id().expect("a pid");
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        clients.push(
+            Client::join(&url, "one-port", &format!("p{i}"))
+                .await
+                .expect("joins"),
+        );
+    }
+    // Two of them publish: everyone else receives both.
+    for c in &clients[..2] {
+        c.publish(PublishOptions {
+            video_bitrate_bps: 100_000,
+            ..PublishOptions::default()
+        })
+        .await
+        .expect("publishes");
+    }
+    for c in &clients {
+        let want = if clients[..2].iter().any(|p| p.id == c.id) {
+            2
+        } else {
+            4
+        };
+        c.wait_received("media from the publishers", WAIT, |r| {
+            r.len() == want && r.values().all(|t| t.packets > 3)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    }
+    let mut announced = HashSet::new();
+    for c in &clients {
+        let offer = c.last_subscriber_offer().expect("a subscriber offer");
+        announced.extend(candidate_ports(&offer));
+    }
+    for c in &clients[..2] {
+        announced.extend(candidate_ports(
+            &c.last_publisher_answer().expect("an answer"),
+        ));
+    }
+    assert_eq!(
+        announced.len(),
+        1,
+        "every candidate names one port: {announced:?}"
+    );
+    let port = *announced.iter().next().unwrap();
+    // The server holds its two workers' sockets on that port, and no socket per peer.
+    let held = udp_ports_of(pid);
+    assert_eq!(held, vec![port, port], "the server's UDP sockets");
+    for c in clients {
+        c.leave().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(udp_ports_of(pid), vec![port, port]);
+}
+
+/// Latency percentile (ms) of what a subscriber received from `after` on.
+fn p99_since(client: &Client, after: &hdrhistogram::Histogram<u64>) -> (f64, u64) {
+    let mut during = client
+        .received()
+        .values()
+        .filter_map(|t| t.latency_us.clone())
+        .fold(None::<hdrhistogram::Histogram<u64>>, |acc, h| match acc {
+            None => Some(h),
+            Some(mut a) => {
+                a.add(&h).unwrap();
+                Some(a)
+            }
+        })
+        .expect("latency measured");
+    during.subtract(after).unwrap();
+    (during.value_at_quantile(0.99) as f64 / 1000.0, during.len())
+}
+
+/// Fifty participants join within a second while a call goes on: the call's forwarding
+/// latency must not notice (each join costs the worker a peer connection and an offer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_storm_does_not_delay_an_ongoing_call() {
+    let server = start_server_with(switchboard::Config {
+        workers: 1,
+        max_participants_per_room: 60,
+        ..switchboard::Config::ephemeral()
+    })
+    .await;
+    let url = server.ws_url();
+    let publisher = Client::join(&url, "storm", "speaker").await.unwrap();
+    let listener = Client::join(&url, "storm", "listener").await.unwrap();
+    publisher
+        .publish(PublishOptions {
+            video_bitrate_bps: 500_000,
+            ..PublishOptions::default()
+        })
+        .await
+        .unwrap();
+    listener
+        .wait_received("the call flowing", WAIT, |r| {
+            r.len() == 2 && r.values().all(|t| t.packets > 50)
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = listener
+        .received()
+        .values()
+        .filter_map(|t| t.latency_us.clone())
+        .fold(None::<hdrhistogram::Histogram<u64>>, |acc, h| match acc {
+            None => Some(h),
+            Some(mut a) => {
+                a.add(&h).unwrap();
+                Some(a)
+            }
+        })
+        .unwrap();
+    // The storm: fifty sockets join within a second; the server makes each a subscriber
+    // peer connection carrying the call's two tracks, and offers it.
+    let mut joiners = Vec::new();
+    for i in 0..50 {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .unwrap();
+        use futures_util::SinkExt;
+        let join = serde_json::json!({"type": "join", "room": "storm", "name": format!("j{i}")});
+        ws.send(tokio_tungstenite::tungstenite::Message::text(
+            join.to_string(),
+        ))
+        .await
+        .unwrap();
+        joiners.push(ws);
+        tokio::time::sleep(Duration::from_millis(18)).await;
+    }
+    wait_metrics(&server, "fifty more participants", |m| m.participants == 52).await;
+    wait_metrics(&server, "their peer connections", |m| {
+        m.peer_connections >= 53
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (p99, samples) = p99_since(&listener, &before);
+    eprintln!("forwarding latency p99 during the join storm: {p99:.2} ms over {samples} packets");
+    assert!(samples > 50, "the call went on: {samples} packets");
+    assert!(p99 < 25.0, "p99 {p99:.1} ms during the storm");
+    drop(joiners);
+    publisher.leave().await;
+    listener.leave().await;
+    wait_metrics(&server, "everything freed", all_freed).await;
+    server.shutdown().await.unwrap();
+}
