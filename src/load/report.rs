@@ -65,6 +65,8 @@ pub struct ParticipantReport {
     pub publishes: bool,
     /// Socket open to first media packet received.
     pub join_ms: Option<f64>,
+    /// Socket open to the first packet of the last of the tracks it should receive.
+    pub join_all_ms: Option<f64>,
     pub tracks_received: u64,
     /// Distinct packets received of the tracks this participant should receive.
     pub packets_received: u64,
@@ -314,7 +316,11 @@ pub struct Report {
     pub jitter_ms_max: f64,
     pub latency: LatencySummary,
     pub join_ms_p50: Option<f64>,
+    pub join_ms_p99: Option<f64>,
     pub join_ms_max: Option<f64>,
+    /// Socket open to media from every publisher of the room.
+    pub join_all_ms_p50: Option<f64>,
+    pub join_all_ms_p99: Option<f64>,
     pub keyframe_requests: u64,
     pub server: ServerReport,
     pub tester_cpu_seconds: Option<f64>,
@@ -357,9 +363,18 @@ impl Report {
             (
                 "join time (to first media)",
                 format!(
-                    "p50 {}  max {}",
+                    "p50 {}  p99 {}  max {}",
                     opt(self.join_ms_p50, " ms"),
+                    opt(self.join_ms_p99, " ms"),
                     opt(self.join_ms_max, " ms")
+                ),
+            ),
+            (
+                "join time (to every publisher)",
+                format!(
+                    "p50 {}  p99 {}",
+                    opt(self.join_all_ms_p50, " ms"),
+                    opt(self.join_all_ms_p99, " ms")
                 ),
             ),
             (

@@ -361,11 +361,8 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             room: j.planned.room.clone(),
             id: j.client.id.clone(),
             publishes: j.planned.publishes,
-            join_ms: received.first_media.map(|at| {
-                at.saturating_duration_since(j.client.started_at)
-                    .as_secs_f64()
-                    * 1000.0
-            }),
+            join_ms: received.first_media.map(|at| since_start(&j.client, at)),
+            join_all_ms: received.all_media.map(|at| since_start(&j.client, at)),
             tracks_received,
             packets_received: sum(|t| t.packets),
             bytes_received: received.bytes,
@@ -394,6 +391,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     let expected = total_of(|p| p.packets_expected);
     let lost = total_of(|p| p.packets_lost);
     let join_times: Vec<f64> = participants.iter().filter_map(|p| p.join_ms).collect();
+    let join_all_times: Vec<f64> = participants.iter().filter_map(|p| p.join_all_ms).collect();
     let server = ServerReport::from_samples(
         server_before,
         server_after,
@@ -426,6 +424,9 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         jitter_ms_max: participants.iter().map(|p| p.jitter_ms).fold(0.0, f64::max),
         latency: LatencySummary::from_histogram(all_latencies.as_ref()),
         join_ms_p50: quantile(&join_times, 0.5),
+        join_ms_p99: quantile(&join_times, 0.99),
+        join_all_ms_p50: quantile(&join_all_times, 0.5),
+        join_all_ms_p99: quantile(&join_all_times, 0.99),
         join_ms_max: join_times
             .iter()
             .copied()
@@ -537,6 +538,14 @@ struct Received {
     bytes: u64,
     jitter_ms: f64,
     first_media: Option<Instant>,
+    /// When the last of the expected tracks started (if all did).
+    all_media: Option<Instant>,
+}
+
+fn since_start(client: &Client, at: Instant) -> f64 {
+    at.saturating_duration_since(client.started_at)
+        .as_secs_f64()
+        * 1000.0
 }
 
 impl Expectations {
@@ -586,16 +595,24 @@ impl Expectations {
             .tracks
             .iter()
             .filter(|t| t.room == j.planned.room && t.publisher_id != j.client.id);
+        let mut all_started = true;
         for t in expected {
             let stats = received
                 .values()
                 .find(|s| s.stream_id == t.publisher_id && s.kind == t.kind);
+            match stats.and_then(|s| s.first_packet_at) {
+                Some(at) => out.all_media = Some(out.all_media.map_or(at, |a: Instant| a.max(at))),
+                None => all_started = false,
+            }
             out.tracks.push(track_outcome(
                 t,
                 stats,
                 sent_end.get(&t.publisher_id, t.kind),
                 window,
             ));
+        }
+        if !all_started {
+            out.all_media = None;
         }
         out
     }
