@@ -69,9 +69,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
-    /// Local IP the media UDP port is bound to. `0.0.0.0` binds every interface and
-    /// announces each non-loopback address.
-    #[arg(long, env = "SWITCHBOARD_RTC_IP", default_value = "127.0.0.1")]
+    /// Local IP the media UDP port is bound to. `0.0.0.0` (the default) binds every
+    /// interface and announces each non-loopback address, and loopback too when signaling
+    /// listens on loopback (browsers that refuse loopback candidates, Firefox by default,
+    /// then use the others).
+    #[arg(long, env = "SWITCHBOARD_RTC_IP", default_value = "0.0.0.0")]
     pub rtc_ip: IpAddr,
 
     /// Public IP announced in ICE candidates instead of the bound ones (NAT 1:1 mapping).
@@ -202,7 +204,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
-            rtc_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            rtc_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             public_ip: Vec::new(),
             udp_port: 7882,
             workers: 0,
@@ -235,6 +237,7 @@ impl Config {
     pub fn ephemeral() -> Self {
         Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            rtc_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             udp_port: 0,
             ..Config::default()
         }
@@ -273,20 +276,29 @@ impl Config {
     }
 
     /// The IPs put in ICE candidates: the public ones, else the bound one, else (bound to
-    /// every interface) each non-loopback address of the machine.
-    fn announced_ips(&self) -> Result<Vec<IpAddr>, crate::Error> {
+    /// every interface) each non-loopback address of the machine, after loopback when
+    /// signaling is on loopback.
+    pub fn announced_ips(&self) -> Result<Vec<IpAddr>, crate::Error> {
         if !self.public_ip.is_empty() {
             return Ok(self.public_ip.clone());
         }
         if !self.rtc_ip.is_unspecified() {
             return Ok(vec![self.rtc_ip]);
         }
-        let ips: Vec<IpAddr> = if_addrs::get_if_addrs()
-            .map_err(|e| crate::Error::Config(format!("listing network interfaces: {e}")))?
-            .into_iter()
-            .map(|i| i.ip())
-            .filter(|ip| !ip.is_loopback() && ip.is_ipv4() == self.rtc_ip.is_ipv4())
-            .collect();
+        let mut ips: Vec<IpAddr> = Vec::new();
+        if self.listen.ip().is_loopback() {
+            ips.push(match self.rtc_ip {
+                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            });
+        }
+        let interfaces = if_addrs::get_if_addrs()
+            .map_err(|e| crate::Error::Config(format!("listing network interfaces: {e}")))?;
+        for ip in interfaces.into_iter().map(|i| i.ip()) {
+            if !ip.is_loopback() && ip.is_ipv4() == self.rtc_ip.is_ipv4() && !ips.contains(&ip) {
+                ips.push(ip);
+            }
+        }
         if ips.is_empty() {
             return Err(crate::Error::Config(format!(
                 "--rtc-ip {} found no non-loopback address to announce; give --public-ip",
@@ -406,6 +418,27 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(12));
         assert_eq!((c.udp_port, c.workers, c.max_candidates), (50000, 2, 10));
         assert_eq!(c.engine().unwrap().bind.port(), 50000);
+    }
+
+    #[test]
+    fn media_is_announced_on_loopback_and_the_machines_own_addresses() {
+        let config = Config::default();
+        let ips = config.announced_ips().unwrap();
+        assert_eq!(ips[0], IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(ips[1..].iter().all(|ip| !ip.is_loopback()));
+        let pinned = Config {
+            rtc_ip: "127.0.0.1".parse().unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(
+            pinned.announced_ips().unwrap(),
+            vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]
+        );
+        let natted = Config {
+            public_ip: vec!["203.0.113.7".parse().unwrap()],
+            ..Config::default()
+        };
+        assert_eq!(natted.announced_ips().unwrap(), natted.public_ip);
     }
 
     #[test]

@@ -245,9 +245,7 @@ impl Engine {
                 socket,
                 inbox: rx,
                 others: senders.clone(),
-                // Datagrams arrive addressed to the bound IP; the peer connections know the
-                // announced one (the same, unless behind NAT 1:1).
-                local: candidates.first().copied().unwrap_or(bound),
+                candidates: candidates.clone(),
                 peers: peers.clone(),
                 config: config.clone(),
                 metrics: metrics.clone(),

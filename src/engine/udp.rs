@@ -45,6 +45,8 @@ pub struct Outgoing {
 #[derive(Debug)]
 pub struct Incoming {
     pub from: SocketAddr,
+    /// The local IP it was sent to (a socket bound to every interface has several).
+    pub to: Option<std::net::IpAddr>,
     pub data: BytesMut,
 }
 
@@ -135,6 +137,7 @@ impl Udp {
             for chunk in buffer[..meta.len].chunks(stride) {
                 out.push(Incoming {
                     from: meta.addr,
+                    to: meta.dst_ip,
                     data: BytesMut::from(chunk),
                 });
                 datagrams += 1;

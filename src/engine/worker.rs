@@ -51,8 +51,8 @@ pub(crate) struct Setup {
     pub socket: std::net::UdpSocket,
     pub inbox: mpsc::UnboundedReceiver<Inbox>,
     pub others: Vec<mpsc::UnboundedSender<Inbox>>,
-    /// The address the peer connections know their datagrams by.
-    pub local: SocketAddr,
+    /// The announced addresses (the peer connections' host candidates).
+    pub candidates: Vec<SocketAddr>,
     pub peers: Arc<PeerSettings>,
     pub config: EngineConfig,
     pub metrics: Arc<Metrics>,
@@ -152,7 +152,7 @@ struct Worker {
     udp: Udp,
     inbox: mpsc::UnboundedReceiver<Inbox>,
     others: Vec<mpsc::UnboundedSender<Inbox>>,
-    local: SocketAddr,
+    candidates: Vec<SocketAddr>,
     settings: Arc<PeerSettings>,
     config: EngineConfig,
     metrics: Arc<Metrics>,
@@ -168,6 +168,8 @@ struct Worker {
     demux: Demux<usize>,
     timers: Timers<TimerKey>,
     dirty: Vec<usize>,
+    /// Some member may need a subscriber offer (checked once per batch).
+    offers_due: bool,
     received: Vec<udp::Incoming>,
 }
 
@@ -183,7 +185,7 @@ impl Worker {
             udp: Udp::new(setup.socket)?,
             inbox: setup.inbox,
             others: setup.others,
-            local: setup.local,
+            candidates: setup.candidates,
             settings: setup.peers,
             config: setup.config,
             metrics: setup.metrics,
@@ -197,6 +199,7 @@ impl Worker {
             demux: Demux::new(setup.index),
             timers,
             dirty: Vec::new(),
+            offers_due: false,
             received: Vec::with_capacity(quinn_udp::BATCH_SIZE),
         })
     }
@@ -300,10 +303,18 @@ impl Worker {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
+        // The peer connection knows its datagrams by the candidate they were sent to: the
+        // local IP they arrived on when it is announced, else (NAT 1:1) the public one.
+        let local_addr = datagram
+            .to
+            .and_then(|ip| self.candidates.iter().find(|c| c.ip() == ip))
+            .or(self.candidates.first())
+            .copied()
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         let message = TaggedBytesMut {
             now: at,
             transport: TransportContext {
-                local_addr: self.local,
+                local_addr,
                 peer_addr: datagram.from,
                 transport_protocol: TransportProtocol::UDP,
                 ecn: None,
@@ -394,14 +405,16 @@ impl Worker {
 
     fn end_of_batch(&mut self) {
         let now = Instant::now();
-        let due: Vec<usize> = self
-            .members
-            .iter()
-            .filter(|(_, m)| m.needs_offer && !m.offer_outstanding)
-            .map(|(k, _)| k)
-            .collect();
-        for member in due {
-            self.offer(member, now);
+        if std::mem::take(&mut self.offers_due) {
+            let due: Vec<usize> = self
+                .members
+                .iter()
+                .filter(|(_, m)| m.needs_offer && !m.offer_outstanding)
+                .map(|(k, _)| k)
+                .collect();
+            for member in due {
+                self.offer(member, now);
+            }
         }
         while let Some(peer) = self.dirty.pop() {
             self.drain(peer, now);
@@ -987,6 +1000,7 @@ impl Worker {
         }
         m.pending.push(key);
         m.needs_offer = true;
+        self.offers_due = true;
     }
 
     /// Removes a Receiver and every DownTrack of it (their subscribers renegotiate).
@@ -1041,6 +1055,7 @@ impl Worker {
             return;
         };
         m.needs_offer = true;
+        self.offers_due = true;
         let peer = m.subscriber;
         if let Some(p) = self.peers.get_mut(peer) {
             if let Err(e) = p.pc.remove_track(f.sender) {
@@ -1266,6 +1281,7 @@ impl Worker {
         }
         if !m.pending.is_empty() {
             m.needs_offer = true;
+            self.offers_due = true;
         }
         debug!(participant = %m.participant.id, tracks = m.forwarded.len(), "subscriber negotiated");
         self.pump(peer, now);
