@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --bin switchboard
 TESTER=target/release/switchboard
 SERVER_BIN=${SERVER_BIN:-$TESTER}
-SERVE_ARGS=${SERVE_ARGS:---udp-port 0}
+SERVE_ARGS=${SERVE_ARGS---udp-port 0}
 OUT=${OUT:-artifacts/capacity}
 DURATION=${DURATION:-15}
 mkdir -p "$OUT"
@@ -48,6 +48,7 @@ f = lambda v, fmt="{:.1f}": "n/a" if v is None else fmt.format(v)
 print(f'{sys.argv[2]:<22} parts {r["participants_connected"]:>3}/{r["participants_planned"]:<3} '
       f'fwd {f(s["packets_forwarded_per_second"], "{:.0f}"):>6} pkt/s  '
       f'cpu {f(s["cpu_percent"]):>5}%  {f(s["cpu_us_per_forwarded_packet"], "{:.2f}"):>5} us/pkt  '
+      f'steady {f(s["steady_cpu_percent"]):>5}% {f(s["steady_cpu_us_per_forwarded_packet"], "{:.2f}"):>5} us/pkt  '
       f'mem {f(s["rss_bytes_per_participant"] and s["rss_bytes_per_participant"]/1024, "{:.0f}"):>5} KiB/part  '
       f'join p50/p99 {f(r["join_ms_p50"], "{:.0f}")}/{f(r["join_ms_p99"], "{:.0f}")} ms  '
       f'all {f(r["join_all_ms_p50"], "{:.0f}")}/{f(r["join_all_ms_p99"], "{:.0f}")} ms  '

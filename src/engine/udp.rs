@@ -1,6 +1,6 @@
 //! The shared UDP port: one socket per worker on the same address (`SO_REUSEPORT`), batched
-//! reads (`recvmmsg` and GRO, through quinn-udp) and batched writes (GSO: one system call for
-//! a run of same-sized datagrams to one destination).
+//! reads (`recvmmsg` and GRO, through quinn-udp) and batched writes (`sendmmsg`: one system
+//! call for a packet's whole fan-out, whatever the destinations).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
@@ -55,7 +55,10 @@ pub struct Udp {
     state: UdpSocketState,
     recv_buffers: Vec<Vec<u8>>,
     recv_meta: Vec<RecvMeta>,
+    #[cfg(not(target_os = "linux"))]
     gso_buffer: Vec<u8>,
+    #[cfg(target_os = "linux")]
+    mmsg: mmsg::Scratch,
     /// Datagrams waiting for the socket to take them.
     pub queue: VecDeque<Outgoing>,
 }
@@ -84,7 +87,10 @@ impl Udp {
             state,
             recv_buffers: (0..batch).map(|_| vec![0u8; RECV_BUFFER_BYTES]).collect(),
             recv_meta: vec![RecvMeta::default(); batch],
+            #[cfg(not(target_os = "linux"))]
             gso_buffer: Vec::with_capacity(64 * 1024),
+            #[cfg(target_os = "linux")]
+            mmsg: mmsg::Scratch::default(),
             queue: VecDeque::new(),
         })
     }
@@ -146,8 +152,59 @@ impl Udp {
         Ok(datagrams)
     }
 
+    /// Sends what is queued, in order, many datagrams per system call. Datagrams that waited
+    /// longer than `max_wait` are dropped.
+    #[cfg(target_os = "linux")]
+    pub fn flush(&mut self, now: Instant, max_wait: Duration) -> Flushed {
+        let mut done = Flushed::default();
+        while let Some(first) = self.queue.front() {
+            if now.saturating_duration_since(first.queued) > max_wait {
+                self.queue.pop_front();
+                done.expired += 1;
+                continue;
+            }
+            let batch = self.queue.len().min(mmsg::MAX_BATCH);
+            let (front, back) = self.queue.as_slices();
+            let slice = if front.len() >= batch {
+                &front[..batch]
+            } else {
+                // Rare: the ring wrapped. Send what is contiguous first.
+                let _ = back;
+                front
+            };
+            let io = &self.io;
+            let scratch = &mut self.mmsg;
+            let sent = io.try_io(tokio::io::Interest::WRITABLE, || {
+                use std::os::fd::AsRawFd;
+                scratch.send(io.as_raw_fd(), slice)
+            });
+            match sent {
+                Ok(n) => {
+                    done.syscalls += 1;
+                    done.datagrams += n as u64;
+                    self.queue.drain(..n.max(1).min(slice.len()));
+                    if n == 0 {
+                        done.failed += 1;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    done.blocked = true;
+                    break;
+                }
+                Err(_) => {
+                    // The first datagram was refused (unreachable, too large): drop it, not
+                    // the ones behind it.
+                    done.failed += 1;
+                    self.queue.pop_front();
+                }
+            }
+        }
+        done
+    }
+
     /// Sends what is queued, in order: runs of same-sized datagrams to one destination go in
     /// one GSO system call. Datagrams that waited longer than `max_wait` are dropped.
+    #[cfg(not(target_os = "linux"))]
     pub fn flush(&mut self, now: Instant, max_wait: Duration) -> Flushed {
         let mut done = Flushed::default();
         let max_segments = self.state.max_gso_segments().max(1);
@@ -202,6 +259,71 @@ impl Udp {
     }
 }
 
+/// `sendmmsg(2)`: quinn-udp batches only datagrams to one destination (GSO); a fan-out sends
+/// one datagram to each of many.
+#[cfg(target_os = "linux")]
+mod mmsg {
+    use super::Outgoing;
+    use socket2::SockAddr;
+    use std::io;
+    use std::os::fd::RawFd;
+
+    /// Datagrams per system call.
+    pub const MAX_BATCH: usize = 256;
+
+    /// Buffers reused from call to call.
+    #[derive(Default)]
+    pub struct Scratch {
+        addrs: Vec<SockAddr>,
+        iovs: Vec<libc::iovec>,
+        headers: Vec<libc::mmsghdr>,
+    }
+
+    // The raw pointers only point into this struct's own vectors and the datagrams passed to
+    // `send`, and only while it runs.
+    unsafe impl Send for Scratch {}
+
+    impl Scratch {
+        /// Sends `batch` in one call; returns how many the kernel took (0 only on an error).
+        pub fn send(&mut self, fd: RawFd, batch: &[Outgoing]) -> io::Result<usize> {
+            self.addrs.clear();
+            self.iovs.clear();
+            self.headers.clear();
+            for d in batch {
+                self.addrs.push(SockAddr::from(d.to));
+                self.iovs.push(libc::iovec {
+                    iov_base: d.data.as_ptr() as *mut libc::c_void,
+                    iov_len: d.data.len(),
+                });
+            }
+            for (addr, iov) in self.addrs.iter().zip(self.iovs.iter_mut()) {
+                // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
+                let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                header.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
+                header.msg_hdr.msg_namelen = addr.len();
+                header.msg_hdr.msg_iov = iov as *mut libc::iovec;
+                header.msg_hdr.msg_iovlen = 1;
+                self.headers.push(header);
+            }
+            // SAFETY: `headers` holds `len` initialized entries whose pointers refer to
+            // `addrs`, `iovs` and the datagrams, all alive and unmoved until this returns.
+            let sent = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.headers.as_mut_ptr(),
+                    self.headers.len() as libc::c_uint,
+                    0,
+                )
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(sent as usize)
+        }
+    }
+}
+
+#[cfg_attr(target_os = "linux", allow(dead_code))]
 fn send(
     io: &tokio::net::UdpSocket,
     state: &UdpSocketState,

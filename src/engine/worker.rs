@@ -59,7 +59,9 @@ pub(crate) struct Setup {
 }
 
 /// Datagrams read before the worker stops to flush what it owes.
-const MAX_READS_PER_BATCH: usize = 256;
+const MAX_READS_PER_BATCH: usize = 64;
+/// Peer connections with output pending after which the worker sends before reading on.
+const FLUSH_AFTER_DIRTY: usize = 512;
 /// How long a datagram may wait for the socket before it is dropped.
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
@@ -124,6 +126,9 @@ struct Member {
     negotiated_kinds: Vec<TrackKind>,
     offer_outstanding: bool,
     needs_offer: bool,
+    /// An answer was applied: later offers wait for the transport to be up (aiortc loses
+    /// m-lines renegotiated while its DTLS transport is still connecting).
+    answered: bool,
     chat: Option<usize>,
     chat_open: bool,
     chat_bucket: TokenBucket,
@@ -268,6 +273,11 @@ impl Worker {
                     let at = Instant::now();
                     for datagram in batch.drain(..) {
                         self.on_datagram(datagram, at);
+                        // A publisher packet fanned out to many: send it now rather than after
+                        // the rest of the batch (one system call either way).
+                        if self.dirty.len() >= FLUSH_AFTER_DIRTY {
+                            self.end_of_batch();
+                        }
                     }
                     self.received = batch;
                 }
@@ -406,10 +416,15 @@ impl Worker {
     fn end_of_batch(&mut self) {
         let now = Instant::now();
         if std::mem::take(&mut self.offers_due) {
+            let peers = &self.peers;
             let due: Vec<usize> = self
                 .members
                 .iter()
-                .filter(|(_, m)| m.needs_offer && !m.offer_outstanding)
+                .filter(|(_, m)| {
+                    m.needs_offer
+                        && !m.offer_outstanding
+                        && (!m.answered || peers.get(m.subscriber).is_some_and(|p| p.connected))
+                })
                 .map(|(k, _)| k)
                 .collect();
             for member in due {
@@ -464,6 +479,8 @@ impl Worker {
             RTCPeerConnectionState::Connected => {
                 p.connected = true;
                 if role == PcKind::Subscriber {
+                    // Offers held back while it connected may go now.
+                    self.offers_due = true;
                     let downtracks: Vec<usize> = self
                         .members
                         .get(owner)
@@ -862,7 +879,7 @@ impl Worker {
         let ufrag = demux::new_ufrag(self.index);
         let pc = self
             .settings
-            .build(&ufrag, &demux::new_password(), now)
+            .build(role, &ufrag, &demux::new_password(), now)
             .map_err(|e| e.to_string())?;
         let key = self.peers.insert(Peer {
             pc,
@@ -913,6 +930,7 @@ impl Worker {
             negotiated_kinds: Vec::new(),
             offer_outstanding: false,
             needs_offer: true,
+            answered: false,
             chat: None,
             chat_open: false,
             chat_bucket: TokenBucket::new(self.config.chat_rate_per_sec),
@@ -948,6 +966,7 @@ impl Worker {
             .entry(room.name.clone())
             .or_default()
             .push(member);
+        self.offers_due = true;
     }
 
     fn remove_participant(&mut self, participant_id: &str, now: Instant) {
@@ -1254,6 +1273,7 @@ impl Worker {
             return;
         }
         m.offer_outstanding = false;
+        m.answered = true;
         // Payload types and extension ids are final now; the m-lines this answer accepted
         // may carry media from here on.
         let mut started = Vec::new();

@@ -161,8 +161,13 @@ pub struct ServerReport {
     pub packets_forwarded_per_second: Option<f64>,
     /// With `--pid`: the server's CPU use over the run, in percent of one core.
     pub cpu_percent: Option<f64>,
-    /// With `--pid`: CPU time per forwarded packet.
+    /// With `--pid`: CPU time per forwarded packet, joins included.
     pub cpu_us_per_forwarded_packet: Option<f64>,
+    /// With `--pid`: the same once everyone has joined (settle time to the end): what
+    /// forwarding itself costs.
+    pub steady_cpu_percent: Option<f64>,
+    pub steady_cpu_us_per_forwarded_packet: Option<f64>,
+    pub steady_packets_forwarded_per_second: Option<f64>,
     pub rss_bytes_before: Option<u64>,
     pub rss_bytes_after: Option<u64>,
     /// Resident memory added per connected participant.
@@ -170,6 +175,28 @@ pub struct ServerReport {
 }
 
 impl ServerReport {
+    /// Fills the steady-state figures from samples at the settle time and at the end.
+    pub fn with_steady_state(
+        mut self,
+        settled: Option<(ProcessSample, u64)>,
+        end: Option<(ProcessSample, u64)>,
+    ) -> Self {
+        let (Some((a, fa)), Some((b, fb))) = (settled, end) else {
+            return self;
+        };
+        let (Some(ta), Some(tb)) = (a.at, b.at) else {
+            return self;
+        };
+        let seconds = tb.saturating_duration_since(ta).as_secs_f64().max(0.001);
+        let cpu = b.cpu_seconds - a.cpu_seconds;
+        let forwarded = fb.saturating_sub(fa);
+        self.steady_cpu_percent = Some(cpu / seconds * 100.0);
+        self.steady_packets_forwarded_per_second = Some(forwarded as f64 / seconds);
+        self.steady_cpu_us_per_forwarded_packet =
+            (forwarded > 0).then(|| cpu * 1e6 / forwarded as f64);
+        self
+    }
+
     pub fn from_samples(
         before: Option<ProcessSample>,
         after: Option<ProcessSample>,
@@ -194,6 +221,9 @@ impl ServerReport {
             rss_bytes_before: before.map(|b| b.rss_bytes),
             rss_bytes_after: after.map(|a| a.rss_bytes),
             rss_timeline: Vec::new(),
+            steady_cpu_percent: None,
+            steady_cpu_us_per_forwarded_packet: None,
+            steady_packets_forwarded_per_second: None,
             rss_bytes_per_participant: before
                 .zip(after)
                 .filter(|_| participants > 0)
@@ -439,6 +469,17 @@ impl Report {
                     self.server
                         .cpu_us_per_forwarded_packet
                         .map_or("n/a".into(), |v| format!("{v:.2} us"))
+                ),
+            ),
+            (
+                "server CPU, everyone joined",
+                format!(
+                    "{} of a core, {} per forwarded packet, {}",
+                    opt(self.server.steady_cpu_percent, "%"),
+                    self.server
+                        .steady_cpu_us_per_forwarded_packet
+                        .map_or("n/a".into(), |v| format!("{v:.2} us")),
+                    opt(self.server.steady_packets_forwarded_per_second, " pkt/s")
                 ),
             ),
             (

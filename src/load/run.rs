@@ -261,6 +261,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     // time, every packet a publisher sends is expected at every other participant.
     let media_started = Instant::now();
     let mut settled: Option<(Instant, SentCounts)> = None;
+    let mut server_settled: Option<(ProcessSample, u64)> = None;
     let mut memory = MemoryTimeline::default();
     memory.sample(config.pid, media_started);
     while media_started.elapsed() < config.duration {
@@ -268,6 +269,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         tokio::time::sleep(Duration::from_millis(500).min(left)).await;
         if settled.is_none() && media_started.elapsed() >= config.settle {
             settled = Some((Instant::now(), SentCounts::of(&joined)));
+            server_settled = server_sample(config.pid, metrics_url.as_deref()).await;
         }
         memory.sample(config.pid, media_started);
         progress.print(
@@ -282,6 +284,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             break;
         }
     }
+    let server_end = server_sample(config.pid, metrics_url.as_deref()).await;
     for j in &joined {
         j.client.stop_publishing();
     }
@@ -402,7 +405,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         participants.len(),
     );
     let tester = ProcessSample::cpu_seconds_between(tester_before, tester_after);
-    let mut server = server;
+    let mut server = server.with_steady_state(server_settled, server_end);
     server.rss_timeline = memory.server;
     let mut report = Report {
         shape: Shape::from(&config),
@@ -476,6 +479,15 @@ impl MemoryTimeline {
             self.tester.push(point(s));
         }
     }
+}
+
+/// The server's CPU and memory with its forwarded-packet counter, read together.
+async fn server_sample(
+    pid: Option<u32>,
+    metrics_url: Option<&str>,
+) -> Option<(ProcessSample, u64)> {
+    let forwarded = scrape_counter(metrics_url?, "switchboard_packets_out_total").await?;
+    Some((ProcessSample::of_pid(pid?)?, forwarded))
 }
 
 /// Packets each publisher has sent, per kind, read from its own counters.
