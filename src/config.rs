@@ -189,6 +189,11 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_AUDIO_QUEUE_MS", default_value_t = 100)]
     pub audio_queue_ms: u64,
 
+    /// Seconds a participant's media may be absent before it is removed as a ghost: its
+    /// subscriber connection never came up, or every unmuted track it publishes went silent.
+    #[arg(long, env = "SWITCHBOARD_MEDIA_TIMEOUT", default_value = "15", value_parser = parse_duration_secs)]
+    pub media_timeout: Duration,
+
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     /// A subscriber that has nothing to show yet does not wait for it.
     #[arg(long, env = "SWITCHBOARD_PLI_INTERVAL_MS", default_value_t = 500)]
@@ -226,6 +231,7 @@ impl Default for Config {
             signaling_queue_messages: 512,
             video_queue_ms: 200,
             audio_queue_ms: 100,
+            media_timeout: Duration::from_secs(15),
             pli_interval_ms: 500,
             fault_drop_every_nth_packet: None,
         }
@@ -271,6 +277,7 @@ impl Config {
             max_chat_bytes: self.max_chat_bytes,
             chat_rate_per_sec: self.message_rate_per_sec,
             max_candidates: self.max_candidates,
+            media_timeout: self.media_timeout,
             fault_drop_every: self.fault_drop_every_nth_packet,
         })
     }
@@ -405,6 +412,8 @@ mod tests {
             "150",
             "--audio-queue-ms",
             "60",
+            "--media-timeout",
+            "20",
         ])
         .expect("every documented flag parses");
         let c = cli.config;

@@ -64,6 +64,8 @@ pub struct EngineConfig {
     pub chat_rate_per_sec: u32,
     /// Most remote candidates one peer connection takes.
     pub max_candidates: usize,
+    /// A participant whose media is absent this long is removed (see `Worker::find_ghosts`).
+    pub media_timeout: Duration,
     /// Test-only fault injection: every Receiver drops every Nth packet.
     pub fault_drop_every: Option<u32>,
 }
