@@ -64,7 +64,8 @@ const MAX_READS_PER_BATCH: usize = 64;
 const FLUSH_AFTER_DIRTY: usize = 512;
 /// How long a datagram may wait for the socket before it is dropped.
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
-const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(10);
+/// How often ghosts are looked for and stale routes forgotten: bounds how late a ghost goes.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 
 pub(crate) fn run(setup: Setup) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -136,12 +137,15 @@ struct Member {
     receivers_by_ssrc: HashMap<u32, Option<usize>>,
     /// Our DownTrack SSRCs on its subscriber PC.
     downtracks_by_ssrc: HashMap<u32, usize>,
+    joined_at: Instant,
 }
 
 struct ReceiverEntry {
     receiver: Receiver,
     publisher: usize,
     downtracks: Vec<usize>,
+    /// When its last packet arrived: a publisher whose tracks all fall silent is a ghost.
+    last_packet: Instant,
 }
 
 struct DownTrackEntry {
@@ -406,9 +410,53 @@ impl Worker {
                 }
                 TimerKey::Housekeeping => {
                     self.demux.expire(now);
+                    self.find_ghosts(now);
                     self.timers
                         .set(TimerKey::Housekeeping, Some(now + HOUSEKEEPING_EVERY));
                 }
+            }
+        }
+    }
+
+    /// Participants whose media path is dead while their signaling socket lives on (a frozen
+    /// process, a network that changed): they answered the subscriber offer but its connection
+    /// never came up, or every unmuted track they publish went silent. They are removed, and
+    /// the others told. (A client that never answers only watches signaling: it is left be.)
+    fn find_ghosts(&mut self, now: Instant) {
+        let timeout = self.config.media_timeout;
+        for (member, m) in self.members.iter() {
+            let never_connected = m.answered
+                && self.peers.get(m.subscriber).is_some_and(|p| !p.connected)
+                && now.saturating_duration_since(m.joined_at) > timeout;
+            let mut live = 0;
+            let mut silent = 0;
+            for r in self
+                .receivers
+                .iter()
+                .map(|(_, r)| r)
+                .filter(|r| r.publisher == member)
+            {
+                let meta = &r.receiver.meta;
+                if m.room.is_muted(&meta.publisher_id, &meta.track_id) {
+                    continue;
+                }
+                if now.saturating_duration_since(r.last_packet) > timeout {
+                    silent += 1;
+                } else {
+                    live += 1;
+                }
+            }
+            let reason = if never_connected {
+                "media never connected"
+            } else if silent > 0 && live == 0 {
+                "media stopped"
+            } else {
+                continue;
+            };
+            if !m.participant.is_kicked() {
+                warn!(participant = %m.participant.id, reason, "removing a participant whose media is gone");
+                Metrics::add(&self.metrics.media_timeouts, 1);
+                m.participant.kick(reason);
             }
         }
     }
@@ -509,12 +557,16 @@ impl Worker {
                     }
                 }
             }
-            RTCPeerConnectionState::Failed => {
-                // Its media path is dead: the participant goes, and the others are told.
+            // Failed: no consent for too long. Closed: the client closed it (ours are removed
+            // before they are closed). Either way its media path is dead: the participant goes,
+            // and the others are told.
+            RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
                 if let Some(m) = self.members.get(owner) {
-                    warn!(participant = %m.participant.id, ?role, "peer connection failed; removing the participant");
-                    Metrics::add(&self.metrics.media_timeouts, 1);
-                    m.participant.kick("media connection failed");
+                    if !m.participant.is_kicked() {
+                        warn!(participant = %m.participant.id, ?role, %state, "media connection lost; removing the participant");
+                        Metrics::add(&self.metrics.media_timeouts, 1);
+                        m.participant.kick("media connection failed");
+                    }
                 }
             }
             _ => {}
@@ -596,6 +648,7 @@ impl Worker {
             receiver,
             publisher: owner,
             downtracks: Vec::new(),
+            last_packet: Instant::now(),
         });
         Metrics::inc(&self.metrics.receivers);
         member.receivers_by_ssrc.insert(ssrc, Some(rk));
@@ -684,6 +737,7 @@ impl Worker {
         };
         Metrics::add(&metrics.packets_in, 1);
         Metrics::add(&metrics.bytes_in, packet.payload.len() as u64);
+        entry.last_packet = arrived;
         let Some(incoming) = entry.receiver.incoming(packet, arrived) else {
             return;
         };
@@ -936,6 +990,7 @@ impl Worker {
             chat_bucket: TokenBucket::new(self.config.chat_rate_per_sec),
             receivers_by_ssrc: HashMap::new(),
             downtracks_by_ssrc: HashMap::new(),
+            joined_at: now,
         });
         let peer = match self.new_peer(member, PcKind::Subscriber, now) {
             Ok(peer) => peer,

@@ -913,6 +913,21 @@ impl Client {
         self.close().await;
     }
 
+    /// Closes both peer connections but keeps the signaling socket, as a client whose media
+    /// died (a crashed media process, say) would.
+    pub async fn close_peer_connections(&self) {
+        self.stop_publishing();
+        for pc in [
+            self.subscriber.lock().await.take(),
+            self.publisher.lock().await.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let _ = pc.close().await;
+        }
+    }
+
     /// Drops the socket and the PCs without a word, like a closed browser tab.
     pub async fn close(self) {
         self.stop_publishing();

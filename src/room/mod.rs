@@ -357,6 +357,15 @@ impl Room {
         true
     }
 
+    /// Whether a published track is muted (false for one not published).
+    pub fn is_muted(&self, publisher_id: &str, track_id: &str) -> bool {
+        self.state()
+            .tracks
+            .iter()
+            .find(|t| t.is(publisher_id, track_id))
+            .is_some_and(|t| t.muted.load(Ordering::Relaxed))
+    }
+
     /// Everyone in the room but `participant_id`.
     pub fn others(&self, participant_id: &str) -> Vec<Arc<Participant>> {
         self.state().others(participant_id).cloned().collect()
