@@ -199,6 +199,78 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_PLI_INTERVAL_MS", default_value_t = 500)]
     pub pli_interval_ms: u64,
 
+    /// Most signaling sockets (WebSockets) open at once; an upgrade over it is refused with
+    /// HTTP 503. Capped at start to what the process's open-file limit leaves room for.
+    #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS", default_value_t = 2000)]
+    pub max_sockets: usize,
+
+    /// Most signaling sockets open at once from one client IP (loopback included); an upgrade
+    /// over it is refused with HTTP 429.
+    #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS_PER_IP", default_value_t = 20)]
+    pub max_sockets_per_ip: usize,
+
+    /// Seconds a signaling socket has to join a room; then it gets `not_joined` and is closed
+    /// (1008), so sockets that never join cannot pile up.
+    #[arg(long, env = "SWITCHBOARD_JOIN_TIMEOUT", default_value = "10", value_parser = parse_duration_secs)]
+    pub join_timeout: Duration,
+
+    /// Seconds an HTTP connection has to send a complete request header (the first request
+    /// and each one after on a kept-alive connection); then it is closed.
+    #[arg(long, env = "SWITCHBOARD_HEADER_TIMEOUT", default_value = "10", value_parser = parse_duration_secs)]
+    pub header_timeout: Duration,
+
+    /// Seconds a TLS client has to complete its handshake; then it is closed.
+    #[arg(long, env = "SWITCHBOARD_TLS_HANDSHAKE_TIMEOUT", default_value = "10", value_parser = parse_duration_secs)]
+    pub tls_handshake_timeout: Duration,
+
+    /// Most bytes of signaling messages waiting for one client (queued, not yet taken by the
+    /// kernel); a client over it is not reading and is disconnected.
+    #[arg(long, env = "SWITCHBOARD_MAX_UNSENT_BYTES", default_value_t = 1 << 20)]
+    pub max_unsent_bytes: usize,
+
+    /// Seconds a write to a client's connection may make no progress (its kernel send buffer
+    /// full: the client stopped reading) before the connection is dropped.
+    #[arg(long, env = "SWITCHBOARD_WRITE_TIMEOUT", default_value = "10", value_parser = parse_duration_secs)]
+    pub write_timeout: Duration,
+
+    /// Kernel send buffer of each HTTP connection, in bytes (0: the kernel's autotuning, up to
+    /// megabytes). Bounds what a client that stops reading holds in the kernel.
+    #[arg(long, env = "SWITCHBOARD_TCP_SEND_BUFFER", default_value_t = 64 * 1024)]
+    pub tcp_send_buffer: usize,
+
+    /// Most `a=candidate` lines in one offer or answer; more is refused with `bad_request`
+    /// before the SDP reaches the media engine.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_CANDIDATES_PER_OFFER",
+        default_value_t = 32
+    )]
+    pub max_candidates_per_offer: usize,
+
+    /// Most media sections (`m=` lines) in one publisher offer; more is refused with
+    /// `bad_request` before the SDP reaches the media engine.
+    #[arg(long, env = "SWITCHBOARD_MAX_MEDIA_SECTIONS", default_value_t = 64)]
+    pub max_media_sections: usize,
+
+    /// Publisher offers one participant may send per second (burst of twice that); excess
+    /// offers get `rate_limited` and are not acted on.
+    #[arg(
+        long = "offer-rate",
+        env = "SWITCHBOARD_OFFER_RATE",
+        default_value_t = 5
+    )]
+    pub offer_rate_per_sec: u32,
+
+    /// Origins allowed to open `/ws`, besides the page's own (same host as the `Host` header)
+    /// and any origin on loopback; repeatable or comma separated, `*` for any. A request with
+    /// no `Origin` (not a browser) is allowed; others are refused with HTTP 403.
+    #[arg(
+        long = "allowed-origin",
+        env = "SWITCHBOARD_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
     /// Fault injection for tests: every Receiver drops every Nth packet from its publisher.
     /// Not a flag: only a test sets it, to prove the load tester sees loss.
     #[arg(skip)]
@@ -233,6 +305,18 @@ impl Default for Config {
             audio_queue_ms: 100,
             media_timeout: Duration::from_secs(15),
             pli_interval_ms: 500,
+            max_sockets: 2000,
+            max_sockets_per_ip: 20,
+            join_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_unsent_bytes: 1 << 20,
+            write_timeout: Duration::from_secs(10),
+            tcp_send_buffer: 64 * 1024,
+            max_candidates_per_offer: 32,
+            max_media_sections: 64,
+            offer_rate_per_sec: 5,
+            allowed_origins: Vec::new(),
             fault_drop_every_nth_packet: None,
         }
     }
@@ -324,6 +408,18 @@ impl Config {
                 self.listen
             )));
         }
+        if self.max_sockets == 0 || self.max_sockets_per_ip == 0 {
+            return Err(crate::Error::Config(
+                "--max-sockets and --max-sockets-per-ip must be positive".into(),
+            ));
+        }
+        for origin in &self.allowed_origins {
+            if origin != "*" && crate::http::origin::normalize(origin).is_none() {
+                return Err(crate::Error::Config(format!(
+                    "--allowed-origin {origin:?} is not an origin like https://host[:port] or *"
+                )));
+            }
+        }
         if self.max_message_bytes < 1024 || self.max_chat_bytes == 0 {
             return Err(crate::Error::Config(
                 "--max-message-bytes must be at least 1024 and --max-chat-bytes positive".into(),
@@ -412,6 +508,32 @@ mod tests {
             "150",
             "--audio-queue-ms",
             "60",
+            "--max-sockets",
+            "100",
+            "--max-sockets-per-ip",
+            "6",
+            "--join-timeout",
+            "4",
+            "--header-timeout",
+            "5",
+            "--tls-handshake-timeout",
+            "6",
+            "--max-unsent-bytes",
+            "65536",
+            "--write-timeout",
+            "7",
+            "--tcp-send-buffer",
+            "32768",
+            "--max-candidates-per-offer",
+            "16",
+            "--max-media-sections",
+            "20",
+            "--offer-rate",
+            "3",
+            "--allowed-origin",
+            "https://a.example",
+            "--allowed-origin",
+            "https://b.example:8443",
             "--media-timeout",
             "20",
         ])
@@ -421,6 +543,19 @@ mod tests {
         assert_eq!(c.max_tracks_per_participant, 5);
         assert_eq!(c.message_rate_per_sec, 7);
         assert_eq!(c.queue_limits().video_age, Duration::from_millis(150));
+        assert_eq!((c.max_sockets, c.max_sockets_per_ip), (100, 6));
+        assert_eq!(c.join_timeout, Duration::from_secs(4));
+        assert_eq!(c.header_timeout, Duration::from_secs(5));
+        assert_eq!(c.tls_handshake_timeout, Duration::from_secs(6));
+        assert_eq!(c.max_unsent_bytes, 65536);
+        assert_eq!(c.write_timeout, Duration::from_secs(7));
+        assert_eq!(c.tcp_send_buffer, 32768);
+        assert_eq!((c.max_candidates_per_offer, c.max_media_sections), (16, 20));
+        assert_eq!(c.offer_rate_per_sec, 3);
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://a.example", "https://b.example:8443"]
+        );
         assert_eq!(c.queue_limits().audio_age, Duration::from_millis(60));
         assert_eq!(c.signaling_queue_messages, 32);
         assert_eq!(c.ice_servers.len(), 2);

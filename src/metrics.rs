@@ -110,6 +110,19 @@ metrics! {
         datagrams_handed_over: "UDP datagrams that reached another worker's socket and were passed to the owner.",
         media_timeouts: "Participants removed because their media connection failed.",
         candidates_refused: "Remote ICE candidates refused over the per-connection limit.",
+        sockets_refused_max: "WebSocket upgrades refused with 503: --max-sockets signaling sockets were open.",
+        sockets_refused_per_ip: "WebSocket upgrades refused with 429: the client's IP had --max-sockets-per-ip open.",
+        origins_refused: "WebSocket upgrades refused with 403: an Origin not allowed (--allowed-origin).",
+        join_timeouts: "Signaling sockets closed for not joining within --join-timeout.",
+        header_timeouts: "HTTP connections closed for not sending a request header within --header-timeout.",
+        tls_handshake_timeouts: "TLS connections closed for not finishing the handshake within --tls-handshake-timeout.",
+        slow_readers_dropped: "Signaling sockets dropped with more than --max-unsent-bytes (or --signaling-queue messages) waiting for a client that does not read.",
+        write_timeouts: "Connections dropped after a write made no progress for --write-timeout (the client stopped reading).",
+        accept_errors: "Errors accepting TCP connections (out of file descriptors, say); the accept loop backs off.",
+        offers_refused: "Offers and answers refused before the media engine: over --max-candidates-per-offer or --max-media-sections.",
+        offers_rate_limited: "Publisher offers refused over --offer-rate.",
+        frames_too_large: "Signaling frames refused as too large (error too_large, close 1009).",
+        frames_invalid_utf8: "Signaling text frames that were not UTF-8 (close 1007).",
     }
     dropped {
         // The DownTrack's queue was full: its subscriber fell behind.

@@ -2,15 +2,16 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tracing::warn;
 
+use crate::signal::outbox::{Outbox, Overflow};
 use crate::signal::protocol::{ParticipantInfo, ServerMessage};
 
 pub struct Participant {
     pub id: String,
     pub name: String,
-    outbox: mpsc::Sender<ServerMessage>,
+    outbox: Outbox,
     /// Set when the participant must go (its socket cannot keep up, its media path died);
     /// the session watches it.
     kicked: AtomicBool,
@@ -19,7 +20,7 @@ pub struct Participant {
 }
 
 impl Participant {
-    pub fn new(id: String, name: String, outbox: mpsc::Sender<ServerMessage>) -> Self {
+    pub fn new(id: String, name: String, outbox: Outbox) -> Self {
         Participant {
             id,
             name,
@@ -37,12 +38,14 @@ impl Participant {
         }
     }
 
-    /// Queues a signaling message. Never waits: a client that does not read its socket is
-    /// disconnected rather than allowed to hold up the room.
+    /// Queues a signaling message. Never waits: a client that leaves too much unread (bytes or
+    /// messages) is disconnected rather than allowed to hold up the room or its memory.
     pub fn send(&self, message: ServerMessage) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.outbox.try_send(message) {
-            warn!(participant = %self.id, "signaling queue full; disconnecting");
-            self.kick("signaling queue overflow");
+        if let Err(Overflow::NotReading) = self.outbox.push(&message) {
+            if !self.is_kicked() {
+                warn!(participant = %self.id, "client not reading its signaling socket; disconnecting");
+            }
+            self.kick("not reading");
         }
     }
 

@@ -45,6 +45,28 @@ pub fn media_sections(sdp: &str) -> Vec<MediaSection> {
         .collect()
 }
 
+/// What makes an SDP expensive for the media engine, counted in one cheap pass so that
+/// an offer over the limits is refused before anything parses it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SdpCounts {
+    /// `a=candidate` lines.
+    pub candidates: usize,
+    /// `m=` lines.
+    pub media_sections: usize,
+}
+
+pub fn count(sdp: &str) -> SdpCounts {
+    let mut counts = SdpCounts::default();
+    for line in sdp.lines() {
+        if line.starts_with("a=candidate") {
+            counts.candidates += 1;
+        } else if line.starts_with("m=") {
+            counts.media_sections += 1;
+        }
+    }
+    counts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +87,19 @@ m=application 9 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:4\r\n";
         assert_eq!(sending, vec!["a1", "v1"]);
         assert_eq!(media_sections(sdp).len(), 5);
         assert!(media_sections("garbage").is_empty());
+    }
+
+    #[test]
+    fn counts_candidates_and_media_sections() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=candidate:1 1 udp 1 192.0.2.1 9 typ host\r\n\
+a=candidate:2 1 udp 1 192.0.2.2 9 typ host\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=end-of-candidates\r\n";
+        assert_eq!(
+            count(sdp),
+            SdpCounts {
+                candidates: 2,
+                media_sections: 2
+            }
+        );
+        assert_eq!(count(""), SdpCounts::default());
     }
 }

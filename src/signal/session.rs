@@ -1,7 +1,8 @@
 //! One signaling socket's state machine: not joined, then joined until leave or drop.
 //!
 //! The socket is read here and written by a separate task fed from the participant's
-//! bounded outbox, so nothing the room does ever waits on this client's network.
+//! outbox, bounded in messages and bytes, so nothing the room does ever waits on this
+//! client's network.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -10,24 +11,31 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use std::panic::AssertUnwindSafe;
 
 use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite;
 use tracing::{debug, info, Instrument};
 
 use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::room::{Participant, Room};
+use crate::signal::outbox::{Outbox, OutboxReader};
 use crate::signal::protocol::{
     decode_client, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
 };
-use crate::signal::sdp::media_sections;
+use crate::signal::sdp::{count as count_sdp, media_sections};
 use crate::AppState;
 
 /// Close codes the server uses.
 const CLOSE_NORMAL: u16 = 1000;
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_INVALID_DATA: u16 = 1007;
 const CLOSE_TOO_LARGE: u16 = 1009;
 const CLOSE_UNAUTHORIZED: u16 = 4001;
 const CLOSE_POLICY: u16 = 1008;
 const CLOSE_INTERNAL: u16 = 1011;
+
+/// Close reason for a client that leaves too much unread.
+const NOT_READING: &str = "not reading";
 
 /// How long the writer may take to flush the last messages and the close frame.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
@@ -45,39 +53,50 @@ enum Flow {
 
 struct Session {
     state: Arc<AppState>,
-    outbox: mpsc::Sender<ServerMessage>,
+    outbox: Outbox,
     joined: Option<Joined>,
     bucket: TokenBucket,
+    offers: TokenBucket,
 }
 
-pub async fn run(socket: WebSocket, state: Arc<AppState>) {
+/// Serves one upgraded socket; `permit` is its place under the socket caps, held until the
+/// socket is gone.
+pub async fn run<P: Send + 'static>(socket: WebSocket, state: Arc<AppState>, permit: P) {
     let span = tracing::info_span!(
         "session",
         room = tracing::field::Empty,
         participant = tracing::field::Empty
     );
-    serve(socket, state).instrument(span).await
+    serve(socket, state).instrument(span).await;
+    drop(permit);
 }
 
 async fn serve(socket: WebSocket, state: Arc<AppState>) {
     Metrics::inc(&state.metrics.websockets);
     let (sink, mut stream) = socket.split();
-    let (outbox_tx, outbox_rx) = mpsc::channel(state.config.signaling_queue_messages.max(1));
+    let (outbox, outbox_rx) = Outbox::channel(
+        state.config.signaling_queue_messages,
+        state.config.max_unsent_bytes,
+        state.metrics.clone(),
+    );
     let (close_tx, close_rx) = oneshot::channel::<(u16, &'static str)>();
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         sink,
         outbox_rx,
         close_rx,
         state.config.ping_interval,
     ));
+    let mut writer_done = false;
 
     let mut session = Session {
         bucket: TokenBucket::new(state.config.message_rate_per_sec),
+        offers: TokenBucket::new(state.config.offer_rate_per_sec),
         state: state.clone(),
-        outbox: outbox_tx,
+        outbox,
         joined: None,
     };
     let idle = state.config.idle_timeout;
+    let join_deadline = tokio::time::Instant::now() + state.config.join_timeout;
     let close = loop {
         let kicked = async {
             match &session.joined {
@@ -85,9 +104,28 @@ async fn serve(socket: WebSocket, state: Arc<AppState>) {
                 None => std::future::pending().await,
             }
         };
+        let unjoined = session.joined.is_none();
         let frame = tokio::select! {
             frame = tokio::time::timeout(idle, stream.next()) => frame,
             _ = kicked => break (CLOSE_POLICY, session.kick_reason()),
+            // The writer ends only when the socket failed under it (a write stuck past
+            // --write-timeout, say): nothing more can reach this client.
+            _ = &mut writer => {
+                writer_done = true;
+                break (CLOSE_POLICY, NOT_READING);
+            }
+            _ = tokio::time::sleep_until(join_deadline), if unjoined => {
+                Metrics::add(&state.metrics.join_timeouts, 1);
+                session.error(
+                    ErrorCode::NotJoined,
+                    format!(
+                        "no join within {:?} of connecting; closing",
+                        state.config.join_timeout
+                    ),
+                    None,
+                );
+                break (CLOSE_POLICY, "join timeout");
+            }
         };
         let frame = match frame {
             Err(_) => {
@@ -95,16 +133,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>) {
                 break (CLOSE_POLICY, "idle timeout");
             }
             Ok(None) => break (CLOSE_NORMAL, "closed"),
-            Ok(Some(Err(e))) => {
-                // axum refuses frames over its own cap with an error: tell the client why.
-                let text = e.to_string();
-                if text.contains("too long") || text.contains("too big") || text.contains("size") {
-                    session.error(ErrorCode::TooLarge, format!("frame refused: {text}"), None);
-                    break (CLOSE_TOO_LARGE, "message too large");
-                }
-                debug!(error = %text, "signaling socket error");
-                break (CLOSE_NORMAL, "socket error");
-            }
+            Ok(Some(Err(e))) => break session.socket_error(&e),
             Ok(Some(Ok(frame))) => frame,
         };
         let flow = match frame {
@@ -138,22 +167,29 @@ async fn serve(socket: WebSocket, state: Arc<AppState>) {
         if let Flow::Close(code, reason) = flow {
             break (code, reason);
         }
+        // Replies it provoked and did not read (pongs, errors) count against a client too.
+        if session.outbox.overflowed() {
+            break (CLOSE_POLICY, NOT_READING);
+        }
     };
     session.leave().await;
+    let not_reading = close.1 == NOT_READING || session.outbox.overflowed();
     let _ = close_tx.send(close);
     drop(session);
-    // A client that stopped reading can hold the writer in a send: give it a moment to flush
-    // the close, then let go.
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
-        abort.abort();
+    if !writer_done {
+        // A client that stopped reading holds the writer in a send: nothing it could still
+        // read is worth waiting for. Others get a moment to flush the close.
+        let abort = writer.abort_handle();
+        if not_reading || tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
+            abort.abort();
+        }
     }
     Metrics::dec(&state.metrics.websockets);
 }
 
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut outbox: mpsc::Receiver<ServerMessage>,
+    mut outbox: OutboxReader,
     mut close: oneshot::Receiver<(u16, &'static str)>,
     ping_interval: Duration,
 ) {
@@ -163,8 +199,8 @@ async fn write_loop(
         tokio::select! {
             reason = &mut close => break reason.ok(),
             message = outbox.recv() => match message {
-                Some(message) => {
-                    if send_json(&mut sink, &message).await.is_err() {
+                Some(text) => {
+                    if send_text(&mut sink, &outbox, text).await.is_err() {
                         return;
                     }
                 }
@@ -179,8 +215,8 @@ async fn write_loop(
         }
     };
     // Flush what was queued (the error that explains the close, say), then close.
-    while let Ok(message) = outbox.try_recv() {
-        if send_json(&mut sink, &message).await.is_err() {
+    while let Some(text) = outbox.try_recv() {
+        if send_text(&mut sink, &outbox, text).await.is_err() {
             return;
         }
     }
@@ -194,14 +230,16 @@ async fn write_loop(
     let _ = sink.close().await;
 }
 
-async fn send_json(
+/// Writes one queued message; its bytes stop counting as unsent once the kernel took them.
+async fn send_text(
     sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    message: &ServerMessage,
+    outbox: &OutboxReader,
+    text: String,
 ) -> Result<(), axum::Error> {
-    match serde_json::to_string(message) {
-        Ok(json) => sink.send(Message::Text(Utf8Bytes::from(json))).await,
-        Err(_) => Ok(()),
-    }
+    let len = text.len();
+    let result = sink.send(Message::Text(Utf8Bytes::from(text))).await;
+    outbox.sent(len);
+    result
 }
 
 /// Room names: 1–64 of `A-Za-z0-9_-`.
@@ -229,7 +267,41 @@ fn new_participant_id() -> String {
 
 impl Session {
     fn send(&self, message: ServerMessage) {
-        let _ = self.outbox.try_send(message);
+        // An overflow is seen by the read loop (`overflowed`), which closes the socket.
+        let _ = self.outbox.push(&message);
+    }
+
+    /// What a failed read means for the close: RFC 6455's code for the fault, after an error
+    /// the client can act on when there is one.
+    fn socket_error(&self, e: &axum::Error) -> (u16, &'static str) {
+        let ws_error = std::error::Error::source(e)
+            .and_then(|source| source.downcast_ref::<tungstenite::Error>());
+        let text = e.to_string();
+        match ws_error {
+            Some(tungstenite::Error::Utf8(_)) => {
+                Metrics::add(&self.state.metrics.frames_invalid_utf8, 1);
+                self.error(
+                    ErrorCode::BadRequest,
+                    "text frame is not valid UTF-8".into(),
+                    None,
+                );
+                (CLOSE_INVALID_DATA, "invalid UTF-8")
+            }
+            // axum refuses frames over its own cap (1 MiB or more) before we see them.
+            Some(tungstenite::Error::Capacity(_)) => {
+                Metrics::add(&self.state.metrics.frames_too_large, 1);
+                self.error(ErrorCode::TooLarge, format!("frame refused: {text}"), None);
+                (CLOSE_TOO_LARGE, "message too large")
+            }
+            Some(tungstenite::Error::Protocol(_)) => {
+                debug!(error = %text, "WebSocket protocol violation");
+                (CLOSE_PROTOCOL, "protocol error")
+            }
+            _ => {
+                debug!(error = %text, "signaling socket error");
+                (CLOSE_NORMAL, "socket error")
+            }
+        }
     }
 
     fn error(&self, code: ErrorCode, message: String, request_type: Option<String>) {
@@ -244,6 +316,7 @@ impl Session {
 
     async fn on_text(&mut self, text: &str) -> Flow {
         if text.len() > self.state.config.max_message_bytes {
+            Metrics::add(&self.state.metrics.frames_too_large, 1);
             self.error(
                 ErrorCode::TooLarge,
                 format!(
@@ -290,6 +363,9 @@ impl Session {
                 Flow::Continue
             }
             ClientMessage::Answer { pc, sdp } => {
+                if !self.sdp_within_limits(&sdp, "answer") {
+                    return Flow::Continue;
+                }
                 match (pc, &self.joined) {
                     (PcKind::Subscriber, Some(j)) => {
                         j.room.media().subscriber_answer(&j.participant.id, sdp);
@@ -409,6 +485,21 @@ impl Session {
             );
             return;
         }
+        if !self.sdp_within_limits(&sdp, "offer") {
+            return;
+        }
+        if !self.offers.allow(Instant::now()) {
+            Metrics::add(&self.state.metrics.offers_rate_limited, 1);
+            self.error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} offers a second; slow down",
+                    self.state.config.offer_rate_per_sec
+                ),
+                Some("offer".into()),
+            );
+            return;
+        }
         let Some(j) = &self.joined else {
             return;
         };
@@ -431,6 +522,29 @@ impl Session {
         j.room
             .media()
             .publisher_offer(&j.participant.id, sdp, sending);
+    }
+
+    /// Refuses, before the media engine parses it, an SDP with more candidates or media
+    /// sections than any real client sends: each costs the room's worker thread time.
+    fn sdp_within_limits(&self, sdp: &str, request_type: &str) -> bool {
+        let counts = count_sdp(sdp);
+        let config = &self.state.config;
+        let problem = if counts.candidates > config.max_candidates_per_offer {
+            format!(
+                "{} a=candidate lines; at most {} are accepted in one {request_type}",
+                counts.candidates, config.max_candidates_per_offer
+            )
+        } else if request_type == "offer" && counts.media_sections > config.max_media_sections {
+            format!(
+                "{} media sections; at most {} are accepted in one offer",
+                counts.media_sections, config.max_media_sections
+            )
+        } else {
+            return true;
+        };
+        Metrics::add(&self.state.metrics.offers_refused, 1);
+        self.error(ErrorCode::BadRequest, problem, Some(request_type.into()));
+        false
     }
 
     fn kick_reason(&self) -> &'static str {
