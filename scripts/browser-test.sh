@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The web client in headless Chromium against a real server. Installs what it needs on a
-# fresh Debian machine: Chromium from Debian's packages, Node.js, and playwright-core (which
-# drives the system Chromium; it downloads no browser of its own).
+# The web client in headless Chromium and Firefox against a real server. Installs what it
+# needs on a fresh Debian machine: Chromium and Firefox ESR from Debian's packages, iproute2
+# (the Firefox test's network namespace), Node.js, and from npm playwright-core and
+# puppeteer-core (which drive the system browsers; neither downloads a browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ as_root() {
 
 need_apt=()
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
+[ -x "${FIREFOX:-/usr/bin/firefox-esr}" ] || need_apt+=(firefox-esr)
+command -v ip >/dev/null || need_apt+=(iproute2)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 if [ "${#need_apt[@]}" -gt 0 ]; then

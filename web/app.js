@@ -91,8 +91,12 @@ function toast(text, { info = false } = {}) {
   toastTimer = setTimeout(() => { el.hidden = true; }, 6000);
 }
 
+/** "Zoë (Firefox)" → "ZF": the first letter or digit of the first two words that have one. */
 function initials(name) {
-  return (name || '').split(/\s+/).filter(Boolean).slice(0, 2).map((w) => [...w][0].toUpperCase()).join('') || '?';
+  const words = (name || '').split(/\s+/).filter(Boolean);
+  const letters = words.map((w) => w.match(/[\p{L}\p{N}]/u)).filter(Boolean).map((m) => m[0]);
+  if (letters.length) return letters.slice(0, 2).join('').toUpperCase();
+  return words.length ? [...words[0]][0] : '?';
 }
 
 function svgIcon(name, extraClass = '') {

@@ -1,4 +1,5 @@
-// Starts a real switchboard server and headless Chromium with fake camera and microphone.
+// Starts a real switchboard server, headless Chromium (Playwright) and headless Firefox
+// (puppeteer-core over WebDriver BiDi), both with fake camera and microphone.
 
 import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, rmSync, readFileSync, existsSync } from 'node:fs';
@@ -6,6 +7,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 const root = resolve(import.meta.dirname, '..', '..');
 export const artifacts = process.env.SWITCHBOARD_ARTIFACTS || join(root, 'artifacts');
@@ -66,6 +68,17 @@ export function startServer({ port = 0 } = {}) {
 
 const WEB_FILES = ['app.js', 'signaling.js', 'layout.js', 'chat.js', 'media.js', 'style.css', 'index.html'];
 
+/** The web/ file (path and content type) a client URL stands for, or null. */
+function webFileFor(href) {
+  const url = new URL(href);
+  const file = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
+  if (!WEB_FILES.includes(file)) return null;
+  const path = join(root, 'web', file);
+  if (!existsSync(path)) return null;
+  const type = file.endsWith('.js') ? 'text/javascript' : file.endsWith('.css') ? 'text/css' : 'text/html';
+  return { path, type: `${type}; charset=utf-8` };
+}
+
 /**
  * Headless Chromium as the CI machine has it (Debian's package).
  *   autoplay: false leaves Chromium's own autoplay policy in force (sound needs a user gesture)
@@ -93,13 +106,9 @@ export async function launchBrowser({ autoplay = true, fakeUi = true, viewport =
   });
   if (process.env.SWITCHBOARD_WEB_FROM_DISK) {
     await context.route(/\/(app|signaling|layout|chat|media)\.js$|\/style\.css$|\/(\?.*)?$/, (route) => {
-      const url = new URL(route.request().url());
-      const file = url.pathname === '/' ? 'index.html' : url.pathname.slice(1);
-      if (!WEB_FILES.includes(file) || url.pathname.startsWith('/ws')) return route.continue();
-      const path = join(root, 'web', file);
-      if (!existsSync(path)) return route.continue();
-      const type = file.endsWith('.js') ? 'text/javascript' : file.endsWith('.css') ? 'text/css' : 'text/html';
-      return route.fulfill({ body: readFileSync(path), contentType: `${type}; charset=utf-8` });
+      const file = webFileFor(route.request().url());
+      if (!file) return route.continue();
+      return route.fulfill({ body: readFileSync(file.path), contentType: file.type });
     });
   }
   return {
@@ -109,6 +118,124 @@ export async function launchBrowser({ autoplay = true, fakeUi = true, viewport =
       rmSync(userDataDir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * Preferences that keep headless Firefox quiet and offline (no updates, telemetry, safe
+ * browsing, captive-portal or connectivity probes, remote settings), on top of the ones
+ * puppeteer-core writes into every profile, plus fake camera and microphone without a prompt.
+ * Nothing here touches ICE: Firefox keeps its default of no loopback candidates unless a test
+ * passes media.peerconnection.ice.loopback itself.
+ */
+export const FIREFOX_PREFS = {
+  'media.navigator.streams.fake': true,
+  'media.navigator.permission.disabled': true,
+  // The fake devices count as a granted, capturing camera and microphone, as real ones do.
+  // Without this Firefox treats the page as not capturing: its autoplay policy refuses sound
+  // (the client then shows its enable-audio prompt) and ICE hides host addresses behind mDNS.
+  'media.navigator.permission.fake': true,
+  'app.update.enabled': false,
+  'app.update.auto': false,
+  'app.update.service.enabled': false,
+  'app.normandy.enabled': false,
+  'browser.safebrowsing.provider.google.updateURL': '',
+  'browser.safebrowsing.provider.google4.updateURL': '',
+  'browser.safebrowsing.provider.mozilla.updateURL': '',
+  'browser.safebrowsing.update.enabled': false,
+  'browser.region.network.url': '',
+  'browser.region.update.enabled': false,
+  'browser.ping-centre.telemetry': false,
+  'browser.newtabpage.activity-stream.telemetry': false,
+  'browser.newtabpage.activity-stream.feeds.telemetry': false,
+  'browser.newtabpage.activity-stream.feeds.snippets': false,
+  'browser.discovery.enabled': false,
+  'captivedetect.canonicalURL': '',
+  'network.captive-portal-service.enabled': false,
+  'network.connectivity-service.enabled': false,
+  'network.dns.disablePrefetch': true,
+  'network.predictor.enabled': false,
+  'network.prefetch-next': false,
+  'network.trr.mode': 5,
+  'datareporting.policy.dataSubmissionEnabled': false,
+  'datareporting.healthreport.uploadEnabled': false,
+  'toolkit.telemetry.enabled': false,
+  'toolkit.telemetry.unified': false,
+  'toolkit.telemetry.archive.enabled': false,
+  'toolkit.telemetry.server': '',
+  'toolkit.coverage.opt-out': true,
+  'extensions.blocklist.enabled': false,
+  'extensions.getAddons.showPane': false,
+  'security.OCSP.enabled': 0,
+  'security.remote_settings.crlite_filters.enabled': false,
+  'media.gmp-manager.url': '',
+  'media.gmp-gmpopenh264.autoupdate': false,
+  'media.gmp-widevinecdm.enabled': false,
+  'identity.fxaccounts.enabled': false,
+  'dom.push.connection.enabled': false,
+  'dom.push.serverURL': '',
+  'geo.enabled': false,
+  'browser.aboutwelcome.enabled': false,
+  'trailhead.firstrun.didSeeAboutWelcome': true,
+};
+
+/**
+ * Headless Firefox as the CI machine has it (Debian's firefox-esr), driven by puppeteer-core
+ * over WebDriver BiDi, with a fresh profile. `prefs` are added to FIREFOX_PREFS. Its pages
+ * are Puppeteer pages: evaluate, $$eval, click, locator().fill and screenshot work as on a
+ * Playwright page; waitForFunction does not take the same arguments (use `until`).
+ */
+export async function launchFirefox({ prefs = {}, viewport = { width: 1280, height: 720 } } = {}) {
+  const userDataDir = mkdtempSync(join(tmpdir(), 'switchboard-firefox-'));
+  const browser = await puppeteer.launch({
+    browser: 'firefox',
+    protocol: 'webDriverBiDi',
+    executablePath: process.env.FIREFOX || '/usr/bin/firefox-esr',
+    headless: true,
+    userDataDir,
+    defaultViewport: viewport,
+    extraPrefsFirefox: { ...FIREFOX_PREFS, ...prefs },
+    // Firefox's content sandbox needs user namespaces the CI container may not give it.
+    env: { ...process.env, MOZ_DISABLE_CONTENT_SANDBOX: '1', MOZ_CRASHREPORTER_DISABLE: '1' },
+    handleSIGINT: false,
+    handleSIGTERM: false,
+    handleSIGHUP: false,
+    timeout: 30_000,
+  });
+  return {
+    browser,
+    /** A new page; with SWITCHBOARD_WEB_FROM_DISK its client files come from web/. */
+    newPage: async () => {
+      const page = await browser.newPage();
+      if (process.env.SWITCHBOARD_WEB_FROM_DISK) {
+        await page.setRequestInterception(true);
+        page.on('request', (request) => {
+          const file = webFileFor(request.url());
+          if (!file) return request.continue();
+          return request.respond({ status: 200, contentType: file.type, body: readFileSync(file.path) });
+        });
+      }
+      return page;
+    },
+    close: async () => {
+      await browser.close().catch(() => {});
+      rmSync(userDataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * Polls `fn(arg)` in the page until it returns something truthy; works on Playwright and
+ * Puppeteer pages alike. Fails with `what` and the last value after `timeout`.
+ */
+export async function until(page, fn, arg, { timeout = 20_000, what = 'condition', interval = 200 } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    last = await page.evaluate(fn, arg);
+    if (last) return last;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeout} ms waiting for ${what}`);
+    await sleep(interval);
+  }
 }
 
 function watchErrors(page, name) {
