@@ -22,9 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default).
-    Serve(Config),
+    Serve(Box<Config>),
     /// Load-test a running server with simulated publishers and subscribers.
-    Load(switchboard::load::LoadConfig),
+    Load(Box<switchboard::load::LoadConfig>),
 }
 
 /// What an operator acts on: our own info, everyone's warnings, but not the WebRTC stack's
@@ -41,8 +41,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let config = match cli.command {
-        Some(Command::Serve(config)) => config,
-        Some(Command::Load(load)) => return run_load(load).await,
+        Some(Command::Serve(config)) => *config,
+        Some(Command::Load(load)) => return run_load(*load).await,
         None => cli.serve,
     };
     let mut server = Server::start(config).await.context("starting the server")?;
