@@ -204,8 +204,8 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS", default_value_t = 2000)]
     pub max_sockets: usize,
 
-    /// Most signaling sockets open at once from one client IP (loopback included); an upgrade
-    /// over it is refused with HTTP 429.
+    /// Most signaling sockets open at once from one client IP (an IPv6 client: its /64;
+    /// loopback included); an upgrade over it is refused with HTTP 429.
     #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS_PER_IP", default_value_t = 20)]
     pub max_sockets_per_ip: usize,
 

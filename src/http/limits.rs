@@ -66,6 +66,7 @@ impl SocketLimits {
     }
 
     pub fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<SocketPermit, Refused> {
+        let ip = client_key(ip);
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let mine = counts.per_ip.get(&ip).copied().unwrap_or(0);
         if mine >= self.max_per_ip {
@@ -93,6 +94,22 @@ impl Drop for SocketPermit {
                 counts.per_ip.remove(&self.ip);
             }
         }
+    }
+}
+
+/// Whom a socket counts against: its IPv4 address, or the /64 of an IPv6 one (one host
+/// commonly holds a whole /64, so per address would be no cap at all).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::V6(segments.into())
+            }
+        },
+        v4 => v4,
     }
 }
 
@@ -129,5 +146,23 @@ mod tests {
         drop(a1);
         let _b2 = limits.acquire(b).unwrap();
         assert_eq!(limits.acquire(b).err(), Some(Refused::PerIp));
+    }
+
+    #[test]
+    fn an_ipv6_client_counts_by_its_64_and_a_mapped_ipv4_as_ipv4() {
+        let limits = SocketLimits::new(10, 1);
+        let _a = limits.acquire("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert_eq!(
+            limits
+                .acquire("2001:db8:1:2:ffff::9".parse().unwrap())
+                .err(),
+            Some(Refused::PerIp)
+        );
+        let _b = limits.acquire("2001:db8:1:3::1".parse().unwrap()).unwrap();
+        let _c = limits.acquire("192.0.2.1".parse().unwrap()).unwrap();
+        assert_eq!(
+            limits.acquire("::ffff:192.0.2.1".parse().unwrap()).err(),
+            Some(Refused::PerIp)
+        );
     }
 }
