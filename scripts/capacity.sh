@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked --bin switchboard
 TESTER=target/release/switchboard
 SERVER_BIN=${SERVER_BIN:-$TESTER}
-SERVE_ARGS=${SERVE_ARGS---udp-port 0}
+SERVE_ARGS=${SERVE_ARGS---udp-port 0 --max-sockets-per-ip 1000}
 OUT=${OUT:-artifacts/capacity}
 DURATION=${DURATION:-15}
 mkdir -p "$OUT"

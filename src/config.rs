@@ -323,12 +323,15 @@ impl Default for Config {
 }
 
 impl Config {
-    /// A configuration for tests: ephemeral ports on loopback, everything else default.
+    /// A configuration for tests: ephemeral ports on loopback, everything else default but
+    /// the per-IP socket cap, which every test client on loopback shares (a test of the cap
+    /// lowers it again).
     pub fn ephemeral() -> Self {
         Config {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             rtc_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             udp_port: 0,
+            max_sockets_per_ip: 1000,
             ..Config::default()
         }
     }
