@@ -9,35 +9,6 @@ use std::time::Duration;
 use common::*;
 use switchboard::load::client::{Client, PublishOptions};
 
-/// Starts the server binary (its sockets are then its own to count), with two workers so
-/// that the port is shared between them.
-async fn spawn_server() -> (tokio::process::Child, String) {
-    init_tracing();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--workers",
-            "2",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let url = loop {
-        let line = lines.next_line().await.unwrap().expect("a listening line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break format!("ws://{}/ws", rest.trim());
-        }
-    };
-    (child, url)
-}
-
 /// Ports of the UDP sockets a process holds (from /proc).
 fn udp_ports_of(pid: u32) -> Vec<u16> {
     let mut inodes = HashSet::new();
@@ -83,7 +54,8 @@ fn candidate_ports(sdp: &str) -> Vec<u16> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_of_ten_is_served_on_one_udp_port() {
-    let (child, url) = spawn_server().await;
+    // Its sockets are then its own to count; two workers share the port.
+    let ServerProcess { child, url, .. } = spawn_server(&["--workers", "2"]).await;
     let pid = child.id().expect("a pid");
     let mut clients = Vec::new();
     for i in 0..10 {

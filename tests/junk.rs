@@ -3,24 +3,12 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use common::*;
 use rand::Rng;
 use switchboard::load::client::{Client, PublishOptions};
-use tokio::io::{AsyncBufReadExt, AsyncRead};
-
-/// Counts the bytes a stream of log lines carries, from now on.
-fn count_bytes(stream: impl AsyncRead + Unpin + Send + 'static, total: Arc<AtomicUsize>) {
-    tokio::spawn(async move {
-        let mut lines = tokio::io::BufReader::new(stream).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            total.fetch_add(line.len() + 1, Ordering::Relaxed);
-        }
-    });
-}
 
 /// A malformed datagram of one of the shapes the media port sees: random bytes, and things
 /// that look like STUN, DTLS or RTP at first glance.
@@ -43,39 +31,12 @@ fn junk(rng: &mut impl Rng, i: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_junk_datagrams_disturbs_no_call_and_no_log() {
-    init_tracing();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--udp-port",
-            "0",
-            "--rtc-ip",
-            "127.0.0.1",
-        ])
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let (mut url, mut udp_port) = (None, None);
-    while url.is_none() || udp_port.is_none() {
-        let line = strip_ansi(&stdout.next_line().await.unwrap().expect("server output"));
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            url = Some(format!("ws://{}/ws", rest.trim()));
-        }
-        if let Some(rest) = line.split("udp_port=").nth(1) {
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            udp_port = digits.parse::<u16>().ok();
-        }
-    }
-    let (url, udp_port) = (url.unwrap(), udp_port.unwrap());
-    let logged = Arc::new(AtomicUsize::new(0));
-    count_bytes(stdout.into_inner(), logged.clone());
-    count_bytes(child.stderr.take().unwrap(), logged.clone());
+    let ServerProcess {
+        child,
+        url,
+        udp_port,
+        logged,
+    } = spawn_server(&["--rtc-ip", "127.0.0.1"]).await;
 
     let publisher = Client::join(&url, "junk", "speaker").await.unwrap();
     let listener = Client::join(&url, "junk", "listener").await.unwrap();
@@ -145,24 +106,6 @@ async fn a_flood_of_junk_datagrams_disturbs_no_call_and_no_log() {
     publisher.leave().await;
     listener.leave().await;
     drop(child);
-}
-
-/// Log lines as text, without terminal colours.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::new();
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 fn counters(client: &Client) -> Vec<(u32, u64)> {

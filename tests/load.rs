@@ -147,21 +147,7 @@ async fn the_real_vp8_clip_flows_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_killed_mid_run_is_reported_not_waited_for() {
-    init_tracing();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("server starts");
-    let stdout = child.stdout.take().unwrap();
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let url = loop {
-        let line = lines.next_line().await.unwrap().expect("a listening line");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            break format!("ws://{}/ws", rest.trim());
-        }
-    };
+    let ServerProcess { mut child, url, .. } = spawn_server(&[]).await;
     let config = LoadConfig {
         duration: Duration::from_secs(30),
         pid: child.id(),

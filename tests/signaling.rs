@@ -592,3 +592,40 @@ async fn a_track_muted_before_its_media_is_published_muted() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// An offer the server refuses halfway (a candidate naming a host, say) must not leave the
+/// publisher connection waiting for an answer: the client's next, good offer goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_offer_does_not_block_the_next() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let watcher = Client::join(&url, "retry", "watcher").await.unwrap();
+    let publisher = Client::join(&url, "retry", "publisher").await.unwrap();
+    let sdp = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\n\
+a=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\n\
+a=setup:actpass\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=ssrc:1234 cname:x\r\n\
+a=msid:s t\r\na=candidate:1 1 udp 2130706431 host.invalid 9999 typ host\r\n";
+    publisher.send_json(serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
+    let refused = publisher
+        .wait_for("the refusal", WAIT, |m| {
+            matches!(m, ServerMessage::Error { .. })
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&refused, ServerMessage::Error { code, .. } if *code == ErrorCode::InvalidSdp),
+        "{refused:?}"
+    );
+    publisher.publish(PublishOptions::default()).await.unwrap();
+    watcher
+        .wait_received("the publisher's media after all", WAIT, |r| {
+            r.len() == 2 && r.values().all(|t| t.packets > 5)
+        })
+        .await
+        .unwrap();
+    publisher.leave().await;
+    watcher.leave().await;
+    server.shutdown().await.unwrap();
+}

@@ -26,11 +26,9 @@ use rtc::rtp_transceiver::rtp_sender::{
 
 use crate::engine::feedback::FeedbackInterceptor;
 use crate::engine::EngineError;
-use crate::media::extensions::{
-    ABS_SEND_TIME, AUDIO_LEVEL, PLAYOUT_DELAY, SDES_MID, VIDEO_ORIENTATION,
-};
+use crate::media::extensions::NEGOTIATED;
 use crate::metrics::Metrics;
-use crate::signal::protocol::PcKind;
+use crate::signal::protocol::{PcKind, TrackKind};
 
 /// The SRTP protection profiles the server accepts, by the names `--srtp` takes.
 pub fn parse_srtp_profiles(names: &str) -> Result<Vec<SrtpProtectionProfile>, String> {
@@ -204,19 +202,13 @@ fn register_twcc(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<(
     Ok(())
 }
 
-/// The header extensions forwarded from publishers to subscribers, and `sdes:mid` on both
-/// kinds (so two Opus streams are told apart by more than their SSRC).
+/// The header extensions of [`NEGOTIATED`].
 fn register_extensions(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
-    let wanted = [
-        (SDES_MID, RtpCodecKind::Audio),
-        (SDES_MID, RtpCodecKind::Video),
-        (AUDIO_LEVEL, RtpCodecKind::Audio),
-        (ABS_SEND_TIME, RtpCodecKind::Audio),
-        (ABS_SEND_TIME, RtpCodecKind::Video),
-        (VIDEO_ORIENTATION, RtpCodecKind::Video),
-        (PLAYOUT_DELAY, RtpCodecKind::Video),
-    ];
-    for (uri, kind) in wanted {
+    for (uri, kind) in NEGOTIATED {
+        let kind = match kind {
+            TrackKind::Audio => RtpCodecKind::Audio,
+            TrackKind::Video => RtpCodecKind::Video,
+        };
         media_engine.register_header_extension(
             RTCRtpHeaderExtensionCapability {
                 uri: uri.to_owned(),

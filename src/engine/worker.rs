@@ -1410,6 +1410,16 @@ impl Worker {
                     .map(|()| sdp)
                     .map_err(|e| (ErrorCode::Internal, format!("cannot apply the answer: {e}")))
             });
+        if answer.is_err() {
+            // A refused offer must not leave the connection waiting for an answer: every
+            // later offer would then be refused too. Back to stable, as if it never came.
+            let p = &mut self.peers[peer];
+            if let Ok(rollback) = RTCSessionDescription::rollback(None) {
+                if let Err(e) = p.pc.set_remote_description(now, rollback) {
+                    debug!(error = %e, "rolling back a refused publisher offer");
+                }
+            }
+        }
         let m = &self.members[member];
         match answer {
             Ok(sdp) => {

@@ -92,22 +92,15 @@ fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registr
     Ok(configure_rtcp_reports(registry))
 }
 
-/// The header extensions forwarded from publishers to subscribers, and `sdes:mid` on audio
-/// too (the simulcast set registers it for video only).
+/// The header extensions the server negotiates, as a browser would offer them.
 fn register_forwarded_extensions(media_engine: &mut MediaEngine) -> webrtc::error::Result<()> {
-    use crate::media::extensions::{
-        ABS_SEND_TIME, AUDIO_LEVEL, PLAYOUT_DELAY, SDES_MID, VIDEO_ORIENTATION,
-    };
+    use crate::signal::protocol::TrackKind;
     use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
-    let wanted = [
-        (SDES_MID, RtpCodecKind::Audio),
-        (AUDIO_LEVEL, RtpCodecKind::Audio),
-        (ABS_SEND_TIME, RtpCodecKind::Audio),
-        (ABS_SEND_TIME, RtpCodecKind::Video),
-        (VIDEO_ORIENTATION, RtpCodecKind::Video),
-        (PLAYOUT_DELAY, RtpCodecKind::Video),
-    ];
-    for (uri, kind) in wanted {
+    for (uri, kind) in crate::media::extensions::NEGOTIATED {
+        let kind = match kind {
+            TrackKind::Audio => RtpCodecKind::Audio,
+            TrackKind::Video => RtpCodecKind::Video,
+        };
         media_engine.register_header_extension(
             RTCRtpHeaderExtensionCapability {
                 uri: uri.to_owned(),

@@ -8,11 +8,25 @@
 
 use bytes::Bytes;
 
+use crate::signal::protocol::TrackKind;
+
 pub const SDES_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 pub const ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
 pub const VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
 pub const PLAYOUT_DELAY: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// What the server negotiates with every peer, and the test client too: `sdes:mid` on both
+/// kinds (the stack's simulcast set has it for video only) and the forwarded extensions.
+pub const NEGOTIATED: [(&str, TrackKind); 7] = [
+    (SDES_MID, TrackKind::Audio),
+    (SDES_MID, TrackKind::Video),
+    (AUDIO_LEVEL, TrackKind::Audio),
+    (ABS_SEND_TIME, TrackKind::Audio),
+    (ABS_SEND_TIME, TrackKind::Video),
+    (VIDEO_ORIENTATION, TrackKind::Video),
+    (PLAYOUT_DELAY, TrackKind::Video),
+];
 
 /// The publisher's extensions a subscriber gets, when both negotiated them.
 pub const FORWARDED: [&str; 4] = [AUDIO_LEVEL, ABS_SEND_TIME, VIDEO_ORIENTATION, PLAYOUT_DELAY];

@@ -101,3 +101,88 @@ fn dechunk(body: &str) -> String {
     }
     out
 }
+
+/// The server binary in a process of its own (for what must be seen from outside: its
+/// sockets, its log, being killed).
+pub struct ServerProcess {
+    pub child: tokio::process::Child,
+    pub url: String,
+    pub udp_port: u16,
+    /// Bytes it has logged since it listened (its output is read continuously, so a full
+    /// pipe never blocks it).
+    pub logged: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Starts `switchboard serve` on ephemeral ports with `extra` flags; returns once it listens.
+pub async fn spawn_server(extra: &[&str]) -> ServerProcess {
+    use tokio::io::AsyncBufReadExt;
+    init_tracing();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--udp-port", "0"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("server starts");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut udp_port = None;
+    let url = loop {
+        let line = strip_ansi(
+            &stdout
+                .next_line()
+                .await
+                .expect("server output")
+                .expect("a listening line"),
+        );
+        if let Some(rest) = line.split("udp_port=").nth(1) {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            udp_port = digits.parse::<u16>().ok();
+        }
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            break format!("ws://{}/ws", rest.trim());
+        }
+    };
+    let logged = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    count_lines(stdout.into_inner(), logged.clone());
+    count_lines(child.stderr.take().expect("stderr"), logged.clone());
+    ServerProcess {
+        child,
+        url,
+        udp_port: udp_port.expect("the media port in the log"),
+        logged,
+    }
+}
+
+/// Reads a stream of log lines to the end, counting its bytes.
+fn count_lines(
+    stream: impl tokio::io::AsyncRead + Unpin + Send + 'static,
+    total: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            total.fetch_add(line.len() + 1, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+}
+
+/// Log lines as text, without terminal colours.
+pub fn strip_ansi(line: &str) -> String {
+    let mut out = String::new();
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
