@@ -100,6 +100,12 @@ const EXTENSION_SAMPLES: usize = 200;
 
 impl RemoteTrackStats {
     fn new(stream_id: String, track_id: String, kind: String, clock_rate: u32) -> Self {
+        // The codec may not be known yet when the track opens: RTP's clock for the kind.
+        let clock_rate = match (clock_rate, kind.as_str()) {
+            (0, "audio") => 48_000,
+            (0, "video") => 90_000,
+            (rate, _) => rate,
+        };
         RemoteTrackStats {
             stream_id,
             track_id,
