@@ -58,6 +58,10 @@ pub enum Decision {
 /// the same SSRC: the forwarder starts over rather than refuse the stream forever.
 const RESET_AFTER_OLD_IN_A_ROW: u32 = 64;
 
+/// The furthest one packet may move the outgoing sequence ahead: a subscriber reads a jump of
+/// half the 16-bit space or more as one backwards.
+const MAX_OUT_JUMP: u64 = (1 << 15) - 1;
+
 #[derive(Debug, Clone, Copy)]
 struct Run {
     /// Extended upstream number of the packet the run started on.
@@ -152,7 +156,7 @@ impl Forwarder {
             self.start_over();
         }
         let ext = self.in_seq.extend(seq);
-        let run = match self.run {
+        let mut run = match self.run {
             Some(run) => run,
             None => {
                 if self.gated && !is_keyframe {
@@ -166,7 +170,19 @@ impl Forwarder {
             // the keyframe.
             return self.refuse_old(seq, ts, is_keyframe, now);
         }
-        let out = ext.saturating_add_signed(run.seq_offset);
+        let mut out = ext.saturating_add_signed(run.seq_offset);
+        if out > self.out_highest + MAX_OUT_JUMP {
+            // Half the sequence space or more past what the subscriber has: it would read the
+            // jump as going backwards. Upstream gets here by leaping far ahead of a run that
+            // started behind its highest number (on a late packet after a restart). Start a
+            // new run on this packet instead.
+            self.run = None;
+            if self.gated && !is_keyframe {
+                return Decision::Refuse(Refused::WaitingForKeyframe);
+            }
+            run = self.start_run(ext, ts, now);
+            out = ext.saturating_add_signed(run.seq_offset);
+        }
         match self.out_seen.insert(out) {
             Seen::New => {}
             Seen::Duplicate => return Decision::Refuse(Refused::Duplicate),
@@ -428,6 +444,35 @@ mod tests {
             first.sequence_number.wrapping_add(2),
             "the outgoing sequence continues without a hole"
         );
+    }
+
+    /// Found by the `forwarder` fuzz target: a run that starts on a late packet, far behind
+    /// the highest upstream number, then a leap ahead of that highest. Kept as one run, the
+    /// subscriber's sequence would jump 42,000 ahead, which it reads as 23,536 back.
+    #[test]
+    fn the_outgoing_sequence_never_leaps_half_the_space() {
+        let now = Instant::now();
+        for gated in [false, true] {
+            let mut f = Forwarder::new(gated, 48_000, 100, 0);
+            let a = fwd(f.decide(1, 20_000, 0, true, now));
+            f.restart();
+            // Late by 15,000 packets: older than the highest, but it may start a run.
+            let b = fwd(f.decide(1, 5_000, 960, true, now));
+            assert_eq!(b.sequence_number, a.sequence_number.wrapping_add(1));
+            // 27,000 past the highest upstream, 42,000 past where this run started.
+            let leap = f.decide(1, 47_000, 1_920, false, now);
+            if gated {
+                assert_eq!(leap, Decision::Refuse(Refused::WaitingForKeyframe));
+                assert!(f.is_waiting());
+                let c = fwd(f.decide(1, 47_001, 2_880, true, now));
+                assert_eq!(c.sequence_number, b.sequence_number.wrapping_add(1));
+            } else {
+                let c = fwd(leap);
+                assert_eq!(c.sequence_number, b.sequence_number.wrapping_add(1));
+                let d = fwd(f.decide(1, 47_001, 2_880, false, now));
+                assert_eq!(d.sequence_number, c.sequence_number.wrapping_add(1));
+            }
+        }
     }
 
     #[test]
