@@ -134,7 +134,9 @@ impl Receiver {
             self.pli_interval
         };
         let ready = self.last_pli.map_or(now, |at| at + gap);
-        if ready <= now {
+        // A deferred request whose time passed (its timer has not fired yet) goes now too.
+        let overdue = self.pending_pli.is_some_and(|at| at <= now);
+        if ready <= now || overdue {
             self.last_pli = Some(now);
             self.pending_pli = None;
             return KeyframeRequest::SendNow;
@@ -208,6 +210,23 @@ mod tests {
             KeyframeRequest::At(ms(600))
         );
         assert_eq!(r.request_keyframe(ms(650), true), KeyframeRequest::SendNow);
+    }
+
+    /// Found by the `rtp_path` fuzz target: a request made after a deferred one fell due,
+    /// before its timer fired, was told to wait for a time already past.
+    #[test]
+    fn an_overdue_deferred_request_goes_at_once() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut r = video();
+        assert_eq!(r.request_keyframe(ms(0), false), KeyframeRequest::SendNow);
+        assert_eq!(
+            r.request_keyframe(ms(50), true),
+            KeyframeRequest::At(ms(100))
+        );
+        // 120 ms: the urgent one is due; a routine request must not defer it to the past.
+        assert_eq!(r.request_keyframe(ms(120), false), KeyframeRequest::SendNow);
+        assert!(!r.keyframe_due(ms(130)), "nothing left pending");
     }
 
     #[test]
