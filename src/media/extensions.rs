@@ -32,6 +32,13 @@ pub const NEGOTIATED: [(&str, TrackKind); 7] = [
 pub const FORWARDED: [&str; 4] = [AUDIO_LEVEL, ABS_SEND_TIME, VIDEO_ORIENTATION, PLAYOUT_DELAY];
 const N: usize = FORWARDED.len();
 const ABS_SEND_TIME_AT: usize = 1;
+/// The length of each forwarded extension's value (RFC 6464, abs-send-time, 3GPP TS 26.114,
+/// playout-delay): a value of another length from a publisher is not forwarded.
+const LENGTHS: [usize; N] = [1, 3, 1, 3];
+
+/// RFC 8285 header extension profiles.
+const ONE_BYTE_PROFILE: u16 = 0xBEDE;
+const TWO_BYTE_PROFILE: u16 = 0x1000;
 
 /// One side's negotiated ids for the forwarded extensions (0: not negotiated).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -70,9 +77,9 @@ impl Carried {
         if !header.extension {
             return carried;
         }
-        for (slot, &id) in carried.values.iter_mut().zip(&publisher.ids) {
+        for ((slot, &id), &len) in carried.values.iter_mut().zip(&publisher.ids).zip(&LENGTHS) {
             if id != 0 {
-                *slot = header.get_extension(id);
+                *slot = header.get_extension(id).filter(|v| v.len() == len);
             }
         }
         carried
@@ -103,25 +110,51 @@ impl SubscriberExtensions {
     /// Replaces `header`'s extensions with the subscriber's: its MID, then what the publisher
     /// carried, under the subscriber's ids. abs-send-time is the SFU's own send time, as the
     /// subscriber's bandwidth estimate is about the hop from here.
+    ///
+    /// The one-byte form (RFC 8285) carries ids 1–14 and values of 1–16 bytes; when an id or
+    /// the MID does not fit it, every extension of the packet goes in the two-byte form.
     pub fn write(&self, header: &mut rtp::header::Header, carried: &Carried, now_ntp: u64) {
         header.extension = false;
         header.extension_profile = 0;
         header.extensions.clear();
         header.extensions_padding = 0;
+        let mut values: [(u8, Option<Bytes>); N + 1] = Default::default();
         if let Some((id, mid)) = &self.mid {
-            let _ = header.set_extension(*id, mid.clone());
+            values[N] = (*id, Some(mid.clone()));
         }
         for (at, (&id, value)) in self.ids.ids.iter().zip(&carried.values).enumerate() {
-            let Some(value) = value else { continue };
-            if id == 0 {
+            if id == 0 || value.is_none() {
                 continue;
             }
             let value = if at == ABS_SEND_TIME_AT {
                 abs_send_time(now_ntp)
             } else {
-                value.clone()
+                value.clone().unwrap_or_default()
             };
-            let _ = header.set_extension(id, value);
+            values[at] = (id, Some(value));
+        }
+        let present = || {
+            values
+                .iter()
+                .filter_map(|(id, v)| v.as_ref().map(|v| (*id, v)))
+        };
+        if present().next().is_none() {
+            return;
+        }
+        let one_byte =
+            present().all(|(id, v)| (1..=14).contains(&id) && (1..=16).contains(&v.len()));
+        header.extension = true;
+        header.extension_profile = if one_byte {
+            ONE_BYTE_PROFILE
+        } else {
+            TWO_BYTE_PROFILE
+        };
+        // The MID first, as before: what a client that demultiplexes by it reads first.
+        let (mid, rest) = values.split_last().expect("N + 1 entries");
+        for (id, value) in std::iter::once(mid).chain(rest) {
+            if let Some(value) = value {
+                let _ = header.set_extension(*id, value.clone());
+            }
         }
     }
 }
@@ -182,6 +215,44 @@ mod tests {
         assert!(out.get_extension(3).is_none());
         assert!(out.get_extension(7).is_none());
         assert_eq!(out.extensions.len(), 2);
+    }
+
+    /// Found by the `rtp_path` fuzz target: an id over 14 was written in the one-byte form,
+    /// where 15 means "stop reading", so the subscriber never saw its MID.
+    #[test]
+    fn ids_over_14_go_in_the_two_byte_form_and_survive_the_wire() {
+        use rtc::shared::marshal::{Marshal, Unmarshal};
+        let publisher = ExtensionIds::from_negotiated([(AUDIO_LEVEL, 1)]);
+        let header = header_with(&[(1, &[0x85])]);
+        let carried = Carried::read(&header, &publisher);
+        for (level_id, mid_id) in [(4, 9), (4, 15), (20, 3), (200, 255)] {
+            let sub = SubscriberExtensions::new(
+                ExtensionIds::from_negotiated([(AUDIO_LEVEL, level_id)]),
+                Some(mid_id),
+                "12",
+            );
+            let mut packet = rtp::Packet {
+                payload: Bytes::from_static(b"x"),
+                ..Default::default()
+            };
+            packet.header.version = 2;
+            sub.write(&mut packet.header, &carried, 0);
+            let wire = packet.marshal().unwrap();
+            let back = rtp::Packet::unmarshal(&mut wire.freeze()).unwrap();
+            let ids = (level_id as u8, mid_id as u8);
+            assert_eq!(back.header.get_extension(ids.1).unwrap().as_ref(), b"12");
+            assert_eq!(back.header.get_extension(ids.0).unwrap().as_ref(), &[0x85]);
+            assert_eq!(back.payload.as_ref(), b"x");
+        }
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_length_is_not_forwarded() {
+        let publisher = ExtensionIds::from_negotiated([(AUDIO_LEVEL, 1), (PLAYOUT_DELAY, 2)]);
+        let header = header_with(&[(1, &[0x85, 0x00]), (2, &[1, 2, 3])]);
+        let carried = Carried::read(&header, &publisher);
+        assert!(carried.get(AUDIO_LEVEL).is_none());
+        assert_eq!(carried.get(PLAYOUT_DELAY).unwrap().as_ref(), &[1, 2, 3]);
     }
 
     #[test]
