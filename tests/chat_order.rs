@@ -31,16 +31,38 @@ async fn wait_until(what: &str, pred: impl Fn() -> bool) {
     }
 }
 
+/// Says hello until every one of `observers` got one: the client's chat channel and theirs
+/// are open then (a channel not yet open misses what is relayed to it).
+async fn announce(client: &Client, observers: &[&Client]) {
+    let deadline = Instant::now() + WAIT;
+    for attempt in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "{}'s hello never arrived",
+            client.name
+        );
+        client
+            .chat(&format!("hello {} {attempt}", client.name))
+            .await
+            .expect("chat");
+        let wait = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < wait {
+            let seen = observers
+                .iter()
+                .all(|o| o.chat_received().iter().any(|m| m.from.id == client.id));
+            if seen {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// Joins and says hello; returns once `observer` got the hello (the new participant's chat
 /// channel is open both ways), with that moment.
 async fn join_ready(url: &str, name: &str, observer: &Client) -> (Client, Instant) {
     let client = Client::join(url, ROOM, name).await.expect("join");
-    client.chat(&format!("hello {name}")).await.expect("chat");
-    let id = client.id.clone();
-    wait_until(&format!("{name}'s hello"), || {
-        observer.chat_received().iter().any(|m| m.from.id == id)
-    })
-    .await;
+    announce(&client, &[observer]).await;
     (client, Instant::now())
 }
 
@@ -121,14 +143,9 @@ async fn chat_from_several_senders_survives_joins_and_leaves_in_order() {
         let (client, _) = join_ready(&url, &format!("sender{s}"), &observer).await;
         senders.push(Arc::new(client));
     }
-    // The observer's own channel: the senders see its hello.
-    observer.chat("hello observer").await.expect("chat");
-    for s in &senders {
-        wait_until("the observer's hello", || {
-            s.chat_received().iter().any(|m| m.from.id == observer.id)
-        })
-        .await;
-    }
+    // Everyone's channel is open: the observer's hello reaches every sender.
+    let all: Vec<&Client> = senders.iter().map(|s| s.as_ref()).collect();
+    announce(&observer, &all).await;
     let ids: Vec<(String, String)> = senders
         .iter()
         .map(|c| (c.id.clone(), c.name.clone()))
