@@ -629,3 +629,34 @@ a=msid:s t\r\na=candidate:1 1 udp 2130706431 host.invalid 9999 typ host\r\n";
     watcher.leave().await;
     server.shutdown().await.unwrap();
 }
+
+/// A message sent the moment someone joins, before their chat channel is open, still reaches
+/// them once it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_sent_while_a_newcomers_channel_opens_is_not_lost() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let host = Client::join(&url, "welcome", "host").await.unwrap();
+    // The host's own channel is open once a message of its own goes out.
+    host.chat("warming up").await.unwrap();
+    let guest = Client::join(&url, "welcome", "guest").await.unwrap();
+    host.chat("welcome, guest").await.unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if guest.chat_received().iter().any(|c| c.text == "welcome, guest") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the welcome never arrived: {:?}",
+            guest.chat_received()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = guest.chat_received();
+    assert_eq!(got.len(), 1, "only what was sent after the guest joined: {got:?}");
+    assert_eq!(got[0].from.name, "host");
+    host.leave().await;
+    guest.leave().await;
+    server.shutdown().await.unwrap();
+}

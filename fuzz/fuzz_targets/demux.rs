@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 
-    let mut demux: Demux<u32> = Demux::new(0);
+    let mut demux: Demux<u32> = Demux::new(0, 2);
     // Which peer (by index in UFRAGS) is live, and the addresses the harness saw learned.
     let mut live = [false; 3];
     let mut learned: HashMap<SocketAddr, u32> = HashMap::new();

@@ -108,15 +108,18 @@ pub const FORWARD_TTL: Duration = Duration::from_secs(60);
 #[derive(Debug)]
 pub struct Demux<P> {
     me: usize,
+    /// How many workers there are: a ufrag naming another is no peer of ours.
+    workers: usize,
     by_addr: HashMap<SocketAddr, P>,
     by_ufrag: HashMap<String, P>,
     forwarded: HashMap<SocketAddr, Forwarded>,
 }
 
 impl<P: Copy + PartialEq> Demux<P> {
-    pub fn new(me: usize) -> Self {
+    pub fn new(me: usize, workers: usize) -> Self {
         Demux {
             me,
+            workers,
             by_addr: HashMap::new(),
             by_ufrag: HashMap::new(),
             forwarded: HashMap::new(),
@@ -170,7 +173,7 @@ impl<P: Copy + PartialEq> Demux<P> {
         };
         match worker_of_ufrag(ufrag) {
             Some(w) if w == self.me => {}
-            Some(w) => {
+            Some(w) if w < self.workers => {
                 self.forwarded.insert(
                     from,
                     Forwarded {
@@ -180,7 +183,7 @@ impl<P: Copy + PartialEq> Demux<P> {
                 );
                 return Route::Worker(w);
             }
-            None => return Route::Drop(Unrouted::UnknownUfrag),
+            _ => return Route::Drop(Unrouted::UnknownUfrag),
         }
         let Some(&peer) = self.by_ufrag.get(ufrag) else {
             return Route::Drop(Unrouted::UnknownUfrag);
@@ -285,7 +288,7 @@ mod tests {
     #[test]
     fn a_known_address_goes_to_its_peer_and_a_new_one_by_ufrag() {
         let now = Instant::now();
-        let mut demux: Demux<u32> = Demux::new(0);
+        let mut demux: Demux<u32> = Demux::new(0, 1);
         let ufrag = new_ufrag(0);
         demux.add_peer(&ufrag, 7);
         // Media from an address nobody vouched for.
@@ -350,7 +353,7 @@ mod tests {
     #[test]
     fn another_workers_peer_is_forwarded_until_it_goes_quiet() {
         let now = Instant::now();
-        let mut demux: Demux<u32> = Demux::new(0);
+        let mut demux: Demux<u32> = Demux::new(0, 2);
         let theirs = new_ufrag(1);
         assert_eq!(worker_of_ufrag(&theirs), Some(1));
         let req = binding_request(&format!("{theirs}:client"));
@@ -360,6 +363,16 @@ mod tests {
         demux.expire(later);
         assert_eq!(
             demux.route(addr(5), &RTP, later),
+            Route::Drop(Unrouted::UnknownAddress)
+        );
+        // A ufrag naming a worker that does not exist is nobody's: nothing is remembered.
+        let spoofed = binding_request(&format!("{}:client", new_ufrag(7)));
+        assert_eq!(
+            demux.route(addr(6), &spoofed, now),
+            Route::Drop(Unrouted::UnknownUfrag)
+        );
+        assert_eq!(
+            demux.route(addr(6), &RTP, now),
             Route::Drop(Unrouted::UnknownAddress)
         );
     }

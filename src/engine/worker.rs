@@ -62,6 +62,9 @@ pub(crate) struct Setup {
 const MAX_READS_PER_BATCH: usize = 64;
 /// Peer connections with output pending after which the worker sends before reading on.
 const FLUSH_AFTER_DIRTY: usize = 512;
+/// Chat kept for a member whose channel is not open yet: how many, and how old at most.
+const CHAT_BACKLOG_MESSAGES: usize = 64;
+const CHAT_BACKLOG_AGE: Duration = Duration::from_secs(10);
 /// How long a datagram may wait for the socket before it is dropped.
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
 /// How often ghosts are looked for and stale routes forgotten: bounds how late a ghost goes.
@@ -133,6 +136,8 @@ struct Member {
     chat: Option<usize>,
     chat_open: bool,
     chat_bucket: TokenBucket,
+    /// Chat relayed to it before its channel opened (it joined a moment ago): sent on open.
+    chat_backlog: std::collections::VecDeque<(Instant, Arc<str>)>,
     /// The publisher's SSRCs: each one's Receiver, or `None` for a track the room refused.
     receivers_by_ssrc: HashMap<u32, Option<usize>>,
     /// Our DownTrack SSRCs on its subscriber PC.
@@ -184,6 +189,7 @@ struct Worker {
 
 impl Worker {
     fn new(setup: Setup) -> std::io::Result<Self> {
+        let workers = setup.others.len();
         let mut timers = Timers::default();
         timers.set(
             TimerKey::Housekeeping,
@@ -205,7 +211,7 @@ impl Worker {
             receivers: Slab::new(),
             tracks: HashMap::new(),
             downtracks: Slab::new(),
-            demux: Demux::new(setup.index),
+            demux: Demux::new(setup.index, workers),
             timers,
             dirty: Vec::new(),
             offers_due: false,
@@ -665,10 +671,15 @@ impl Worker {
                 let is_chat =
                     p.pc.data_channel(id)
                         .is_some_and(|dc| dc.label() == chat::LABEL);
-                if let Some(m) = self.members.get_mut(owner) {
-                    if is_chat && m.chat == Some(id) {
+                let opened = match self.members.get_mut(owner) {
+                    Some(m) if is_chat && m.chat == Some(id) => {
                         m.chat_open = true;
+                        true
                     }
+                    _ => false,
+                };
+                if opened {
+                    self.flush_chat_backlog(owner, Instant::now());
                 }
             }
             RTCDataChannelEvent::OnClose(id) => {
@@ -866,15 +877,23 @@ impl Worker {
         Metrics::add(&self.metrics.chat_messages, 1);
     }
 
-    /// Sends on a member's chat channel; one that is not open misses the message rather than
-    /// delaying it for the others.
+    /// Sends on a member's chat channel. Before the channel opens (a participant that joined a
+    /// moment ago) a few recent messages wait for it; a channel that cannot take a message
+    /// misses it rather than delay it for the others.
     fn send_chat(&mut self, member: usize, json: &str, now: Instant) {
-        let Some(m) = self.members.get(member) else {
+        let Some(m) = self.members.get_mut(member) else {
             return;
         };
-        let (Some(channel), true) = (m.chat, m.chat_open) else {
+        let Some(channel) = m.chat else {
             return;
         };
+        if !m.chat_open {
+            if m.chat_backlog.len() == CHAT_BACKLOG_MESSAGES {
+                m.chat_backlog.pop_front();
+            }
+            m.chat_backlog.push_back((now, Arc::from(json)));
+            return;
+        }
         let peer = m.subscriber;
         let Some(p) = self.peers.get_mut(peer) else {
             return;
@@ -886,6 +905,19 @@ impl Worker {
             debug!(member, error = %e, "chat message not delivered");
         }
         self.mark_dirty(peer);
+    }
+
+    /// The member's chat channel opened: what was relayed to it meanwhile, if still fresh.
+    fn flush_chat_backlog(&mut self, member: usize, now: Instant) {
+        let Some(m) = self.members.get_mut(member) else {
+            return;
+        };
+        let backlog = std::mem::take(&mut m.chat_backlog);
+        for (at, json) in backlog {
+            if now.saturating_duration_since(at) <= CHAT_BACKLOG_AGE {
+                self.send_chat(member, &json, now);
+            }
+        }
     }
 
     // ---- commands from the control plane ----
@@ -988,6 +1020,7 @@ impl Worker {
             chat: None,
             chat_open: false,
             chat_bucket: TokenBucket::new(self.config.chat_rate_per_sec),
+            chat_backlog: std::collections::VecDeque::new(),
             receivers_by_ssrc: HashMap::new(),
             downtracks_by_ssrc: HashMap::new(),
             joined_at: now,
