@@ -643,7 +643,11 @@ async fn chat_sent_while_a_newcomers_channel_opens_is_not_lost() {
     host.chat("welcome, guest").await.unwrap();
     let deadline = std::time::Instant::now() + WAIT;
     loop {
-        if guest.chat_received().iter().any(|c| c.text == "welcome, guest") {
+        if guest
+            .chat_received()
+            .iter()
+            .any(|c| c.text == "welcome, guest")
+        {
             break;
         }
         assert!(
@@ -654,7 +658,11 @@ async fn chat_sent_while_a_newcomers_channel_opens_is_not_lost() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let got = guest.chat_received();
-    assert_eq!(got.len(), 1, "only what was sent after the guest joined: {got:?}");
+    assert_eq!(
+        got.len(),
+        1,
+        "only what was sent after the guest joined: {got:?}"
+    );
     assert_eq!(got[0].from.name, "host");
     host.leave().await;
     guest.leave().await;
