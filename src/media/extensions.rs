@@ -150,7 +150,9 @@ impl SubscriberExtensions {
             TWO_BYTE_PROFILE
         };
         // The MID first, as before: what a client that demultiplexes by it reads first.
-        let (mid, rest) = values.split_last().expect("N + 1 entries");
+        let Some((mid, rest)) = values.split_last() else {
+            return;
+        };
         for (id, value) in std::iter::once(mid).chain(rest) {
             if let Some(value) = value {
                 let _ = header.set_extension(*id, value.clone());
