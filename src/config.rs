@@ -194,6 +194,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MEDIA_TIMEOUT", default_value = "15", value_parser = parse_duration_secs)]
     pub media_timeout: Duration,
 
+    /// Video packets kept for retransmission when a subscriber NACKs one (rounded up to a
+    /// power of two): one copy per published track, shared by its subscribers, and a 12-byte
+    /// note per packet per subscriber of which packet each of its sequence numbers carried.
+    #[arg(long, env = "SWITCHBOARD_NACK_WINDOW", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=32768))]
+    pub nack_window: u16,
+
+    /// Oldest packet retransmitted, in milliseconds: later, the frame it belongs to is past.
+    #[arg(long, env = "SWITCHBOARD_NACK_MAX_AGE_MS", default_value_t = 1000)]
+    pub nack_max_age_ms: u64,
+
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     /// A subscriber that has nothing to show yet does not wait for it.
     #[arg(long, env = "SWITCHBOARD_PLI_INTERVAL_MS", default_value_t = 500)]
@@ -275,6 +285,12 @@ pub struct Config {
     /// Not a flag: only a test sets it, to prove the load tester sees loss.
     #[arg(skip)]
     pub fault_drop_every_nth_packet: Option<u32>,
+
+    /// Fault injection for tests: a lossy downlink. Every Nth video RTP datagram a worker
+    /// sends to a subscriber is dropped after encryption, as a network would lose it, so the
+    /// subscriber's NACKs must bring it back. Not a flag.
+    #[arg(skip)]
+    pub fault_drop_sent_video_every_nth: Option<u32>,
 }
 
 impl Default for Config {
@@ -305,6 +321,8 @@ impl Default for Config {
             audio_queue_ms: 100,
             media_timeout: Duration::from_secs(15),
             pli_interval_ms: 500,
+            nack_window: 512,
+            nack_max_age_ms: 1000,
             max_sockets: 2000,
             max_sockets_per_ip: 20,
             join_timeout: Duration::from_secs(10),
@@ -318,6 +336,7 @@ impl Default for Config {
             offer_rate_per_sec: 5,
             allowed_origins: Vec::new(),
             fault_drop_every_nth_packet: None,
+            fault_drop_sent_video_every_nth: None,
         }
     }
 }
@@ -360,12 +379,15 @@ impl Config {
             announce: self.announced_ips()?,
             srtp: self.srtp.clone(),
             pli_interval: self.pli_interval(),
+            nack_window: self.nack_window,
+            nack_max_age: Duration::from_millis(self.nack_max_age_ms),
             queue: self.queue_limits(),
             max_chat_bytes: self.max_chat_bytes,
             chat_rate_per_sec: self.message_rate_per_sec,
             max_candidates: self.max_candidates,
             media_timeout: self.media_timeout,
             fault_drop_every: self.fault_drop_every_nth_packet,
+            fault_drop_sent_video_every: self.fault_drop_sent_video_every_nth,
         })
     }
 

@@ -267,3 +267,50 @@ async fn the_command_line_writes_json_and_gates_on_thresholds() {
     assert!(String::from_utf8_lossy(&strict.stdout).contains("FAIL: latency p99"));
     server.shutdown().await.unwrap();
 }
+
+/// A lossy downlink: every 20th video datagram to a subscriber is lost after encryption, as a
+/// network would lose it. The subscriber's NACKs must bring every one back from the track's
+/// shared history, so the publishers' own counters show no loss, and the server says how
+/// many it sent again. Without retransmission this run loses 5 % of its video.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
+    let server = start_server_with(switchboard::Config {
+        fault_drop_sent_video_every_nth: Some(20),
+        ..switchboard::Config::ephemeral()
+    })
+    .await;
+    let config = LoadConfig {
+        duration: Duration::from_secs(6),
+        video_bitrate: 600_000,
+        ..small(server.ws_url())
+    };
+    let report = run(config).await.expect("load run");
+    let m = server.metrics();
+    let video: Vec<_> = report
+        .participants
+        .iter()
+        .flat_map(|p| p.tracks.iter().map(move |t| (p, t)))
+        .filter(|(_, t)| t.kind == "video")
+        .collect();
+    assert!(!video.is_empty(), "{}", report.table());
+    for (p, t) in &video {
+        let (lost, expected) = (t.lost.unwrap(), t.expected.unwrap());
+        assert!(
+            expected > 200,
+            "{} <- {}: {expected} packets",
+            p.name,
+            t.publisher_name
+        );
+        assert!(
+            lost * 1000 <= expected,
+            "{} <- {} video: {lost} of {expected} lost\n{}\n{m:?}",
+            p.name,
+            t.publisher_name,
+            report.table()
+        );
+    }
+    assert!(m.nacks_received > 0, "{m:?}");
+    assert!(m.retransmissions > 0, "{m:?}");
+    assert!(m.sender_reports > 0, "{m:?}");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+}

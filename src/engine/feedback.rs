@@ -1,10 +1,10 @@
-//! Marks inbound RTCP compounds holding a keyframe request (PLI or FIR) for delivery to the
-//! application, and counts the NACKs that pass, both ways.
+//! Marks inbound RTCP compounds holding a keyframe request (PLI or FIR) or a NACK for delivery
+//! to the application, and counts the NACKs that pass, both ways.
 //!
 //! webrtc-rs stops inbound RTCP at the end of the interceptor chain unless an interceptor
 //! vouches for it. The SFU needs subscribers' PLI/FIR to reach the DownTrack, which relays them
-//! (rate-limited) to the publisher. The packet is passed on unchanged, so NACKs and reports
-//! still reach the interceptors that act on them.
+//! (rate-limited) to the publisher, and their NACKs, which the worker answers from the track's
+//! shared history. The packet is passed on unchanged.
 
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -65,7 +65,10 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackInterceptor {
             count_nacks(&msg.message.packet),
         );
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+            if packets
+                .iter()
+                .any(|p| is_keyframe_request(p.as_ref()) || p.as_any().is::<TransportLayerNack>())
+            {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

@@ -59,6 +59,9 @@ pub struct EngineConfig {
     pub announce: Vec<IpAddr>,
     pub srtp: String,
     pub pli_interval: Duration,
+    /// Video packets kept per published track, and noted per DownTrack, to answer NACKs.
+    pub nack_window: u16,
+    pub nack_max_age: Duration,
     pub queue: QueueLimits,
     pub max_chat_bytes: usize,
     pub chat_rate_per_sec: u32,
@@ -68,6 +71,8 @@ pub struct EngineConfig {
     pub media_timeout: Duration,
     /// Test-only fault injection: every Receiver drops every Nth packet.
     pub fault_drop_every: Option<u32>,
+    /// Test-only fault injection: every Nth video RTP datagram sent to subscribers is lost.
+    pub fault_drop_sent_video_every: Option<u32>,
 }
 
 /// What workers hear from the rest of the server.

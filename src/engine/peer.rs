@@ -8,8 +8,7 @@ use std::time::{Duration, Instant};
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
-    NackGeneratorBuilder, NackResponderBuilder, ReceiverReportBuilder, Registry,
-    SenderReportBuilder, Slot, TwccReceiverBuilder,
+    NackGeneratorBuilder, ReceiverReportBuilder, Registry, Slot, TwccReceiverBuilder,
 };
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
@@ -101,7 +100,9 @@ impl PeerSettings {
     /// one that does nothing still costs a copy per packet per subscriber.
     /// - publisher (receives): NACKs for uplink loss, receiver reports, TWCC feedback (the
     ///   publisher's own bandwidth estimate runs on it);
-    /// - subscriber (sends): answers NACKs from a send buffer, sender reports (lip sync).
+    /// - subscriber (sends): none of the stack's. The worker answers NACKs from one history
+    ///   per published track and writes the sender reports itself: a send buffer per
+    ///   subscriber would copy every header and hold ~45 KiB per video stream.
     pub fn build(
         &self,
         role: PcKind,
@@ -133,17 +134,10 @@ impl PeerSettings {
                     .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
                     .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             }
-            PcKind::Subscriber => Registry::new()
-                .with(
-                    Slot::NackResponder,
-                    NackResponderBuilder::new()
-                        .with_size(NACK_BUFFER_PACKETS)
-                        .build(),
-                )
-                .with(Slot::SenderReport, SenderReportBuilder::new().build()),
+            PcKind::Subscriber => Registry::new(),
         };
-        // Last in the chain: it sees inbound feedback after the NACK responder, and the
-        // outbound NACKs the generator made.
+        // Last in the chain: it sees the outbound NACKs the generator made, and lets inbound
+        // keyframe requests and NACKs through to the worker.
         let registry = registry.with(
             Slot::from(14_000usize),
             FeedbackInterceptor::new(self.metrics.clone()),
@@ -176,10 +170,6 @@ impl PeerSettings {
         Ok(pc)
     }
 }
-
-/// Packets a subscriber PC keeps per stream to answer NACKs: about 1.7 s of 1.5 Mbit/s video,
-/// several round trips (the stack's default of 1,024 costs 112 KiB per video stream).
-const NACK_BUFFER_PACKETS: u16 = 256;
 
 /// Transport-wide congestion control feedback towards publishers.
 fn register_twcc(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {

@@ -18,6 +18,7 @@ use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState}
 use rtc::peer_connection::transport::RTCIceCandidateInit;
 use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
@@ -39,6 +40,7 @@ use crate::engine::udp::{self, Udp};
 use crate::engine::{Command, EngineConfig, Inbox, PeerSettings};
 use crate::media::downtrack::{DownTrack, Dropped, Negotiated, Outcome};
 use crate::media::extensions::{self, ExtensionIds, SubscriberExtensions};
+use crate::media::history::PacketHistory;
 use crate::media::receiver::{Codec, KeyframeRequest, Receiver, TrackMeta};
 use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
@@ -69,6 +71,10 @@ const CHAT_BACKLOG_AGE: Duration = Duration::from_secs(10);
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
 /// How often ghosts are looked for and stale routes forgotten: bounds how late a ghost goes.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+/// How often each subscriber gets a sender report per stream (what browsers send too).
+const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
+/// Most sequence numbers answered from one NACK packet: a forged one may name thousands.
+const MAX_RETRANSMITS_PER_NACK: usize = 256;
 
 pub(crate) fn run(setup: Setup) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -96,6 +102,7 @@ enum TimerKey {
     /// A Receiver's deferred keyframe request.
     Keyframe(usize),
     Housekeeping,
+    SenderReports,
 }
 
 struct Peer {
@@ -151,6 +158,8 @@ struct ReceiverEntry {
     downtracks: Vec<usize>,
     /// When its last packet arrived: a publisher whose tracks all fall silent is a ghost.
     last_packet: Instant,
+    /// Video: the recent packets, for every subscriber's retransmissions.
+    history: Option<PacketHistory>,
 }
 
 struct DownTrackEntry {
@@ -185,6 +194,8 @@ struct Worker {
     /// Some member may need a subscriber offer (checked once per batch).
     offers_due: bool,
     received: Vec<udp::Incoming>,
+    /// Test-only: video datagrams counted towards `fault_drop_sent_video_every`.
+    fault_sent_count: u32,
 }
 
 impl Worker {
@@ -194,6 +205,10 @@ impl Worker {
         timers.set(
             TimerKey::Housekeeping,
             Some(Instant::now() + HOUSEKEEPING_EVERY),
+        );
+        timers.set(
+            TimerKey::SenderReports,
+            Some(Instant::now() + SENDER_REPORT_EVERY),
         );
         Ok(Worker {
             index: setup.index,
@@ -216,6 +231,7 @@ impl Worker {
             dirty: Vec::new(),
             offers_due: false,
             received: Vec::with_capacity(quinn_udp::BATCH_SIZE),
+            fault_sent_count: 0,
         })
     }
 
@@ -384,6 +400,23 @@ impl Worker {
             return;
         };
         while let Some(out) = p.pc.poll_write() {
+            if let Some(every) = self.config.fault_drop_sent_video_every {
+                if p.role == PcKind::Subscriber
+                    && is_rtp_of(&out.message, |ssrc| {
+                        self.members.get(p.owner).is_some_and(|m| {
+                            m.downtracks_by_ssrc
+                                .get(&ssrc)
+                                .and_then(|&dk| self.downtracks.get(dk))
+                                .is_some_and(|d| d.downtrack.is_video())
+                        })
+                    })
+                {
+                    self.fault_sent_count = self.fault_sent_count.wrapping_add(1);
+                    if self.fault_sent_count.is_multiple_of(every.max(1)) {
+                        continue;
+                    }
+                }
+            }
             self.udp.queue.push_back(udp::Outgoing {
                 to: out.transport.peer_addr,
                 data: out.message,
@@ -413,6 +446,11 @@ impl Worker {
                     {
                         self.send_pli(rk, now);
                     }
+                }
+                TimerKey::SenderReports => {
+                    self.send_sender_reports(now);
+                    self.timers
+                        .set(TimerKey::SenderReports, Some(now + SENDER_REPORT_EVERY));
                 }
                 TimerKey::Housekeeping => {
                     self.demux.expire(now);
@@ -650,11 +688,15 @@ impl Worker {
         };
         let mut receiver = Receiver::new(meta, ssrc, self.config.pli_interval);
         receiver.set_fault_drop_every(self.config.fault_drop_every);
+        let history = receiver
+            .is_video()
+            .then(|| PacketHistory::new(self.config.nack_window, self.config.nack_max_age));
         let rk = self.receivers.insert(ReceiverEntry {
             receiver,
             publisher: owner,
             downtracks: Vec::new(),
             last_packet: Instant::now(),
+            history,
         });
         Metrics::inc(&self.metrics.receivers);
         member.receivers_by_ssrc.insert(ssrc, Some(rk));
@@ -710,6 +752,12 @@ impl Worker {
                 }
             }
             RTCMessage::RtcpPacket(_, packets) => {
+                for nack in packets
+                    .iter()
+                    .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
+                {
+                    self.retransmit(owner, nack, now);
+                }
                 for packet in packets.iter().filter(|p| is_keyframe_request(p.as_ref())) {
                     Metrics::add(&self.metrics.keyframe_requests_received, 1);
                     for ssrc in packet.destination_ssrc() {
@@ -752,6 +800,9 @@ impl Worker {
         let Some(incoming) = entry.receiver.incoming(packet, arrived) else {
             return;
         };
+        if let Some(history) = entry.history.as_mut() {
+            history.insert(packet, &incoming.carried, arrived);
+        }
         let ntp = extensions::ntp_now();
         let mut wants_keyframe = false;
         for &dk in &entry.downtracks {
@@ -794,6 +845,90 @@ impl Worker {
         if wants_keyframe {
             self.request_keyframe(rk, now, false);
         }
+    }
+
+    /// Answers a subscriber's NACK from the track's shared history.
+    fn retransmit(&mut self, member: usize, nack: &TransportLayerNack, now: Instant) {
+        let Some(&dk) = self
+            .members
+            .get(member)
+            .and_then(|m| m.downtracks_by_ssrc.get(&nack.media_ssrc))
+        else {
+            return;
+        };
+        let Worker {
+            receivers,
+            downtracks,
+            peers,
+            dirty,
+            metrics,
+            ..
+        } = self;
+        let Some(d) = downtracks.get_mut(dk) else {
+            return;
+        };
+        let Some(history) = receivers.get(d.receiver).and_then(|r| r.history.as_ref()) else {
+            return;
+        };
+        let Some(p) = peers.get_mut(d.peer) else {
+            return;
+        };
+        let ntp = extensions::ntp_now();
+        let (mut sent, mut missed) = (0, 0);
+        let wanted = nack.nacks.iter().flat_map(|pair| pair.into_iter());
+        for seq in wanted.take(MAX_RETRANSMITS_PER_NACK) {
+            let Some(packet) = d.downtrack.retransmit(seq, history, now, ntp) else {
+                missed += 1;
+                continue;
+            };
+            let written = p.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtpPacket(String::new(), packet),
+            });
+            if written.is_ok() {
+                sent += 1;
+            }
+        }
+        Metrics::add(&metrics.retransmissions, sent);
+        Metrics::add(&metrics.retransmissions_missed, missed);
+        if sent > 0 && !p.dirty {
+            p.dirty = true;
+            dirty.push(d.peer);
+        }
+    }
+
+    /// Every sending DownTrack's sender report, one compound packet per subscriber.
+    fn send_sender_reports(&mut self, now: Instant) {
+        let ntp = extensions::ntp_now();
+        let mut reports = 0;
+        for (_, m) in self.members.iter() {
+            let batch: Vec<Box<dyn rtc::rtcp::Packet>> = m
+                .downtracks_by_ssrc
+                .values()
+                .filter_map(|&dk| self.downtracks.get(dk))
+                .filter_map(|d| d.downtrack.sender_report(now, ntp))
+                .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::Packet>)
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(p) = self.peers.get_mut(m.subscriber).filter(|p| p.connected) else {
+                continue;
+            };
+            let n = batch.len() as u64;
+            let written = p.pc.handle_write(TaggedRTCMessage {
+                now,
+                message: RTCMessage::RtcpPacket(String::new(), batch),
+            });
+            if written.is_ok() {
+                reports += n;
+                if !p.dirty {
+                    p.dirty = true;
+                    self.dirty.push(m.subscriber);
+                }
+            }
+        }
+        Metrics::add(&self.metrics.sender_reports, reports);
     }
 
     fn downtrack_wants_keyframe(&mut self, dk: usize, now: Instant, urgent: bool) {
@@ -1239,6 +1374,9 @@ impl Worker {
             rand::random(),
             rand::random(),
         );
+        if video {
+            downtrack = downtrack.with_retransmissions(self.config.nack_window);
+        }
         if p.connected {
             downtrack.transport_up();
         }
@@ -1560,6 +1698,19 @@ fn negotiated_for(pc: &mut RTCPeerConnection, f: &Forwarded, codec: &Codec) -> O
             &mid,
         ),
     })
+}
+
+/// True for an (S)RTP datagram, not RTCP (RFC 5761 §4), whose SSRC `wanted` picks.
+fn is_rtp_of(datagram: &[u8], wanted: impl Fn(u32) -> bool) -> bool {
+    datagram.len() >= 12
+        && datagram[0] >> 6 == 2
+        && !(192..=223).contains(&datagram[1])
+        && wanted(u32::from_be_bytes([
+            datagram[8],
+            datagram[9],
+            datagram[10],
+            datagram[11],
+        ]))
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -11,8 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::media::extensions::SubscriberExtensions;
+use bytes::Bytes;
+
+use crate::media::extensions::{Carried, SubscriberExtensions};
 use crate::media::forwarder::{Decision, Forwarder, Refused};
+use crate::media::history::{PacketHistory, Sent, SentLog};
 use crate::media::receiver::Incoming;
 
 /// How long a packet may wait before it is sent to one subscriber.
@@ -55,6 +58,29 @@ pub struct DownTrack {
     negotiated: Option<Negotiated>,
     transport_ready: bool,
     max_age: Duration,
+    video: bool,
+    clock_rate: u32,
+    /// Video only: what each recent sequence number carried, to answer NACKs.
+    sent_log: Option<SentLog>,
+    report: SendCounters,
+}
+
+/// What a sender report tells the subscriber (RFC 3550 §6.4.1): the counters wrap, as the
+/// RTCP fields do.
+#[derive(Debug, Default)]
+struct SendCounters {
+    packets: u32,
+    payload_octets: u32,
+    /// The RTP timestamp last sent, and when.
+    last: Option<(u32, Instant)>,
+}
+
+impl SendCounters {
+    fn count(&mut self, timestamp: u32, payload: usize, now: Instant) {
+        self.packets = self.packets.wrapping_add(1);
+        self.payload_octets = self.payload_octets.wrapping_add(payload as u32);
+        self.last = Some((timestamp, now));
+    }
 }
 
 impl DownTrack {
@@ -73,7 +99,17 @@ impl DownTrack {
             negotiated: None,
             transport_ready: false,
             max_age,
+            video,
+            clock_rate,
+            sent_log: None,
+            report: SendCounters::default(),
         }
+    }
+
+    /// Remembers the last `window` packets sent, so that NACKs for them can be answered.
+    pub fn with_retransmissions(mut self, window: u16) -> Self {
+        self.sent_log = Some(SentLog::new(window));
+        self
     }
 
     /// The subscriber's answer accepted the m-line. True the first time: the DownTrack has
@@ -102,6 +138,10 @@ impl DownTrack {
     /// Forgets the current run: the next packet sent starts on a keyframe.
     pub fn resync(&mut self) {
         self.forwarder.restart();
+    }
+
+    pub fn is_video(&self) -> bool {
+        self.video
     }
 
     pub fn is_sending(&self) -> bool {
@@ -134,24 +174,101 @@ impl DownTrack {
                 }
             }
         };
-        let mut header = rtp::header::Header {
-            version: 2,
-            marker: source.marker,
-            payload_type: negotiated.payload_type,
-            sequence_number: rewritten.sequence_number,
-            timestamp: rewritten.timestamp,
-            ssrc: self.ssrc,
-            ..Default::default()
-        };
-        negotiated
-            .extensions
-            .write(&mut header, &incoming.carried, ntp_now);
-        Outcome::Send(rtp::Packet {
-            header,
+        let out = build(
+            self.ssrc,
+            negotiated,
+            source.marker,
+            rewritten.sequence_number,
+            rewritten.timestamp,
+            &incoming.carried,
+            ntp_now,
             // The publisher's buffer, shared by every subscriber.
-            payload: incoming.packet.payload.clone(),
+            incoming.packet.payload.clone(),
+        );
+        if let Some(log) = self.sent_log.as_mut() {
+            log.record(Sent {
+                sequence_number: rewritten.sequence_number,
+                timestamp: rewritten.timestamp,
+                source_sequence_number: source.sequence_number,
+                source_timestamp: source.timestamp,
+            });
+        }
+        self.report
+            .count(rewritten.timestamp, out.payload.len(), now);
+        Outcome::Send(out)
+    }
+
+    /// The packet this DownTrack sent as `sequence_number`, again, when the subscriber NACKed
+    /// it and the publisher's packet is still in `history`.
+    pub fn retransmit(
+        &mut self,
+        sequence_number: u16,
+        history: &PacketHistory,
+        now: Instant,
+        ntp_now: u64,
+    ) -> Option<rtp::Packet> {
+        let negotiated = self.negotiated.as_ref().filter(|_| self.transport_ready)?;
+        let sent = self.sent_log.as_ref()?.get(sequence_number)?;
+        let kept = history.get(sent.source_sequence_number, sent.source_timestamp, now)?;
+        let out = build(
+            self.ssrc,
+            negotiated,
+            kept.packet.header.marker,
+            sent.sequence_number,
+            sent.timestamp,
+            &kept.carried,
+            ntp_now,
+            kept.packet.payload.clone(),
+        );
+        self.report.count(sent.timestamp, out.payload.len(), now);
+        Some(out)
+    }
+
+    /// The sender report for this stream at `now`, once it has sent anything: the RTP time
+    /// is extrapolated from the last packet sent, so audio and video can be synchronized.
+    pub fn sender_report(
+        &self,
+        now: Instant,
+        ntp_now: u64,
+    ) -> Option<rtc::rtcp::sender_report::SenderReport> {
+        let (timestamp, at) = self.report.last?;
+        let elapsed = now.saturating_duration_since(at);
+        let ticks = (elapsed.as_nanos() * u128::from(self.clock_rate) / 1_000_000_000) as u32;
+        Some(rtc::rtcp::sender_report::SenderReport {
+            ssrc: self.ssrc,
+            ntp_time: ntp_now,
+            rtp_time: timestamp.wrapping_add(ticks),
+            packet_count: self.report.packets,
+            octet_count: self.report.payload_octets,
+            ..Default::default()
         })
     }
+}
+
+/// One outgoing packet: the subscriber's SSRC, payload type, numbering and extensions around
+/// the publisher's payload.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    ssrc: u32,
+    negotiated: &Negotiated,
+    marker: bool,
+    sequence_number: u16,
+    timestamp: u32,
+    carried: &Carried,
+    ntp_now: u64,
+    payload: Bytes,
+) -> rtp::Packet {
+    let mut header = rtp::header::Header {
+        version: 2,
+        marker,
+        payload_type: negotiated.payload_type,
+        sequence_number,
+        timestamp,
+        ssrc,
+        ..Default::default()
+    };
+    negotiated.extensions.write(&mut header, carried, ntp_now);
+    rtp::Packet { header, payload }
 }
 
 #[cfg(test)]
@@ -256,5 +373,84 @@ mod tests {
             }
         ));
         assert!(!dt.is_sending());
+    }
+
+    #[test]
+    fn a_nacked_packet_is_rebuilt_from_the_shared_history_with_its_own_numbering() {
+        let t0 = Instant::now();
+        let mut history = PacketHistory::new(64, Duration::from_secs(1));
+        let mut dt = DownTrack::new(99, true, 90_000, Duration::from_millis(200), 65_530, 7)
+            .with_retransmissions(64);
+        dt.set_negotiated(negotiated());
+        dt.transport_up();
+        let mut sent = Vec::new();
+        for seq in 1000..1012u16 {
+            let p = packet(
+                seq,
+                if seq == 1000 {
+                    b"\x10\x00"
+                } else {
+                    b"\x10\x01"
+                },
+            );
+            let inc = incoming(&p, seq == 1000, t0);
+            history.insert(&p, &inc.carried, t0);
+            let Outcome::Send(out) = dt.forward(&inc, t0, 0) else {
+                panic!("forwarded")
+            };
+            sent.push(out);
+        }
+        // Across the DownTrack's wrap: the 8th packet went out as sequence 65,536 + 1.
+        let lost = &sent[7];
+        assert_eq!(lost.header.sequence_number, 1);
+        let again = dt.retransmit(1, &history, t0, 0).expect("still kept");
+        assert_eq!(again.header.sequence_number, lost.header.sequence_number);
+        assert_eq!(again.header.timestamp, lost.header.timestamp);
+        assert_eq!(again.header.ssrc, 99);
+        assert_eq!(again.header.payload_type, 102);
+        assert_eq!(again.header.get_extension(3).unwrap().as_ref(), b"4");
+        assert_eq!(again.payload, lost.payload);
+        assert!(
+            dt.retransmit(2, &history, t0, 0).is_some(),
+            "the next one too"
+        );
+        assert!(dt.retransmit(12, &history, t0, 0).is_none(), "never sent");
+        let late = t0 + Duration::from_secs(2);
+        assert!(
+            dt.retransmit(1, &history, late, 0).is_none(),
+            "too old to help"
+        );
+        // Audio is not NACKed: no log, nothing to answer from.
+        let mut audio = DownTrack::new(5, false, 48_000, Duration::from_millis(100), 0, 0);
+        audio.set_negotiated(negotiated());
+        audio.transport_up();
+        assert!(audio.retransmit(0, &history, t0, 0).is_none());
+    }
+
+    #[test]
+    fn a_sender_report_counts_what_was_sent_and_extrapolates_the_rtp_clock() {
+        let t0 = Instant::now();
+        let mut dt = DownTrack::new(42, true, 90_000, Duration::from_millis(200), 0, 1_000);
+        assert!(dt.sender_report(t0, 0).is_none(), "nothing sent yet");
+        dt.set_negotiated(negotiated());
+        dt.transport_up();
+        let k = packet(1, b"\x10\x00\x00");
+        assert!(matches!(
+            dt.forward(&incoming(&k, true, t0), t0, 0),
+            Outcome::Send(_)
+        ));
+        let d = packet(2, b"\x10\x01");
+        let Outcome::Send(last) = dt.forward(&incoming(&d, false, t0), t0, 0) else {
+            panic!("forwarded")
+        };
+        let sr = dt
+            .sender_report(t0 + Duration::from_millis(500), 0xAB)
+            .expect("a report");
+        assert_eq!(sr.ssrc, 42);
+        assert_eq!(sr.ntp_time, 0xAB);
+        assert_eq!(sr.packet_count, 2);
+        assert_eq!(sr.octet_count, 5);
+        // Half a second of the 90 kHz clock passed since the last packet went out.
+        assert_eq!(sr.rtp_time, last.header.timestamp.wrapping_add(45_000));
     }
 }

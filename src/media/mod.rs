@@ -3,6 +3,7 @@
 pub mod downtrack;
 pub mod extensions;
 pub mod forwarder;
+pub mod history;
 pub mod keyframe;
 pub mod receiver;
 pub mod sequence;
