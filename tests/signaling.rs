@@ -471,12 +471,20 @@ async fn a_silent_peer_is_dropped_and_counts_as_leave() {
     let mut ws = raw_socket(&url).await;
     send(&mut ws, r#"{"type":"join","room":"idle","name":"sleeper"}"#).await;
     assert_eq!(next_json(&mut ws).await["type"], "joined");
-    watcher
-        .wait_for("sleeper dropped", WAIT, |m| {
+    // The watcher is held to the same idle timeout: it keeps talking, the sleeper does not.
+    let keep_alive = async {
+        loop {
+            watcher.send_raw(r#"{"type":"ping"}"#);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let left = tokio::select! {
+        left = watcher.wait_for("sleeper dropped", WAIT, |m| {
             matches!(m, ServerMessage::ParticipantLeft { .. })
-        })
-        .await
-        .unwrap();
+        }) => left,
+        _ = keep_alive => unreachable!("the keep-alive loop never ends"),
+    };
+    left.unwrap();
     drop(ws);
     watcher.leave().await;
     server.shutdown().await.unwrap();
