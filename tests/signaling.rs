@@ -100,6 +100,13 @@ async fn chat_reaches_the_others_with_the_server_set_sender_and_not_the_sender()
         "chat stays in its room"
     );
 
+    // The longest text, every byte of it escaped to six in JSON both ways, still fits the
+    // data channel's message size.
+    let escaped = "\u{1}".repeat(4096);
+    a.chat(&escaped).await.unwrap();
+    wait_until(|| b.chat_received().len() == 2).await;
+    assert_eq!(b.chat_received()[1].text, escaped);
+
     // Malformed and oversized messages get an error on the channel and go nowhere.
     a.chat_raw(&serde_json::json!({"text": "x".repeat(5000)}).to_string())
         .await
@@ -112,8 +119,8 @@ async fn chat_reaches_the_others_with_the_server_set_sender_and_not_the_sender()
         assert_eq!(v["code"], "bad_request");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(b.chat_received().len(), 1);
-    assert_eq!(server.metrics().chat_messages, 1);
+    assert_eq!(b.chat_received().len(), 2);
+    assert_eq!(server.metrics().chat_messages, 2);
     for client in [a, b, c, other_room] {
         client.leave().await;
     }

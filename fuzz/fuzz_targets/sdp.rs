@@ -16,7 +16,7 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use rtc::sansio::Protocol;
-use switchboard::engine::{parse_srtp_profiles, PeerSettings};
+use switchboard::engine::{parse_srtp_profiles, sctp_max_message_for_chat, PeerSettings};
 use switchboard::metrics::Metrics;
 use switchboard::signal::protocol::PcKind;
 use switchboard::signal::sdp::media_sections;
@@ -28,6 +28,7 @@ fn settings() -> &'static PeerSettings {
             vec!["192.0.2.7:7882".parse().expect("address")],
             parse_srtp_profiles("aes128gcm,aes128cm").expect("profiles"),
             Arc::new(Metrics::default()),
+            sctp_max_message_for_chat(4096),
         )
         .expect("peer settings")
     })

@@ -34,7 +34,7 @@ use crate::metrics::Metrics;
 use crate::room::{MediaPlacer, MediaPlane, Participant, PublishedTrack, Room};
 use crate::signal::protocol::{Candidate, PcKind};
 
-pub use peer::{parse_srtp_profiles, PeerSettings};
+pub use peer::{parse_srtp_profiles, sctp_max_message_for_chat, PeerSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -234,6 +234,7 @@ impl Engine {
             candidates.clone(),
             srtp,
             metrics.clone(),
+            sctp_max_message_for_chat(config.max_chat_bytes),
         )?);
         let channels: Vec<_> = (0..workers).map(|_| mpsc::unbounded_channel()).collect();
         let handles: Vec<WorkerHandle> = channels

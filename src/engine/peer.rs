@@ -12,7 +12,9 @@ use rtc::interceptor::{
 };
 use rtc::peer_connection::certificate::{CertificateParams, RTCCertificate};
 use rtc::peer_connection::configuration::media_engine::MediaEngine;
-use rtc::peer_connection::configuration::setting_engine::SettingEngineBuilder;
+use rtc::peer_connection::configuration::setting_engine::{
+    SctpMaxMessageSize, SettingEngineBuilder,
+};
 use rtc::peer_connection::configuration::RTCConfigurationBuilder;
 use rtc::peer_connection::transport::{
     CandidateConfig, CandidateHostConfig, RTCIceCandidate, RTCIceCandidateInit,
@@ -62,6 +64,15 @@ pub struct PeerSettings {
     pub srtp_profiles: Vec<SrtpProtectionProfile>,
     pub certificate: RTCCertificate,
     pub metrics: Arc<Metrics>,
+    /// The data channel's largest message (SDP `max-message-size`): each subscriber PC keeps
+    /// a reassembly buffer that large, so it is sized for chat, not the stack's 64 KiB.
+    pub sctp_max_message_bytes: u32,
+}
+
+/// The largest chat message on the data channel for texts of up to `max_chat_bytes`: JSON may
+/// escape each byte as `\u00XX` (six), plus the sender's name and ids.
+pub fn sctp_max_message_for_chat(max_chat_bytes: usize) -> u32 {
+    u32::try_from(max_chat_bytes.saturating_mul(6).saturating_add(2048)).unwrap_or(u32::MAX)
 }
 
 /// With ICE lite the server never checks: a client's Binding requests are all it hears.
@@ -74,6 +85,7 @@ impl PeerSettings {
         candidates: Vec<SocketAddr>,
         srtp_profiles: Vec<SrtpProtectionProfile>,
         metrics: Arc<Metrics>,
+        sctp_max_message_bytes: u32,
     ) -> Result<Self, EngineError> {
         let provider = rtc::crypto::default_provider()
             .map_err(|e| EngineError::Rtc(format!("crypto provider: {e}")))?;
@@ -90,6 +102,7 @@ impl PeerSettings {
             srtp_profiles,
             certificate,
             metrics,
+            sctp_max_message_bytes,
         })
     }
 
@@ -149,6 +162,7 @@ impl PeerSettings {
             .with_ice_credentials(ufrag.to_owned(), pwd.to_owned())
             .with_ice_timeouts(Some(ICE_DISCONNECTED_AFTER), Some(ICE_FAILED_AFTER), None)
             .with_srtp_protection_profiles(self.srtp_profiles.clone())
+            .with_sctp_max_message_size(SctpMaxMessageSize::Bounded(self.sctp_max_message_bytes))
             .build();
         let configuration = RTCConfigurationBuilder::new()
             .with_certificates(vec![self.certificate.clone()])
@@ -251,6 +265,7 @@ mod tests {
             vec!["192.0.2.7:7882".parse().unwrap()],
             parse_srtp_profiles("aes128gcm,aes128cm").unwrap(),
             Arc::new(Metrics::default()),
+            sctp_max_message_for_chat(4096),
         )
         .unwrap();
         let mut pc = settings
@@ -271,5 +286,10 @@ mod tests {
             offer.sdp
         );
         assert!(offer.sdp.contains("a=end-of-candidates"));
+        assert!(
+            offer.sdp.contains("a=max-message-size:26624"),
+            "{}",
+            offer.sdp
+        );
     }
 }

@@ -164,8 +164,14 @@ async fn ws(
     upgrade
         .max_message_size(cap)
         .max_frame_size(cap)
+        // The default 128 KiB read buffer is held by every socket for its whole life:
+        // signaling reads a few hundred bytes at a time.
+        .read_buffer_size(SIGNALING_READ_BUFFER)
         .on_upgrade(move |socket| crate::signal::session::run(socket, state, permit))
 }
+
+/// Bytes a signaling socket reads at a time (larger messages take several reads).
+const SIGNALING_READ_BUFFER: usize = 4 * 1024;
 
 async fn healthz(State(state): State<Arc<AppState>>) -> Response {
     if state.accepting.load(Ordering::Acquire) {
