@@ -111,6 +111,7 @@ metrics! {
         datagrams_send_dropped: "UDP datagrams dropped after waiting too long for the socket, or refused by it.",
         datagrams_unrouted: "UDP datagrams that matched no peer connection (junk, strangers, stale): dropped.",
         datagrams_handed_over: "UDP datagrams that reached another worker's socket and were passed to the owner.",
+        ice_checks_early: "Connectivity checks that arrived before the client's answer: held and replayed once it came, rather than left to the client's retry.",
         media_timeouts: "Participants removed because their media connection failed.",
         candidates_refused: "Remote ICE candidates refused over the per-connection limit.",
         sockets_refused_max: "WebSocket upgrades refused with 503: --max-sockets signaling sockets were open.",

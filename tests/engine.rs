@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use switchboard::load::client::{Client, PublishOptions};
+use switchboard::load::client::{Client, JoinOptions, PublishOptions};
 
 /// Ports of the UDP sockets a process holds (from /proc).
 fn udp_ports_of(pid: u32) -> Vec<u16> {
@@ -201,4 +201,39 @@ async fn a_join_storm_does_not_delay_an_ongoing_call() {
     listener.leave().await;
     wait_metrics(&server, "everything freed", all_freed).await;
     server.shutdown().await.unwrap();
+}
+
+/// A client starts its connectivity checks as soon as it has the server's offer; its answer
+/// may come later over a slow signaling path. Checks that arrive before the answer are held
+/// and replayed when it is applied, rather than dropped for the client to retry (~200 ms
+/// later in webrtc-rs, and in browsers): nothing on the join path waits on a retry timer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_arrive_before_the_answer_are_answered_once_it_comes() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let alice = Client::join(&url, "early", "alice").await.expect("joins");
+    alice
+        .publish(PublishOptions {
+            video_bitrate_bps: 100_000,
+            ..PublishOptions::default()
+        })
+        .await
+        .expect("publishes");
+    let slow = JoinOptions {
+        answer_delay: Duration::from_millis(400),
+        ..JoinOptions::default()
+    };
+    let bob = Client::join_with(&url, "early", "bob", &slow)
+        .await
+        .expect("joins");
+    bob.wait_received("alice's media", WAIT, |r| {
+        r.len() == 2 && r.values().all(|t| t.packets > 3)
+    })
+    .await
+    .expect("media arrives");
+    let m = server.metrics();
+    assert!(m.ice_checks_early > 0, "{m:?}");
+    bob.leave().await;
+    alice.leave().await;
+    wait_metrics(&server, "everything torn down", all_freed).await;
 }

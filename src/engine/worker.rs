@@ -71,6 +71,8 @@ const CHAT_BACKLOG_AGE: Duration = Duration::from_secs(10);
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
 /// How often ghosts are looked for and stale routes forgotten: bounds how late a ghost goes.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+/// Connectivity checks held per peer connection until its remote description is known.
+const MAX_EARLY_CHECKS: usize = 8;
 /// How often each subscriber gets a sender report per stream (what browsers send too).
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
 /// Most sequence numbers answered from one NACK packet: a forged one may name thousands.
@@ -114,6 +116,11 @@ struct Peer {
     /// Has output to drain at the end of the batch.
     dirty: bool,
     remote_candidates: usize,
+    /// Connectivity checks that arrived before the answer told us the client's credentials
+    /// (the client starts checking as soon as it has our offer, and its answer may come later
+    /// over the WebSocket): replayed once it is applied, rather than left to the client's
+    /// retry ~200 ms later.
+    early_checks: Vec<udp::Incoming>,
 }
 
 /// A track forwarded to one participant.
@@ -339,18 +346,18 @@ impl Worker {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
-        // The peer connection knows its datagrams by the candidate they were sent to: the
-        // local IP they arrived on when it is announced, else (NAT 1:1) the public one.
-        let local_addr = datagram
-            .to
-            .and_then(|ip| self.candidates.iter().find(|c| c.ip() == ip))
-            .or(self.candidates.first())
-            .copied()
-            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        if p.pc.remote_description().is_none()
+            && demux::binding_request_username(&datagram.data).is_some()
+        {
+            if p.early_checks.len() < MAX_EARLY_CHECKS {
+                p.early_checks.push(datagram);
+            }
+            return;
+        }
         let message = TaggedBytesMut {
             now: at,
             transport: TransportContext {
-                local_addr,
+                local_addr: local_addr_for(&self.candidates, &datagram),
                 peer_addr: datagram.from,
                 transport_protocol: TransportProtocol::UDP,
                 ecn: None,
@@ -1110,6 +1117,7 @@ impl Worker {
             connected: false,
             dirty: false,
             remote_candidates: 0,
+            early_checks: Vec::new(),
         });
         self.demux.add_peer(&ufrag, key);
         Metrics::inc(&self.metrics.peer_connections);
@@ -1500,6 +1508,19 @@ impl Worker {
         }
         m.offer_outstanding = false;
         m.answered = true;
+        Metrics::add(&self.metrics.ice_checks_early, p.early_checks.len() as u64);
+        for datagram in std::mem::take(&mut p.early_checks) {
+            let _ = p.pc.handle_read(TaggedBytesMut {
+                now,
+                transport: TransportContext {
+                    local_addr: local_addr_for(&self.candidates, &datagram),
+                    peer_addr: datagram.from,
+                    transport_protocol: TransportProtocol::UDP,
+                    ecn: None,
+                },
+                message: datagram.data,
+            });
+        }
         // Payload types and extension ids are final now; the m-lines this answer accepted
         // may carry media from here on.
         let mut started = Vec::new();
@@ -1698,6 +1719,17 @@ fn negotiated_for(pc: &mut RTCPeerConnection, f: &Forwarded, codec: &Codec) -> O
             &mid,
         ),
     })
+}
+
+/// The peer connection knows its datagrams by the candidate they were sent to: the local IP
+/// they arrived on when it is announced, else (NAT 1:1) the public one.
+fn local_addr_for(candidates: &[SocketAddr], datagram: &udp::Incoming) -> SocketAddr {
+    datagram
+        .to
+        .and_then(|ip| candidates.iter().find(|c| c.ip() == ip))
+        .or(candidates.first())
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// True for an (S)RTP datagram, not RTCP (RFC 5761 §4), whose SSRC `wanted` picks.

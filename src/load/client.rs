@@ -285,6 +285,17 @@ struct Shared {
     record_arrivals: AtomicBool,
     last_subscriber_offer: Mutex<Option<String>>,
     last_publisher_answer: Mutex<Option<String>>,
+    /// See [`JoinOptions::answer_delay`].
+    answer_delay: Duration,
+}
+
+/// How a client joins.
+#[derive(Debug, Clone, Default)]
+pub struct JoinOptions {
+    pub token: Option<String>,
+    /// Holds each subscriber answer this long after the local description is set (its
+    /// connectivity checks start at once): a client on a slow signaling path, as tests need.
+    pub answer_delay: Duration,
 }
 
 pub struct Client {
@@ -421,6 +432,20 @@ impl Client {
         name: &str,
         token: Option<&str>,
     ) -> Result<Client, ClientError> {
+        let options = JoinOptions {
+            token: token.map(str::to_string),
+            ..JoinOptions::default()
+        };
+        Self::join_with(url, room, name, &options).await
+    }
+
+    pub async fn join_with(
+        url: &str,
+        room: &str,
+        name: &str,
+        options: &JoinOptions,
+    ) -> Result<Client, ClientError> {
+        let token = options.token.as_deref();
         let started = Instant::now();
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
@@ -484,6 +509,7 @@ impl Client {
         let factory = Arc::new(PcFactory::loopback(metrics));
         let shared = Arc::new(Shared {
             freeze_threshold_us: AtomicU64::new(DEFAULT_FREEZE_THRESHOLD.as_micros() as u64),
+            answer_delay: options.answer_delay,
             ..Shared::default()
         });
         let subscriber: Arc<AsyncMutex<Option<Pc>>> = Arc::new(AsyncMutex::new(None));
@@ -1012,6 +1038,9 @@ async fn read_loop(
                 let sdp = answer.sdp.clone();
                 if pc.set_local_description(answer).await.is_err() {
                     continue;
+                }
+                if !shared.answer_delay.is_zero() {
+                    tokio::time::sleep(shared.answer_delay).await;
                 }
                 let _ = outgoing.send(to_json(
                     &serde_json::json!({"type": "answer", "pc": "subscriber", "sdp": sdp}),
