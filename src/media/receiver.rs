@@ -62,6 +62,9 @@ pub struct Receiver {
     pli_interval: Duration,
     last_pli: Option<Instant>,
     pending_pli: Option<Instant>,
+    /// A keyframe began arriving after the last PLI: that request is answered, and whoever
+    /// asks now has missed its start.
+    answered_since_pli: bool,
     /// Test-only fault injection: drop every Nth packet (0: never).
     fault_drop_every: u32,
     fault_count: u32,
@@ -80,6 +83,7 @@ impl Receiver {
             pli_interval,
             last_pli: None,
             pending_pli: None,
+            answered_since_pli: false,
             fault_drop_every: 0,
             fault_count: 0,
         }
@@ -114,6 +118,9 @@ impl Receiver {
             Some(codec) => codec.is_keyframe(&packet.payload),
             None => true,
         };
+        if is_keyframe {
+            self.answered_since_pli = true;
+        }
         Some(Incoming {
             packet,
             is_keyframe,
@@ -122,8 +129,10 @@ impl Receiver {
         })
     }
 
-    /// A DownTrack wants a keyframe. Requests are coalesced: at most one PLI per interval,
-    /// or per [`URGENT_PLI_GAP`] for a subscriber that has nothing to show yet.
+    /// A DownTrack wants a keyframe. Requests are coalesced: at most one PLI per interval.
+    /// A subscriber that has nothing to show yet waits at most [`URGENT_PLI_GAP`] for the
+    /// keyframe a recent PLI asked for, and not at all once that keyframe has begun (it
+    /// missed the start): one urgent request outstanding at a time.
     pub fn request_keyframe(&mut self, now: Instant, urgent: bool) -> KeyframeRequest {
         if self.video_codec.is_none() || self.media_ssrc == 0 {
             return KeyframeRequest::Nothing;
@@ -133,12 +142,15 @@ impl Receiver {
         } else {
             self.pli_interval
         };
-        let ready = self.last_pli.map_or(now, |at| at + gap);
+        let ready = match self.last_pli {
+            Some(_) if urgent && self.answered_since_pli => now,
+            Some(at) => at + gap,
+            None => now,
+        };
         // A deferred request whose time passed (its timer has not fired yet) goes now too.
         let overdue = self.pending_pli.is_some_and(|at| at <= now);
         if ready <= now || overdue {
-            self.last_pli = Some(now);
-            self.pending_pli = None;
+            self.sent_pli(now);
             return KeyframeRequest::SendNow;
         }
         let at = self.pending_pli.map_or(ready, |p| p.min(ready));
@@ -146,12 +158,17 @@ impl Receiver {
         KeyframeRequest::At(at)
     }
 
+    fn sent_pli(&mut self, now: Instant) {
+        self.last_pli = Some(now);
+        self.pending_pli = None;
+        self.answered_since_pli = false;
+    }
+
     /// The deferred request's time came: true when a PLI goes now.
     pub fn keyframe_due(&mut self, now: Instant) -> bool {
         match self.pending_pli {
             Some(at) if at <= now => {
-                self.pending_pli = None;
-                self.last_pli = Some(now);
+                self.sent_pli(now);
                 true
             }
             _ => false,
@@ -210,6 +227,35 @@ mod tests {
             KeyframeRequest::At(ms(600))
         );
         assert_eq!(r.request_keyframe(ms(650), true), KeyframeRequest::SendNow);
+    }
+
+    #[test]
+    fn a_newcomer_after_the_requested_keyframe_began_asks_again_at_once() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut r = video();
+        assert_eq!(r.request_keyframe(ms(0), true), KeyframeRequest::SendNow);
+        // Its keyframe is not there yet: a second newcomer waits for it.
+        assert_eq!(
+            r.request_keyframe(ms(20), true),
+            KeyframeRequest::At(ms(100))
+        );
+        // It begins at 35 ms; the deferred request is still due (it asked before)...
+        let key = packet(&[0x10, 0x00, 0x9d, 1]);
+        assert!(r.incoming(&key, ms(35)).unwrap().is_keyframe);
+        // ...and a third newcomer, who missed its start, asks at once.
+        assert_eq!(r.request_keyframe(ms(50), true), KeyframeRequest::SendNow);
+        // Now one request is outstanding again.
+        assert_eq!(
+            r.request_keyframe(ms(60), true),
+            KeyframeRequest::At(ms(150))
+        );
+        // A routine request still waits out the interval.
+        assert!(r.incoming(&key, ms(80)).unwrap().is_keyframe);
+        assert_eq!(
+            r.request_keyframe(ms(90), false),
+            KeyframeRequest::At(ms(150))
+        );
     }
 
     /// Found by the `rtp_path` fuzz target: a request made after a deferred one fell due,
