@@ -197,7 +197,7 @@ pub struct Config {
     /// Video packets kept for retransmission when a subscriber NACKs one (rounded up to a
     /// power of two): one copy per published track, shared by its subscribers, and a 12-byte
     /// note per packet per subscriber of which packet each of its sequence numbers carried.
-    #[arg(long, env = "SWITCHBOARD_NACK_WINDOW", default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..=32768))]
+    #[arg(long, env = "SWITCHBOARD_NACK_WINDOW", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=32768))]
     pub nack_window: u16,
 
     /// Oldest packet retransmitted, in milliseconds: later, the frame it belongs to is past.
@@ -321,7 +321,7 @@ impl Default for Config {
             audio_queue_ms: 100,
             media_timeout: Duration::from_secs(15),
             pli_interval_ms: 500,
-            nack_window: 512,
+            nack_window: 256,
             nack_max_age_ms: 1000,
             max_sockets: 2000,
             max_sockets_per_ip: 20,
