@@ -204,6 +204,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_NACK_MAX_AGE_MS", default_value_t = 1000)]
     pub nack_max_age_ms: u64,
 
+    /// Most packets retransmitted a second to one subscriber's video track (bursts of twice
+    /// that): a subscriber that floods NACKs gets no more, and costs the worker no more.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_MAX_RETRANSMITS_PER_SEC",
+        default_value_t = 300
+    )]
+    pub max_retransmits_per_sec: u32,
+
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     /// A subscriber that has nothing to show yet does not wait for it.
     #[arg(long, env = "SWITCHBOARD_PLI_INTERVAL_MS", default_value_t = 500)]
@@ -323,6 +332,7 @@ impl Default for Config {
             pli_interval_ms: 500,
             nack_window: 256,
             nack_max_age_ms: 1000,
+            max_retransmits_per_sec: 300,
             max_sockets: 2000,
             max_sockets_per_ip: 20,
             join_timeout: Duration::from_secs(10),
@@ -381,6 +391,7 @@ impl Config {
             pli_interval: self.pli_interval(),
             nack_window: self.nack_window,
             nack_max_age: Duration::from_millis(self.nack_max_age_ms),
+            max_retransmits_per_sec: self.max_retransmits_per_sec,
             queue: self.queue_limits(),
             max_chat_bytes: self.max_chat_bytes,
             chat_rate_per_sec: self.message_rate_per_sec,

@@ -101,6 +101,7 @@ metrics! {
         nacks_received: "NACKs received from subscribers.",
         retransmissions: "Packets subscribers NACKed, sent again from the track's shared history.",
         retransmissions_missed: "Packets subscribers NACKed that were no longer kept (--nack-window, --nack-max-age) or never sent to them.",
+        retransmissions_limited: "Packets subscribers NACKed beyond --max-retransmits-per-sec: not sent again.",
         sender_reports: "RTCP sender reports sent to subscribers (lip sync, round trip).",
         nacks_sent: "NACKs sent to publishers for packets lost on the uplink.",
         chat_messages: "Chat messages relayed.",

@@ -237,3 +237,75 @@ async fn checks_that_arrive_before_the_answer_are_answered_once_it_comes() {
     alice.leave().await;
     wait_metrics(&server, "everything torn down", all_freed).await;
 }
+
+/// A subscriber floods NACKs for packets still kept: it gets no more retransmissions than
+/// its budget (300 a second, bursts of 600), and another subscriber of the same track is
+/// not disturbed. Without the budget each of the 3,000 NACKs is a full send through the
+/// worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_flood_gets_its_budget_and_disturbs_nobody() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let alice = Client::join(&url, "flood", "alice").await.expect("joins");
+    let mallory = Client::join(&url, "flood", "mallory").await.expect("joins");
+    let carol = Client::join(&url, "flood", "carol").await.expect("joins");
+    mallory.record_arrivals();
+    alice
+        .publish(PublishOptions {
+            audio: false,
+            video_bitrate_bps: 300_000,
+            ..PublishOptions::default()
+        })
+        .await
+        .expect("publishes");
+    for c in [&mallory, &carol] {
+        c.wait_received("alice's video", WAIT, |r| {
+            r.values().any(|t| t.kind == "video" && t.packets > 20)
+        })
+        .await
+        .expect("video arrives");
+    }
+    let video = |c: &Client| {
+        c.received()
+            .into_values()
+            .find(|t| t.kind == "video")
+            .expect("a video track")
+    };
+    let track = video(&mallory);
+    let (stream_id, track_id) = (track.stream_id.clone(), track.track_id.clone());
+    let carol_before = video(&carol).distinct;
+    let started = std::time::Instant::now();
+    for i in 0..3_000 {
+        // Always a packet the server still keeps: the newest Mallory saw.
+        let newest = video(&mallory).arrivals.unwrap().last().unwrap().1;
+        mallory
+            .request_retransmission(&stream_id, &track_id, newest)
+            .await
+            .expect("NACK sent");
+        if i % 100 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    wait_metrics(&server, "the flood counted", |m| {
+        m.retransmissions + m.retransmissions_limited + m.retransmissions_missed >= 3_000
+    })
+    .await;
+    let m = server.metrics();
+    let budget = 600.0 + 300.0 * (elapsed + 1.0);
+    assert!(
+        (m.retransmissions as f64) <= budget,
+        "{} retransmissions in {elapsed:.2} s\n{m:?}",
+        m.retransmissions
+    );
+    assert!(m.retransmissions_limited > 1_000, "{m:?}");
+    // Carol's video went on meanwhile, whole.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = video(&carol);
+    assert!(after.distinct > carol_before + 5, "carol's video stalled");
+    assert_eq!(after.freezes, 0);
+    for c in [alice, mallory, carol] {
+        c.leave().await;
+    }
+    wait_metrics(&server, "everything torn down", all_freed).await;
+}

@@ -62,6 +62,7 @@ pub struct EngineConfig {
     /// Video packets kept per published track, and noted per DownTrack, to answer NACKs.
     pub nack_window: u16,
     pub nack_max_age: Duration,
+    pub max_retransmits_per_sec: u32,
     pub queue: QueueLimits,
     pub max_chat_bytes: usize,
     pub chat_rate_per_sec: u32,

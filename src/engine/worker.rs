@@ -171,6 +171,8 @@ struct ReceiverEntry {
 
 struct DownTrackEntry {
     downtrack: DownTrack,
+    /// What its subscriber's NACKs may still cost (see `--max-retransmits-per-sec`).
+    retransmit_budget: TokenBucket,
     subscriber: usize,
     /// The subscriber PC it sends on.
     peer: usize,
@@ -881,13 +883,18 @@ impl Worker {
             return;
         };
         let ntp = extensions::ntp_now();
-        let (mut sent, mut missed) = (0, 0);
+        let (mut sent, mut missed, mut limited) = (0, 0, 0);
         let wanted = nack.nacks.iter().flat_map(|pair| pair.into_iter());
         for seq in wanted.take(MAX_RETRANSMITS_PER_NACK) {
             let Some(packet) = d.downtrack.retransmit(seq, history, now, ntp) else {
                 missed += 1;
                 continue;
             };
+            if !d.retransmit_budget.allow(now) {
+                limited += 1;
+                continue;
+            }
+            d.downtrack.count_retransmitted(&packet, now);
             let written = p.pc.handle_write(TaggedRTCMessage {
                 now,
                 message: RTCMessage::RtpPacket(String::new(), packet),
@@ -898,6 +905,7 @@ impl Worker {
         }
         Metrics::add(&metrics.retransmissions, sent);
         Metrics::add(&metrics.retransmissions_missed, missed);
+        Metrics::add(&metrics.retransmissions_limited, limited);
         if sent > 0 && !p.dirty {
             p.dirty = true;
             dirty.push(d.peer);
@@ -1390,6 +1398,7 @@ impl Worker {
         }
         let dk = self.downtracks.insert(DownTrackEntry {
             downtrack,
+            retransmit_budget: TokenBucket::new(self.config.max_retransmits_per_sec),
             subscriber: member,
             peer,
             receiver: rk,

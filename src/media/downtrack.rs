@@ -199,7 +199,8 @@ impl DownTrack {
     }
 
     /// The packet this DownTrack sent as `sequence_number`, again, when the subscriber NACKed
-    /// it and the publisher's packet is still in `history`.
+    /// it and the publisher's packet is still in `history` (the caller counts it as sent with
+    /// [`DownTrack::count_retransmitted`] if it goes).
     pub fn retransmit(
         &mut self,
         sequence_number: u16,
@@ -220,8 +221,13 @@ impl DownTrack {
             ntp_now,
             kept.packet.payload.clone(),
         );
-        self.report.count(sent.timestamp, out.payload.len(), now);
         Some(out)
+    }
+
+    /// A retransmission went out: sender reports count it as a packet sent.
+    pub fn count_retransmitted(&mut self, packet: &rtp::Packet, now: Instant) {
+        self.report
+            .count(packet.header.timestamp, packet.payload.len(), now);
     }
 
     /// The sender report for this stream at `now`, once it has sent anything: the RTP time
