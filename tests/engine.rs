@@ -112,20 +112,22 @@ async fn a_room_of_ten_is_served_on_one_udp_port() {
     assert_eq!(udp_ports_of(pid), vec![port, port]);
 }
 
-/// Latency percentile (ms) of what a subscriber received from `after` on.
-fn p99_since(client: &Client, after: &hdrhistogram::Histogram<u64>) -> (f64, u64) {
-    let mut during = client
+/// Every latency a subscriber measured so far, on all its tracks.
+fn latencies(client: &Client) -> hdrhistogram::Histogram<u64> {
+    client
         .received()
         .values()
         .filter_map(|t| t.latency_us.clone())
-        .fold(None::<hdrhistogram::Histogram<u64>>, |acc, h| match acc {
-            None => Some(h),
-            Some(mut a) => {
-                a.add(&h).unwrap();
-                Some(a)
-            }
+        .reduce(|mut all, h| {
+            all.add(&h).unwrap();
+            all
         })
-        .expect("latency measured");
+        .expect("latency measured")
+}
+
+/// Latency percentile (ms) of what a subscriber received from `after` on.
+fn p99_since(client: &Client, after: &hdrhistogram::Histogram<u64>) -> (f64, u64) {
+    let mut during = latencies(client);
     during.subtract(after).unwrap();
     (during.value_at_quantile(0.99) as f64 / 1000.0, during.len())
 }
@@ -157,18 +159,7 @@ async fn a_join_storm_does_not_delay_an_ongoing_call() {
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = listener
-        .received()
-        .values()
-        .filter_map(|t| t.latency_us.clone())
-        .fold(None::<hdrhistogram::Histogram<u64>>, |acc, h| match acc {
-            None => Some(h),
-            Some(mut a) => {
-                a.add(&h).unwrap();
-                Some(a)
-            }
-        })
-        .unwrap();
+    let before = latencies(&listener);
     // The storm: fifty sockets join within a second; the server makes each a subscriber
     // peer connection carrying the call's two tracks, and offers it.
     let mut joiners = Vec::new();

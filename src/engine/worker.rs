@@ -123,6 +123,16 @@ struct Peer {
     early_checks: Vec<udp::Incoming>,
 }
 
+impl Peer {
+    /// Queues peer connection `key` (this one) to be drained at the end of the batch, once.
+    fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+}
+
 /// A track forwarded to one participant.
 struct Forwarded {
     downtrack: usize,
@@ -396,10 +406,7 @@ impl Worker {
 
     fn mark_dirty(&mut self, peer: usize) {
         if let Some(p) = self.peers.get_mut(peer) {
-            if !p.dirty {
-                p.dirty = true;
-                self.dirty.push(peer);
-            }
+            p.mark_dirty(peer, &mut self.dirty);
         }
     }
 
@@ -832,10 +839,7 @@ impl Worker {
                     if written.is_ok() {
                         Metrics::add(&metrics.packets_out, 1);
                         Metrics::add(&metrics.bytes_out, bytes);
-                        if !p.dirty {
-                            p.dirty = true;
-                            dirty.push(peer);
-                        }
+                        p.mark_dirty(peer, dirty);
                     }
                 }
                 Outcome::Drop {
@@ -906,9 +910,8 @@ impl Worker {
         Metrics::add(&metrics.retransmissions, sent);
         Metrics::add(&metrics.retransmissions_missed, missed);
         Metrics::add(&metrics.retransmissions_limited, limited);
-        if sent > 0 && !p.dirty {
-            p.dirty = true;
-            dirty.push(d.peer);
+        if sent > 0 {
+            p.mark_dirty(d.peer, dirty);
         }
     }
 
@@ -937,10 +940,7 @@ impl Worker {
             });
             if written.is_ok() {
                 reports += n;
-                if !p.dirty {
-                    p.dirty = true;
-                    self.dirty.push(m.subscriber);
-                }
+                p.mark_dirty(m.subscriber, &mut self.dirty);
             }
         }
         Metrics::add(&self.metrics.sender_reports, reports);

@@ -962,21 +962,12 @@ impl Client {
 
     /// Drops the socket and the PCs without a word, like a closed browser tab.
     pub async fn close(self) {
-        self.stop_publishing();
         if let Ok(mut tasks) = self.tasks.lock() {
             for task in tasks.drain(..) {
                 task.abort();
             }
         }
-        for pc in [
-            self.subscriber.lock().await.take(),
-            self.publisher.lock().await.take(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            let _ = pc.close().await;
-        }
+        self.close_peer_connections().await;
     }
 }
 
