@@ -300,3 +300,53 @@ async fn a_nack_flood_gets_its_budget_and_disturbs_nobody() {
     }
     wait_metrics(&server, "everything torn down", all_freed).await;
 }
+
+/// Forwarded media is protected by the worker itself (marshalled once, encrypted in place,
+/// with the keys the stack's DTLS handshake derived, proven on the stack's first packet), for
+/// each SRTP profile the server negotiates; and by the stack's pipeline when
+/// `--srtp-writer stack` asks for it. Either way the subscriber decrypts what it is sent:
+/// packets that did not authenticate would never reach its counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_is_protected_by_the_worker_with_every_profile_or_by_the_stack() {
+    use switchboard::config::SrtpWriter;
+    let cases = [
+        ("aes128gcm", SrtpWriter::Worker),
+        ("aes256gcm", SrtpWriter::Worker),
+        ("aes128cm", SrtpWriter::Worker),
+        ("aes128gcm", SrtpWriter::Stack),
+    ];
+    for (profile, writer) in cases {
+        let server = start_server_with(switchboard::Config {
+            srtp: profile.into(),
+            srtp_writer: writer,
+            ..switchboard::Config::ephemeral()
+        })
+        .await;
+        let url = server.ws_url();
+        let alice = Client::join(&url, "srtp", "alice").await.expect("joins");
+        alice
+            .publish(PublishOptions {
+                video_bitrate_bps: 300_000,
+                ..PublishOptions::default()
+            })
+            .await
+            .expect("publishes");
+        let bob = Client::join(&url, "srtp", "bob").await.expect("joins");
+        bob.wait_received("alice's audio and video", WAIT, |r| {
+            r.len() == 2 && r.values().all(|t| t.packets > 100)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{profile} by {writer:?}: {e}"));
+        let m = server.metrics();
+        match writer {
+            // Bob's subscriber connection; alice's has nothing to send.
+            SrtpWriter::Worker => assert_eq!(m.srtp_sessions_in_worker, 1, "{profile}: {m:?}"),
+            SrtpWriter::Stack => assert_eq!(m.srtp_sessions_in_worker, 0, "{m:?}"),
+        }
+        assert_eq!(m.srtp_sessions_unproven, 0, "{profile}: {m:?}");
+        assert_eq!(m.srtp_protect_errors, 0, "{profile}: {m:?}");
+        bob.leave().await;
+        alice.leave().await;
+        wait_metrics(&server, "everything torn down", all_freed).await;
+    }
+}

@@ -135,7 +135,11 @@ fuzz_target!(|data: &[u8]| {
             !video || codec.is_keyframe(&packet.payload)
         );
         match downtrack.forward(&incoming, now, 0x1234_5678_9abc_def0) {
-            Outcome::Send(out) => {
+            Outcome::Send(header) => {
+                let out = rtp::Packet {
+                    header,
+                    payload: packet.payload.clone(),
+                };
                 assert_eq!(out.header.ssrc, 0xabcd);
                 assert_eq!(out.header.payload_type, 102);
                 assert_eq!(out.payload, packet.payload);

@@ -57,6 +57,7 @@ fn publisher_offer(sdp: &str, now: Instant) {
         "00fuzzfuzzfuzz",
         "passwordpasswordpassword",
         now,
+        None,
     ) else {
         return;
     };
@@ -74,6 +75,7 @@ fn subscriber_answer(sdp: &str, now: Instant) {
         "00fuzzfuzzfuzz",
         "passwordpasswordpassword",
         now,
+        None,
     ) else {
         return;
     };

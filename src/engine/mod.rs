@@ -17,6 +17,7 @@
 pub mod demux;
 pub mod feedback;
 pub mod peer;
+pub mod srtp;
 pub mod timers;
 pub mod udp;
 mod worker;
@@ -29,6 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::config::SrtpWriter;
 use crate::media::downtrack::QueueLimits;
 use crate::metrics::Metrics;
 use crate::room::{MediaPlacer, MediaPlane, Participant, PublishedTrack, Room};
@@ -58,6 +60,7 @@ pub struct EngineConfig {
     /// The IPs announced in ICE candidates, on the bound port.
     pub announce: Vec<IpAddr>,
     pub srtp: String,
+    pub srtp_writer: SrtpWriter,
     pub pli_interval: Duration,
     /// Video packets kept per published track, and noted per DownTrack, to answer NACKs.
     pub nack_window: u16,

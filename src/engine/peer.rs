@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rtc::crypto::RTCCryptoProvider;
 use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::interceptor::{
@@ -116,12 +117,17 @@ impl PeerSettings {
     /// - subscriber (sends): none of the stack's. The worker answers NACKs from one history
     ///   per published track and writes the sender reports itself: a send buffer per
     ///   subscriber would copy every header and hold ~45 KiB per video stream.
+    ///
+    /// `crypto` replaces the default crypto provider (a subscriber's [`KeyTap`]).
+    ///
+    /// [`KeyTap`]: crate::engine::srtp::KeyTap
     pub fn build(
         &self,
         role: PcKind,
         ufrag: &str,
         pwd: &str,
         now: Instant,
+        crypto: Option<Arc<dyn RTCCryptoProvider>>,
     ) -> Result<RTCPeerConnection, EngineError> {
         let rtc_err =
             |what: &str, e: rtc::shared::error::Error| EngineError::Rtc(format!("{what}: {e}"));
@@ -155,7 +161,11 @@ impl PeerSettings {
             Slot::from(14_000usize),
             FeedbackInterceptor::new(self.metrics.clone()),
         );
-        let settings = SettingEngineBuilder::new()
+        let mut settings = SettingEngineBuilder::new();
+        if let Some(crypto) = crypto {
+            settings = settings.with_crypto_provider(crypto);
+        }
+        let settings = settings
             // mDNS would send multicast off the machine and hide our addresses: off.
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_lite(true)
@@ -274,6 +284,7 @@ mod tests {
                 "00abcdefgh",
                 "passwordpasswordpassword",
                 Instant::now(),
+                None,
             )
             .unwrap();
         pc.create_data_channel("chat", None).unwrap();

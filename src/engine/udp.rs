@@ -16,6 +16,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 const SOCKET_BUFFER_BYTES: usize = 8 << 20;
 /// Largest datagram read (GRO may coalesce several into one buffer).
 const RECV_BUFFER_BYTES: usize = 64 * 1024;
+/// Send buffers are this large (a full-size packet and its SRTP tag) and kept for reuse once
+/// sent, up to [`MAX_SPARE_BUFFERS`]: the fan-out marshals into them instead of allocating.
+const SEND_BUFFER_BYTES: usize = 1536;
+const MAX_SPARE_BUFFERS: usize = 1024;
 
 /// Binds one socket of the shared port. `reuse_port` lets every worker bind the same
 /// address; the kernel then spreads clients across them by a hash of their address.
@@ -30,6 +34,16 @@ pub fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<std::net::UdpSocke
     let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
     socket.bind(&addr.into())?;
     Ok(socket.into())
+}
+
+/// Keeps a send buffer for reuse if it is of the usual size and not too many are kept.
+fn keep_spare(spare: &mut Vec<BytesMut>, mut data: BytesMut) {
+    if spare.len() < MAX_SPARE_BUFFERS
+        && (SEND_BUFFER_BYTES..=2 * SEND_BUFFER_BYTES).contains(&data.capacity())
+    {
+        data.clear();
+        spare.push(data);
+    }
 }
 
 /// A datagram to send.
@@ -61,6 +75,7 @@ pub struct Udp {
     mmsg: mmsg::Scratch,
     /// Datagrams waiting for the socket to take them.
     pub queue: VecDeque<Outgoing>,
+    spare: Vec<BytesMut>,
 }
 
 /// What a flush did.
@@ -92,7 +107,29 @@ impl Udp {
             #[cfg(target_os = "linux")]
             mmsg: mmsg::Scratch::default(),
             queue: VecDeque::new(),
+            spare: Vec::new(),
         })
+    }
+
+    /// An empty send buffer, reused if one is spare.
+    pub fn buffer(&mut self) -> BytesMut {
+        self.spare
+            .pop()
+            .unwrap_or_else(|| BytesMut::with_capacity(SEND_BUFFER_BYTES))
+    }
+
+    /// A buffer from [`Udp::buffer`] that was not sent after all.
+    pub fn give_back(&mut self, data: BytesMut) {
+        keep_spare(&mut self.spare, data);
+    }
+
+    /// Takes the first `n` queued datagrams off the queue (sent or refused), keeping their
+    /// buffers for [`Udp::buffer`].
+    fn done_with(&mut self, n: usize) {
+        let Udp { queue, spare, .. } = self;
+        for sent in queue.drain(..n) {
+            keep_spare(spare, sent.data);
+        }
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -182,7 +219,8 @@ impl Udp {
                 Ok(n) => {
                     done.syscalls += 1;
                     done.datagrams += n as u64;
-                    self.queue.drain(..n.max(1).min(slice.len()));
+                    let taken = n.max(1).min(slice.len());
+                    self.done_with(taken);
                     if n == 0 {
                         done.failed += 1;
                     }
@@ -195,7 +233,7 @@ impl Udp {
                     // The first datagram was refused (unreachable, too large): drop it, not
                     // the ones behind it.
                     done.failed += 1;
-                    self.queue.pop_front();
+                    self.done_with(1);
                 }
             }
         }

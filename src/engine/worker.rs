@@ -33,8 +33,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::chat;
+use crate::config::SrtpWriter;
 use crate::engine::demux::{self, Demux, Route};
 use crate::engine::feedback::is_keyframe_request;
+use crate::engine::srtp::{KeyTap, Observed, Writer};
 use crate::engine::timers::Timers;
 use crate::engine::udp::{self, Udp};
 use crate::engine::{Command, EngineConfig, Inbox, PeerSettings};
@@ -62,8 +64,10 @@ pub(crate) struct Setup {
 
 /// Datagrams read before the worker stops to flush what it owes.
 const MAX_READS_PER_BATCH: usize = 64;
-/// Peer connections with output pending after which the worker sends before reading on.
+/// Peer connections with output pending, or datagrams queued, after which the worker sends
+/// before reading on.
 const FLUSH_AFTER_DIRTY: usize = 512;
+const FLUSH_AFTER_QUEUED: usize = 512;
 /// Chat kept for a member whose channel is not open yet: how many, and how old at most.
 const CHAT_BACKLOG_MESSAGES: usize = 64;
 const CHAT_BACKLOG_AGE: Duration = Duration::from_secs(10);
@@ -121,6 +125,8 @@ struct Peer {
     /// over the WebSocket): replayed once it is applied, rather than left to the client's
     /// retry ~200 ms later.
     early_checks: Vec<udp::Incoming>,
+    /// Who protects the media it forwards (subscriber connections).
+    srtp: Writer,
 }
 
 impl Peer {
@@ -213,8 +219,73 @@ struct Worker {
     /// Some member may need a subscriber offer (checked once per batch).
     offers_due: bool,
     received: Vec<udp::Incoming>,
-    /// Test-only: video datagrams counted towards `fault_drop_sent_video_every`.
-    fault_sent_count: u32,
+    /// Test-only: a lossy downlink (`fault_drop_sent_video_every`).
+    send_fault: SendFault,
+}
+
+/// Test-only fault injection: every Nth video datagram to subscribers is lost after encryption.
+struct SendFault {
+    every: Option<u32>,
+    count: u32,
+}
+
+impl SendFault {
+    /// Counts a video datagram about to be sent; true if it is to be lost.
+    fn drops(&mut self) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        self.count = self.count.wrapping_add(1);
+        self.count.is_multiple_of(every.max(1))
+    }
+}
+
+/// Sends one forwarded packet on subscriber connection `key`: protected by the worker straight
+/// into the socket queue once it has the connection's keys, else through the stack (drained at
+/// the end of the batch). True if it went.
+#[allow(clippy::too_many_arguments)]
+fn send_rtp(
+    p: &mut Peer,
+    key: usize,
+    header: rtp::header::Header,
+    payload: &bytes::Bytes,
+    video: bool,
+    udp: &mut Udp,
+    send_fault: &mut SendFault,
+    dirty: &mut Vec<usize>,
+    metrics: &Metrics,
+    now: Instant,
+) -> bool {
+    let Some((sender, to)) = p.srtp.direct() else {
+        let written = p.pc.handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(
+                String::new(),
+                rtp::Packet {
+                    header,
+                    payload: payload.clone(),
+                },
+            ),
+        });
+        if written.is_ok() {
+            p.mark_dirty(key, dirty);
+        }
+        return written.is_ok();
+    };
+    let mut data = udp.buffer();
+    if let Err(e) = sender.protect_packet(&header, payload, &mut data) {
+        debug!(peer = key, error = %e, "protecting a packet");
+        Metrics::add(&metrics.srtp_protect_errors, 1);
+        return false;
+    }
+    if !(video && send_fault.drops()) {
+        udp.queue.push_back(udp::Outgoing {
+            to,
+            data,
+            queued: now,
+        });
+    }
+    true
 }
 
 impl Worker {
@@ -229,6 +300,10 @@ impl Worker {
             TimerKey::SenderReports,
             Some(Instant::now() + SENDER_REPORT_EVERY),
         );
+        let send_fault = SendFault {
+            every: setup.config.fault_drop_sent_video_every,
+            count: 0,
+        };
         Ok(Worker {
             index: setup.index,
             udp: Udp::new(setup.socket)?,
@@ -250,7 +325,7 @@ impl Worker {
             dirty: Vec::new(),
             offers_due: false,
             received: Vec::with_capacity(quinn_udp::BATCH_SIZE),
-            fault_sent_count: 0,
+            send_fault,
         })
     }
 
@@ -320,7 +395,9 @@ impl Worker {
                         self.on_datagram(datagram, at);
                         // A publisher packet fanned out to many: send it now rather than after
                         // the rest of the batch (one system call either way).
-                        if self.dirty.len() >= FLUSH_AFTER_DIRTY {
+                        if self.dirty.len() >= FLUSH_AFTER_DIRTY
+                            || self.udp.queue.len() >= FLUSH_AFTER_QUEUED
+                        {
                             self.end_of_batch();
                         }
                     }
@@ -416,22 +493,30 @@ impl Worker {
             return;
         };
         while let Some(out) = p.pc.poll_write() {
-            if let Some(every) = self.config.fault_drop_sent_video_every {
-                if p.role == PcKind::Subscriber
-                    && is_rtp_of(&out.message, |ssrc| {
-                        self.members.get(p.owner).is_some_and(|m| {
-                            m.downtracks_by_ssrc
-                                .get(&ssrc)
-                                .and_then(|&dk| self.downtracks.get(dk))
-                                .is_some_and(|d| d.downtrack.is_video())
-                        })
-                    })
-                {
-                    self.fault_sent_count = self.fault_sent_count.wrapping_add(1);
-                    if self.fault_sent_count.is_multiple_of(every.max(1)) {
-                        continue;
-                    }
+            match p.srtp.observe(&out.message, out.transport.peer_addr) {
+                Observed::Nothing => {}
+                Observed::Proven => {
+                    debug!(peer, "media protected by the worker from now on");
+                    Metrics::add(&self.metrics.srtp_sessions_in_worker, 1);
                 }
+                Observed::GaveUp => {
+                    warn!(peer, "no tapped SRTP key authenticates the stack's packets: media stays on the stack's pipeline");
+                    Metrics::add(&self.metrics.srtp_sessions_unproven, 1);
+                }
+            }
+            if self.send_fault.every.is_some()
+                && p.role == PcKind::Subscriber
+                && is_rtp_of(&out.message, |ssrc| {
+                    self.members.get(p.owner).is_some_and(|m| {
+                        m.downtracks_by_ssrc
+                            .get(&ssrc)
+                            .and_then(|&dk| self.downtracks.get(dk))
+                            .is_some_and(|d| d.downtrack.is_video())
+                    })
+                })
+                && self.send_fault.drops()
+            {
+                continue;
             }
             self.udp.queue.push_back(udp::Outgoing {
                 to: out.transport.peer_addr,
@@ -805,6 +890,8 @@ impl Worker {
             peers,
             dirty,
             metrics,
+            udp,
+            send_fault,
             ..
         } = self;
         let Some(entry) = receivers.get_mut(rk) else {
@@ -821,26 +908,72 @@ impl Worker {
         }
         let ntp = extensions::ntp_now();
         let mut wants_keyframe = false;
+        let payload = &incoming.packet.payload;
         for &dk in &entry.downtracks {
             let Some(d) = downtracks.get_mut(dk) else {
                 continue;
             };
-            match d.downtrack.forward(&incoming, now, ntp) {
-                Outcome::Send(out) => {
-                    let peer = d.peer;
-                    let Some(p) = peers.get_mut(peer) else {
-                        continue;
-                    };
-                    let bytes = out.payload.len() as u64;
-                    let written = p.pc.handle_write(TaggedRTCMessage {
-                        now,
-                        message: RTCMessage::RtpPacket(String::new(), out),
-                    });
-                    if written.is_ok() {
-                        Metrics::add(&metrics.packets_out, 1);
-                        Metrics::add(&metrics.bytes_out, bytes);
-                        p.mark_dirty(peer, dirty);
+            let peer = d.peer;
+            let Some(p) = peers.get_mut(peer) else {
+                continue;
+            };
+            let video = d.downtrack.is_video();
+            let outcome = match p.srtp.direct() {
+                // Marshalled once into a reused buffer, protected in place, queued.
+                Some((sender, to)) => {
+                    let mut data = udp.buffer();
+                    match d.downtrack.forward_into(&incoming, now, ntp, &mut data) {
+                        Outcome::Send(header_len) => {
+                            data.extend_from_slice(payload);
+                            match sender.protect(&mut data, header_len) {
+                                Ok(()) if video && send_fault.drops() => {}
+                                Ok(()) => udp.queue.push_back(udp::Outgoing {
+                                    to,
+                                    data,
+                                    queued: now,
+                                }),
+                                Err(e) => {
+                                    debug!(peer, error = %e, "protecting a packet");
+                                    Metrics::add(&metrics.srtp_protect_errors, 1);
+                                    continue;
+                                }
+                            }
+                            Outcome::Send(())
+                        }
+                        Outcome::Drop {
+                            why,
+                            wants_keyframe,
+                        } => {
+                            udp.give_back(data);
+                            Outcome::Drop {
+                                why,
+                                wants_keyframe,
+                            }
+                        }
                     }
+                }
+                None => match d.downtrack.forward(&incoming, now, ntp) {
+                    Outcome::Send(header) => {
+                        if !send_rtp(
+                            p, peer, header, payload, video, udp, send_fault, dirty, metrics, now,
+                        ) {
+                            continue;
+                        }
+                        Outcome::Send(())
+                    }
+                    Outcome::Drop {
+                        why,
+                        wants_keyframe,
+                    } => Outcome::Drop {
+                        why,
+                        wants_keyframe,
+                    },
+                },
+            };
+            match outcome {
+                Outcome::Send(()) => {
+                    Metrics::add(&metrics.packets_out, 1);
+                    Metrics::add(&metrics.bytes_out, payload.len() as u64);
                 }
                 Outcome::Drop {
                     why,
@@ -875,6 +1008,8 @@ impl Worker {
             peers,
             dirty,
             metrics,
+            udp,
+            send_fault,
             ..
         } = self;
         let Some(d) = downtracks.get_mut(dk) else {
@@ -899,20 +1034,17 @@ impl Worker {
                 continue;
             }
             d.downtrack.count_retransmitted(&packet, now);
-            let written = p.pc.handle_write(TaggedRTCMessage {
-                now,
-                message: RTCMessage::RtpPacket(String::new(), packet),
-            });
-            if written.is_ok() {
+            let video = d.downtrack.is_video();
+            let rtp::Packet { header, payload } = packet;
+            if send_rtp(
+                p, d.peer, header, &payload, video, udp, send_fault, dirty, metrics, now,
+            ) {
                 sent += 1;
             }
         }
         Metrics::add(&metrics.retransmissions, sent);
         Metrics::add(&metrics.retransmissions_missed, missed);
         Metrics::add(&metrics.retransmissions_limited, limited);
-        if sent > 0 {
-            p.mark_dirty(d.peer, dirty);
-        }
     }
 
     /// Every sending DownTrack's sender report, one compound packet per subscriber.
@@ -1113,9 +1245,23 @@ impl Worker {
 
     fn new_peer(&mut self, owner: usize, role: PcKind, now: Instant) -> Result<usize, String> {
         let ufrag = demux::new_ufrag(self.index);
+        let tap = match (role, self.config.srtp_writer) {
+            (PcKind::Subscriber, SrtpWriter::Worker) => {
+                let provider = rtc::crypto::default_provider().map_err(|e| e.to_string())?;
+                Some(Arc::new(KeyTap::new(provider)))
+            }
+            _ => None,
+        };
         let pc = self
             .settings
-            .build(role, &ufrag, &demux::new_password(), now)
+            .build(
+                role,
+                &ufrag,
+                &demux::new_password(),
+                now,
+                tap.clone()
+                    .map(|t| t as Arc<dyn rtc::crypto::RTCCryptoProvider>),
+            )
             .map_err(|e| e.to_string())?;
         let key = self.peers.insert(Peer {
             pc,
@@ -1126,6 +1272,10 @@ impl Worker {
             dirty: false,
             remote_candidates: 0,
             early_checks: Vec::new(),
+            srtp: match tap {
+                Some(tap) => Writer::Proving { tap, tries: 0 },
+                None => Writer::Stack,
+            },
         });
         self.demux.add_peer(&ufrag, key);
         Metrics::inc(&self.metrics.peer_connections);

@@ -11,10 +11,10 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::BytesMut;
 
 use crate::media::extensions::{Carried, SubscriberExtensions};
-use crate::media::forwarder::{Decision, Forwarder, Refused};
+use crate::media::forwarder::{Decision, Forwarder, Refused, Rewritten};
 use crate::media::history::{PacketHistory, Sent, SentLog};
 use crate::media::receiver::Incoming;
 
@@ -33,10 +33,11 @@ pub enum Dropped {
     Refused(Refused),
 }
 
-/// What a DownTrack made of one packet.
+/// What a DownTrack made of one packet: sending the publisher's payload after `S`, the
+/// header ([`DownTrack::forward`]) or its length once marshalled ([`DownTrack::forward_into`]).
 #[derive(Debug)]
-pub enum Outcome {
-    Send(rtp::Packet),
+pub enum Outcome<S = rtp::header::Header> {
+    Send(S),
     Drop {
         why: Dropped,
         /// The DownTrack cannot go on without a keyframe.
@@ -149,11 +150,73 @@ impl DownTrack {
     }
 
     pub fn forward(&mut self, incoming: &Incoming<'_>, now: Instant, ntp_now: u64) -> Outcome {
+        let ssrc = self.ssrc;
+        let (rewritten, negotiated) = match self.decide(incoming, now) {
+            Ok(decided) => decided,
+            Err((why, wants_keyframe)) => {
+                return Outcome::Drop {
+                    why,
+                    wants_keyframe,
+                }
+            }
+        };
+        Outcome::Send(header(
+            ssrc,
+            negotiated,
+            incoming.packet.header.marker,
+            rewritten.sequence_number,
+            rewritten.timestamp,
+            &incoming.carried,
+            ntp_now,
+        ))
+    }
+
+    /// [`DownTrack::forward`], with the header marshalled into `buf` (cleared first) rather
+    /// than built: the send path's way, which allocates and reference-counts nothing.
+    pub fn forward_into(
+        &mut self,
+        incoming: &Incoming<'_>,
+        now: Instant,
+        ntp_now: u64,
+        buf: &mut BytesMut,
+    ) -> Outcome<usize> {
+        let ssrc = self.ssrc;
+        let (rewritten, negotiated) = match self.decide(incoming, now) {
+            Ok(decided) => decided,
+            Err((why, wants_keyframe)) => {
+                return Outcome::Drop {
+                    why,
+                    wants_keyframe,
+                }
+            }
+        };
+        buf.clear();
+        buf.extend_from_slice(&[
+            0x80,
+            (u8::from(incoming.packet.header.marker) << 7) | (negotiated.payload_type & 0x7f),
+        ]);
+        buf.extend_from_slice(&rewritten.sequence_number.to_be_bytes());
+        buf.extend_from_slice(&rewritten.timestamp.to_be_bytes());
+        buf.extend_from_slice(&ssrc.to_be_bytes());
+        if negotiated
+            .extensions
+            .marshal(buf, &incoming.carried, ntp_now)
+        {
+            buf[0] |= 0x10;
+        }
+        Outcome::Send(buf.len())
+    }
+
+    /// Whether `incoming` goes to this subscriber, and under which numbers; what is sent is
+    /// counted for sender reports and noted for retransmissions. A refusal says why, and
+    /// whether a keyframe is wanted.
+    fn decide(
+        &mut self,
+        incoming: &Incoming<'_>,
+        now: Instant,
+    ) -> Result<(Rewritten, &Negotiated), (Dropped, bool)> {
         let Some(negotiated) = self.negotiated.as_ref().filter(|_| self.transport_ready) else {
-            return Outcome::Drop {
-                why: Dropped::NotNegotiated,
-                wants_keyframe: false,
-            };
+            return Err((Dropped::NotNegotiated, false));
         };
         let source = &incoming.packet.header;
         let decision = self.forwarder.decide_queued(
@@ -168,23 +231,10 @@ impl DownTrack {
         let rewritten = match decision {
             Decision::Forward(rewritten) => rewritten,
             Decision::Refuse(why) => {
-                return Outcome::Drop {
-                    why: Dropped::Refused(why),
-                    wants_keyframe: matches!(why, Refused::WaitingForKeyframe | Refused::Expired),
-                }
+                let wants_keyframe = matches!(why, Refused::WaitingForKeyframe | Refused::Expired);
+                return Err((Dropped::Refused(why), wants_keyframe));
             }
         };
-        let out = build(
-            self.ssrc,
-            negotiated,
-            source.marker,
-            rewritten.sequence_number,
-            rewritten.timestamp,
-            &incoming.carried,
-            ntp_now,
-            // The publisher's buffer, shared by every subscriber.
-            incoming.packet.payload.clone(),
-        );
         if let Some(log) = self.sent_log.as_mut() {
             log.record(Sent {
                 sequence_number: rewritten.sequence_number,
@@ -194,8 +244,8 @@ impl DownTrack {
             });
         }
         self.report
-            .count(rewritten.timestamp, out.payload.len(), now);
-        Outcome::Send(out)
+            .count(rewritten.timestamp, incoming.packet.payload.len(), now);
+        Ok((rewritten, negotiated))
     }
 
     /// The packet this DownTrack sent as `sequence_number`, again, when the subscriber NACKed
@@ -211,7 +261,7 @@ impl DownTrack {
         let negotiated = self.negotiated.as_ref().filter(|_| self.transport_ready)?;
         let sent = self.sent_log.as_ref()?.get(sequence_number)?;
         let kept = history.get(sent.source_sequence_number, sent.source_timestamp, now)?;
-        let out = build(
+        let header = header(
             self.ssrc,
             negotiated,
             kept.packet.header.marker,
@@ -219,9 +269,11 @@ impl DownTrack {
             sent.timestamp,
             &kept.carried,
             ntp_now,
-            kept.packet.payload.clone(),
         );
-        Some(out)
+        Some(rtp::Packet {
+            header,
+            payload: kept.packet.payload.clone(),
+        })
     }
 
     /// A retransmission went out: sender reports count it as a packet sent.
@@ -251,10 +303,9 @@ impl DownTrack {
     }
 }
 
-/// One outgoing packet: the subscriber's SSRC, payload type, numbering and extensions around
-/// the publisher's payload.
-#[allow(clippy::too_many_arguments)]
-fn build(
+/// One outgoing packet's header: the subscriber's SSRC, payload type, numbering and
+/// extensions, to go around the publisher's payload.
+fn header(
     ssrc: u32,
     negotiated: &Negotiated,
     marker: bool,
@@ -262,8 +313,7 @@ fn build(
     timestamp: u32,
     carried: &Carried,
     ntp_now: u64,
-    payload: Bytes,
-) -> rtp::Packet {
+) -> rtp::header::Header {
     let mut header = rtp::header::Header {
         version: 2,
         marker,
@@ -274,7 +324,7 @@ fn build(
         ..Default::default()
     };
     negotiated.extensions.write(&mut header, carried, ntp_now);
-    rtp::Packet { header, payload }
+    header
 }
 
 #[cfg(test)]
@@ -329,16 +379,11 @@ mod tests {
         let Outcome::Send(out) = dt.forward(&incoming(&p, true, now), now, 0) else {
             panic!("a keyframe starts it")
         };
-        assert_eq!(out.header.ssrc, 99);
-        assert_eq!(out.header.payload_type, 102);
-        assert_eq!(out.header.sequence_number, 10);
-        assert!(out.header.marker);
-        assert_eq!(out.header.get_extension(3).unwrap().as_ref(), b"4");
-        assert_eq!(
-            out.payload.as_ptr(),
-            p.payload.as_ptr(),
-            "payload shared, not copied"
-        );
+        assert_eq!(out.ssrc, 99);
+        assert_eq!(out.payload_type, 102);
+        assert_eq!(out.sequence_number, 10);
+        assert!(out.marker);
+        assert_eq!(out.get_extension(3).unwrap().as_ref(), b"4");
         assert!(dt.is_sending());
     }
 
@@ -404,7 +449,10 @@ mod tests {
             let Outcome::Send(out) = dt.forward(&inc, t0, 0) else {
                 panic!("forwarded")
             };
-            sent.push(out);
+            sent.push(rtp::Packet {
+                header: out,
+                payload: p.payload.clone(),
+            });
         }
         // Across the DownTrack's wrap: the 8th packet went out as sequence 65,536 + 1.
         let lost = &sent[7];
@@ -457,6 +505,6 @@ mod tests {
         assert_eq!(sr.packet_count, 2);
         assert_eq!(sr.octet_count, 5);
         // Half a second of the 90 kHz clock passed since the last packet went out.
-        assert_eq!(sr.rtp_time, last.header.timestamp.wrapping_add(45_000));
+        assert_eq!(sr.rtp_time, last.timestamp.wrapping_add(45_000));
     }
 }

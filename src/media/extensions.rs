@@ -6,7 +6,7 @@
 //! (RFC 8843): some clients demultiplex a BUNDLE by MID, and two Opus streams with one payload
 //! type are otherwise told apart only by SSRC.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::signal::protocol::TrackKind;
 
@@ -161,10 +161,65 @@ impl SubscriberExtensions {
     }
 }
 
+impl SubscriberExtensions {
+    /// [`SubscriberExtensions::write`] straight into a packet being marshalled: appends the
+    /// header extension block (RFC 8285) to `out`, or nothing. True if it appended one (the
+    /// caller sets the header's X bit). Nothing is allocated or reference-counted.
+    pub fn marshal(&self, out: &mut BytesMut, carried: &Carried, now_ntp: u64) -> bool {
+        let abs = abs_send_time_bytes(now_ntp);
+        let mut values: [(u8, &[u8]); N + 1] = [(0, &[]); N + 1];
+        let mut count = 0;
+        if let Some((id, mid)) = &self.mid {
+            values[0] = (*id, &mid[..]);
+            count = 1;
+        }
+        for (at, (&id, value)) in self.ids.ids.iter().zip(&carried.values).enumerate() {
+            let Some(value) = value.as_ref().filter(|_| id != 0) else {
+                continue;
+            };
+            values[count] = (id, if at == ABS_SEND_TIME_AT { &abs } else { value });
+            count += 1;
+        }
+        let values = &values[..count];
+        if values.is_empty() {
+            return false;
+        }
+        let one_byte = values
+            .iter()
+            .all(|(id, v)| (1..=14).contains(id) && (1..=16).contains(&v.len()));
+        let start = out.len();
+        let profile = if one_byte {
+            ONE_BYTE_PROFILE
+        } else {
+            TWO_BYTE_PROFILE
+        };
+        out.extend_from_slice(&profile.to_be_bytes());
+        out.extend_from_slice(&[0, 0]); // length in words, set below
+        for (id, value) in values {
+            if one_byte {
+                out.extend_from_slice(&[(id << 4) | (value.len() as u8 - 1)]);
+            } else {
+                out.extend_from_slice(&[*id, value.len() as u8]);
+            }
+            out.extend_from_slice(value);
+        }
+        let body = out.len() - start - 4;
+        let padded = body.div_ceil(4) * 4;
+        out.resize(start + 4 + padded, 0);
+        let words = (padded / 4) as u16;
+        out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
+        true
+    }
+}
+
 /// The 24-bit abs-send-time value (6.18 fixed-point seconds) of a 64-bit NTP time.
 fn abs_send_time(ntp: u64) -> Bytes {
+    Bytes::copy_from_slice(&abs_send_time_bytes(ntp))
+}
+
+fn abs_send_time_bytes(ntp: u64) -> [u8; 3] {
     let v = (ntp >> 14) as u32;
-    Bytes::copy_from_slice(&[(v >> 16) as u8, (v >> 8) as u8, v as u8])
+    [(v >> 16) as u8, (v >> 8) as u8, v as u8]
 }
 
 /// The current time as 64-bit NTP (32.32 fixed-point seconds since 1900).
@@ -245,6 +300,56 @@ mod tests {
             assert_eq!(back.header.get_extension(ids.1).unwrap().as_ref(), b"12");
             assert_eq!(back.header.get_extension(ids.0).unwrap().as_ref(), &[0x85]);
             assert_eq!(back.payload.as_ref(), b"x");
+        }
+    }
+
+    /// The worker marshals extensions itself on its send path: byte for byte what the stack
+    /// would marshal from [`SubscriberExtensions::write`], in both forms.
+    #[test]
+    fn marshalled_directly_is_what_the_header_marshals_to() {
+        use rtc::shared::marshal::Marshal;
+        let publisher = ExtensionIds::from_negotiated([
+            (AUDIO_LEVEL, 1),
+            (ABS_SEND_TIME, 2),
+            (VIDEO_ORIENTATION, 3),
+            (PLAYOUT_DELAY, 4),
+        ]);
+        let header = header_with(&[(1, &[0x85]), (2, &[1, 2, 3]), (3, &[1]), (4, &[0, 1, 2])]);
+        let carried = Carried::read(&header, &publisher);
+        let ntp = 0x1234_5678_9abc_def0;
+        type Case<'a> = (&'a [(&'a str, u16)], Option<u16>, &'a str);
+        let cases: [Case; 6] = [
+            (&[], None, ""),
+            (&[(AUDIO_LEVEL, 4)], Some(9), "2"),
+            (&[(ABS_SEND_TIME, 5), (PLAYOUT_DELAY, 6)], Some(1), "17"),
+            (&[(AUDIO_LEVEL, 4), (VIDEO_ORIENTATION, 20)], Some(9), "a"),
+            (
+                &[(AUDIO_LEVEL, 4)],
+                Some(200),
+                "mid-longer-than-sixteen-bytes",
+            ),
+            (
+                &[(ABS_SEND_TIME, 14), (AUDIO_LEVEL, 13), (PLAYOUT_DELAY, 12)],
+                None,
+                "",
+            ),
+        ];
+        for (ids, mid_id, mid) in cases {
+            let sub = SubscriberExtensions::new(
+                ExtensionIds::from_negotiated(ids.iter().copied()),
+                mid_id,
+                mid,
+            );
+            let mut expected = header.clone();
+            expected.version = 2;
+            sub.write(&mut expected, &carried, ntp);
+            let expected = expected.marshal().unwrap();
+            let mut ours = BytesMut::from(&expected[..12]);
+            ours[0] &= !0x10;
+            if sub.marshal(&mut ours, &carried, ntp) {
+                ours[0] |= 0x10;
+            }
+            assert_eq!(&ours[..], &expected[..], "{ids:?} {mid_id:?}");
         }
     }
 
