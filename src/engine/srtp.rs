@@ -44,8 +44,9 @@ pub enum Writer {
     Stack,
     /// Keys tapped, not proven yet: the stack sends until one of its packets proves them.
     Proving { tap: Arc<KeyTap>, tries: u32 },
-    /// The worker, to the address the stack last sent media or reports to (ICE's selected
-    /// pair).
+    /// The worker, to the address the stack last sent media or reports to: ICE's selected
+    /// pair, followed within a second of a change (the next sender report goes through the
+    /// stack).
     Worker { sender: SrtpSender, to: SocketAddr },
 }
 
@@ -760,6 +761,47 @@ mod tests {
             tap.forget();
             assert!(tap.prove(&protected).is_none(), "{profile:?}");
         }
+    }
+
+    #[test]
+    fn a_writer_switches_to_the_worker_on_proof_and_follows_the_selected_pair() {
+        let a: SocketAddr = "192.0.2.1:5000".parse().unwrap();
+        let b: SocketAddr = "192.0.2.1:6000".parse().unwrap();
+        let profile = Profile::Aes128Gcm;
+        let tap = Arc::new(KeyTap::new(provider()));
+        let mut local = stack_context(profile, &*tap);
+        let mut writer = Writer::Proving {
+            tap: tap.clone(),
+            tries: 0,
+        };
+        // DTLS and RTCP prove nothing and cost no try.
+        assert_eq!(
+            writer.observe(&[0x16, 0xfe, 0xfd, 0, 0], a),
+            Observed::Nothing
+        );
+        let first = packet(5, 100, 50, false);
+        let mut plain = BytesMut::new();
+        plain.resize(first.marshal_size(), 0);
+        first.marshal_to(&mut plain).unwrap();
+        let protected = local.encrypt_rtp(&plain).unwrap();
+        assert_eq!(writer.observe(&protected, a), Observed::Proven);
+        assert_eq!(writer.direct().map(|(_, to)| to), Some(a));
+        // A report the stack sends on another pair: the worker follows.
+        let report = [0x80, 200, 0, 6, 0, 0, 0, 5];
+        assert_eq!(writer.observe(&report, b), Observed::Nothing);
+        assert_eq!(writer.direct().map(|(_, to)| to), Some(b));
+
+        // Keys that never authenticate: after a few packets, the stack keeps the job.
+        let mut unproven = Writer::Proving {
+            tap: Arc::new(KeyTap::new(provider())),
+            tries: 0,
+        };
+        for _ in 1..MAX_PROOF_TRIES {
+            assert_eq!(unproven.observe(&protected, a), Observed::Nothing);
+        }
+        assert_eq!(unproven.observe(&protected, a), Observed::GaveUp);
+        assert!(matches!(unproven, Writer::Stack));
+        assert!(unproven.direct().is_none());
     }
 
     #[test]

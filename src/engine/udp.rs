@@ -1,6 +1,7 @@
 //! The shared UDP port: one socket per worker on the same address (`SO_REUSEPORT`), batched
 //! reads (`recvmmsg` and GRO, through quinn-udp) and batched writes (`sendmmsg`: one system
-//! call for a packet's whole fan-out, whatever the destinations).
+//! call for a packet's whole fan-out, whatever the destinations; with GSO, one buffer for each
+//! subscriber's run of equal-sized datagrams).
 
 use std::collections::VecDeque;
 use std::io::{self, IoSliceMut};
@@ -76,12 +77,17 @@ pub struct Udp {
     /// Datagrams waiting for the socket to take them.
     pub queue: VecDeque<Outgoing>,
     spare: Vec<BytesMut>,
+    /// Most datagrams the kernel segments from one buffer (1: no GSO).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    gso_segments: usize,
 }
 
 /// What a flush did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Flushed {
     pub datagrams: u64,
+    /// Buffers handed to the kernel: fewer than datagrams when GSO sent runs as one.
+    pub messages: u64,
     pub syscalls: u64,
     /// Waited longer than the limit for the socket: dropped.
     pub expired: u64,
@@ -96,6 +102,7 @@ impl Udp {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<Self> {
         let io = tokio::net::UdpSocket::from_std(socket)?;
         let state = UdpSocketState::new(UdpSockRef::from(&io))?;
+        let gso_segments = state.max_gso_segments().max(1);
         let batch = BATCH_SIZE.max(1);
         Ok(Udp {
             io,
@@ -108,6 +115,7 @@ impl Udp {
             mmsg: mmsg::Scratch::default(),
             queue: VecDeque::new(),
             spare: Vec::new(),
+            gso_segments,
         })
     }
 
@@ -189,45 +197,56 @@ impl Udp {
         Ok(datagrams)
     }
 
-    /// Sends what is queued, in order, many datagrams per system call. Datagrams that waited
-    /// longer than `max_wait` are dropped.
+    /// Sends what is queued, many datagrams per system call. Datagrams that waited longer than
+    /// `max_wait` are dropped.
+    ///
+    /// A fan-out queues one datagram per subscriber per packet, so destinations interleave;
+    /// where the kernel has UDP GSO, the queue is first grouped by destination (stably: each
+    /// destination's datagrams stay in order), and a run of same-sized datagrams to one
+    /// subscriber (a video frame's packets) goes as one buffer the kernel segments, which costs
+    /// it one route lookup and one socket buffer instead of one per datagram.
     #[cfg(target_os = "linux")]
     pub fn flush(&mut self, now: Instant, max_wait: Duration) -> Flushed {
         let mut done = Flushed::default();
-        while let Some(first) = self.queue.front() {
-            if now.saturating_duration_since(first.queued) > max_wait {
-                self.queue.pop_front();
-                done.expired += 1;
-                continue;
-            }
-            let batch = self.queue.len().min(mmsg::MAX_BATCH);
-            let (front, back) = self.queue.as_slices();
-            let slice = if front.len() >= batch {
-                &front[..batch]
-            } else {
-                // Rare: the ring wrapped. Send what is contiguous first.
-                let _ = back;
-                front
-            };
+        let before = self.queue.len();
+        self.queue
+            .retain(|d| now.saturating_duration_since(d.queued) <= max_wait);
+        done.expired = (before - self.queue.len()) as u64;
+        let queue = self.queue.make_contiguous();
+        if self.gso_segments > 1 && queue.len() > 1 {
+            queue.sort_by_key(|d| d.to);
+        }
+        while !self.queue.is_empty() {
+            // Contiguous: made so above, and taking from the front keeps it so.
+            let (slice, _) = self.queue.as_slices();
             let io = &self.io;
             let scratch = &mut self.mmsg;
+            let segments = self.gso_segments;
             let sent = io.try_io(tokio::io::Interest::WRITABLE, || {
                 use std::os::fd::AsRawFd;
-                scratch.send(io.as_raw_fd(), slice)
+                scratch.send(io.as_raw_fd(), slice, segments)
             });
             match sent {
-                Ok(n) => {
+                Ok(sent) => {
                     done.syscalls += 1;
-                    done.datagrams += n as u64;
-                    let taken = n.max(1).min(slice.len());
-                    self.done_with(taken);
-                    if n == 0 {
+                    done.datagrams += sent.datagrams as u64;
+                    done.messages += sent.messages as u64;
+                    if sent.datagrams == 0 {
                         done.failed += 1;
                     }
+                    self.done_with(sent.datagrams.max(1).min(slice.len()));
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     done.blocked = true;
                     break;
+                }
+                Err(e)
+                    if self.gso_segments > 1
+                        && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) =>
+                {
+                    // The route's device cannot segment: send one datagram per buffer.
+                    tracing::warn!(error = %e, "UDP GSO refused; sending datagrams one by one");
+                    self.gso_segments = 1;
                 }
                 Err(_) => {
                     // The first datagram was refused (unreachable, too large): drop it, not
@@ -279,6 +298,7 @@ impl Udp {
             match result {
                 Ok(()) => {
                     done.syscalls += 1;
+                    done.messages += 1;
                     done.datagrams += run as u64;
                     self.queue.drain(..run);
                 }
@@ -309,54 +329,126 @@ mod mmsg {
     /// Datagrams per system call.
     pub const MAX_BATCH: usize = 256;
 
+    /// Bytes of one GSO buffer at most (an IPv4 datagram's limit, less headers).
+    const MAX_GSO_BYTES: usize = 65_000;
+
     /// Buffers reused from call to call.
     #[derive(Default)]
     pub struct Scratch {
         addrs: Vec<SockAddr>,
         iovs: Vec<libc::iovec>,
         headers: Vec<libc::mmsghdr>,
+        /// Per message: datagrams in it, and their size (the GSO segment size).
+        runs: Vec<(usize, usize)>,
+        /// Per message: room for one `UDP_SEGMENT` control message.
+        controls: Vec<[u64; 4]>,
     }
 
     // The raw pointers only point into this struct's own vectors and the datagrams passed to
     // `send`, and only while it runs.
     unsafe impl Send for Scratch {}
 
+    /// What one `sendmmsg` took.
+    pub struct Sent {
+        pub messages: usize,
+        pub datagrams: usize,
+    }
+
     impl Scratch {
-        /// Sends `batch` in one call; returns how many the kernel took (0 only on an error).
-        pub fn send(&mut self, fd: RawFd, batch: &[Outgoing]) -> io::Result<usize> {
-            self.addrs.clear();
-            self.iovs.clear();
-            self.headers.clear();
-            for d in batch {
-                self.addrs.push(SockAddr::from(d.to));
-                self.iovs.push(libc::iovec {
-                    iov_base: d.data.as_ptr() as *mut libc::c_void,
-                    iov_len: d.data.len(),
-                });
+        /// Sends the start of `batch` in one call: up to [`MAX_BATCH`] messages, each one
+        /// datagram or, with `max_segments` over 1, a run of up to that many same-sized
+        /// datagrams to one destination (the last may be shorter) for the kernel to segment.
+        pub fn send(
+            &mut self,
+            fd: RawFd,
+            batch: &[Outgoing],
+            max_segments: usize,
+        ) -> io::Result<Sent> {
+            let Scratch {
+                addrs,
+                iovs,
+                headers,
+                runs,
+                controls,
+            } = self;
+            addrs.clear();
+            iovs.clear();
+            headers.clear();
+            runs.clear();
+            let mut i = 0;
+            while i < batch.len() && runs.len() < MAX_BATCH {
+                let first = &batch[i];
+                let size = first.data.len();
+                let mut run = 1;
+                let mut total = size;
+                while run < max_segments && size > 0 {
+                    let Some(next) = batch.get(i + run) else {
+                        break;
+                    };
+                    let len = next.data.len();
+                    if next.to != first.to || len == 0 || len > size || total + len > MAX_GSO_BYTES
+                    {
+                        break;
+                    }
+                    run += 1;
+                    total += len;
+                    if len < size {
+                        break;
+                    }
+                }
+                addrs.push(SockAddr::from(first.to));
+                for d in &batch[i..i + run] {
+                    iovs.push(libc::iovec {
+                        iov_base: d.data.as_ptr() as *mut libc::c_void,
+                        iov_len: d.data.len(),
+                    });
+                }
+                runs.push((run, size));
+                i += run;
             }
-            for (addr, iov) in self.addrs.iter().zip(self.iovs.iter_mut()) {
+            if controls.len() < runs.len() {
+                controls.resize(runs.len(), [0; 4]);
+            }
+            let mut offset = 0;
+            for ((&(run, size), addr), control) in
+                runs.iter().zip(addrs.iter()).zip(controls.iter_mut())
+            {
                 // SAFETY: a zeroed msghdr is valid; every pointer set below outlives the call.
                 let mut header: libc::mmsghdr = unsafe { std::mem::zeroed() };
                 header.msg_hdr.msg_name = addr.as_ptr() as *mut libc::c_void;
                 header.msg_hdr.msg_namelen = addr.len();
-                header.msg_hdr.msg_iov = iov as *mut libc::iovec;
-                header.msg_hdr.msg_iovlen = 1;
-                self.headers.push(header);
+                header.msg_hdr.msg_iov = iovs[offset..].as_mut_ptr();
+                header.msg_hdr.msg_iovlen = run as _;
+                if run > 1 {
+                    header.msg_hdr.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+                    // SAFETY: CMSG_* only compute sizes and offsets within `control`, which is
+                    // 32 aligned bytes: room for one header and a u16.
+                    unsafe {
+                        header.msg_hdr.msg_controllen = libc::CMSG_SPACE(2) as _;
+                        let cmsg = libc::CMSG_FIRSTHDR(&header.msg_hdr);
+                        (*cmsg).cmsg_level = libc::SOL_UDP;
+                        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                        (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, size as u16);
+                    }
+                }
+                offset += run;
+                headers.push(header);
             }
             // SAFETY: `headers` holds `len` initialized entries whose pointers refer to
-            // `addrs`, `iovs` and the datagrams, all alive and unmoved until this returns.
+            // `addrs`, `iovs`, `controls` and the datagrams, all alive and unmoved until this
+            // returns.
             let sent = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.headers.as_mut_ptr(),
-                    self.headers.len() as libc::c_uint,
-                    0,
-                )
+                libc::sendmmsg(fd, headers.as_mut_ptr(), headers.len() as libc::c_uint, 0)
             };
             if sent < 0 {
                 return Err(io::Error::last_os_error());
             }
-            Ok(sent as usize)
+            let messages = sent as usize;
+            Ok(Sent {
+                messages,
+                datagrams: runs[..messages].iter().map(|(run, _)| run).sum(),
+            })
         }
     }
 }
@@ -414,6 +506,48 @@ mod tests {
             assert_eq!(d.data[0], i as u8);
             assert_eq!(d.data.len(), if i == 9 { 300 } else { 1200 });
         }
+    }
+
+    /// A fan-out's queue interleaves destinations: every subscriber still gets its datagrams
+    /// whole and in order, and with GSO each subscriber's run of equal-sized datagrams goes as
+    /// one buffer.
+    #[tokio::test]
+    async fn an_interleaved_fan_out_arrives_whole_and_in_order_at_each_destination() {
+        let mut a = Udp::new(bind("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap();
+        let mut subscribers: Vec<Udp> = (0..3)
+            .map(|_| Udp::new(bind("127.0.0.1:0".parse().unwrap(), false).unwrap()).unwrap())
+            .collect();
+        let now = Instant::now();
+        // Four packets (three full, a short last one), each fanned out to three subscribers.
+        for packet in 0..4u8 {
+            for s in &subscribers {
+                let len = if packet == 3 { 500 } else { 1100 };
+                a.queue.push_back(Outgoing {
+                    to: s.local_addr().unwrap(),
+                    data: BytesMut::from(&vec![packet; len][..]),
+                    queued: now,
+                });
+            }
+        }
+        a.writable().await.unwrap();
+        let flushed = a.flush(now, Duration::from_secs(1));
+        assert_eq!(flushed.datagrams, 12);
+        assert_eq!(flushed.syscalls, 1);
+        if a.gso_segments >= 4 {
+            assert_eq!(flushed.messages, 3, "one buffer per subscriber");
+        } else {
+            assert_eq!(flushed.messages, 12);
+        }
+        for s in &mut subscribers {
+            let mut got = Vec::new();
+            while got.len() < 4 {
+                s.readable().await.unwrap();
+                s.recv_batch(&mut got).unwrap();
+            }
+            let order: Vec<(u8, usize)> = got.iter().map(|d| (d.data[0], d.data.len())).collect();
+            assert_eq!(order, [(0, 1100), (1, 1100), (2, 1100), (3, 500)]);
+        }
+        assert!(a.queue.is_empty());
     }
 
     #[test]

@@ -630,6 +630,7 @@ impl Worker {
         let flushed = self.udp.flush(now, MAX_SEND_WAIT);
         Metrics::add(&self.metrics.datagrams_sent, flushed.datagrams);
         Metrics::add(&self.metrics.send_syscalls, flushed.syscalls);
+        Metrics::add(&self.metrics.send_buffers, flushed.messages);
         Metrics::add(
             &self.metrics.datagrams_send_dropped,
             flushed.expired + flushed.failed,
