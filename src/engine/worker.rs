@@ -1628,6 +1628,7 @@ impl Worker {
         for f in m.forwarded.values_mut() {
             f.offered = true;
         }
+        debug!(participant = %m.participant.id, tracks = m.forwarded.len(), "subscriber offer sent");
         m.participant.send(ServerMessage::Offer {
             pc: PcKind::Subscriber,
             sdp,
