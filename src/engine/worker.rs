@@ -36,7 +36,7 @@ use crate::chat;
 use crate::config::SrtpWriter;
 use crate::engine::demux::{self, Demux, Route};
 use crate::engine::feedback::is_keyframe_request;
-use crate::engine::srtp::{KeyTap, Observed, Writer};
+use crate::engine::srtp::{KeyTap, Observed, SrtpError, Writer};
 use crate::engine::timers::Timers;
 use crate::engine::udp::{self, Udp};
 use crate::engine::{Command, EngineConfig, Inbox, PeerSettings};
@@ -273,8 +273,25 @@ fn send_rtp(
         return written.is_ok();
     };
     let mut data = udp.buffer();
-    if let Err(e) = sender.protect_packet(&header, payload, &mut data) {
-        debug!(peer = key, error = %e, "protecting a packet");
+    let protected = sender.protect_packet(&header, payload, &mut data);
+    queue_protected(protected, data, to, video, udp, send_fault, metrics, now)
+}
+
+/// Queues a datagram the worker protected (unless the test-only lossy downlink loses it).
+/// True if it went; a protection error is counted and the packet not sent.
+#[allow(clippy::too_many_arguments)]
+fn queue_protected(
+    protected: Result<(), SrtpError>,
+    data: bytes::BytesMut,
+    to: SocketAddr,
+    video: bool,
+    udp: &mut Udp,
+    send_fault: &mut SendFault,
+    metrics: &Metrics,
+    now: Instant,
+) -> bool {
+    if let Err(e) = protected {
+        debug!(%to, error = %e, "protecting a packet");
         Metrics::add(&metrics.srtp_protect_errors, 1);
         return false;
     }
@@ -443,16 +460,7 @@ impl Worker {
             }
             return;
         }
-        let message = TaggedBytesMut {
-            now: at,
-            transport: TransportContext {
-                local_addr: local_addr_for(&self.candidates, &datagram),
-                peer_addr: datagram.from,
-                transport_protocol: TransportProtocol::UDP,
-                ecn: None,
-            },
-            message: datagram.data,
-        };
+        let message = stack_input(&self.candidates, datagram, at);
         // Errors are the stack's own, per datagram, and already counted by it: no log flood.
         let _ = p.pc.handle_read(message);
         self.pump(peer, at);
@@ -926,53 +934,26 @@ impl Worker {
                     match d.downtrack.forward_into(&incoming, now, ntp, &mut data) {
                         Outcome::Send(header_len) => {
                             data.extend_from_slice(payload);
-                            match sender.protect(&mut data, header_len) {
-                                Ok(()) if video && send_fault.drops() => {}
-                                Ok(()) => udp.queue.push_back(udp::Outgoing {
-                                    to,
-                                    data,
-                                    queued: now,
-                                }),
-                                Err(e) => {
-                                    debug!(peer, error = %e, "protecting a packet");
-                                    Metrics::add(&metrics.srtp_protect_errors, 1);
-                                    continue;
-                                }
-                            }
-                            Outcome::Send(())
+                            let protected = sender.protect(&mut data, header_len);
+                            Outcome::Send(queue_protected(
+                                protected, data, to, video, udp, send_fault, metrics, now,
+                            ))
                         }
-                        Outcome::Drop {
-                            why,
-                            wants_keyframe,
-                        } => {
+                        refused => {
                             udp.give_back(data);
-                            Outcome::Drop {
-                                why,
-                                wants_keyframe,
-                            }
+                            refused.map(|_| false)
                         }
                     }
                 }
-                None => match d.downtrack.forward(&incoming, now, ntp) {
-                    Outcome::Send(header) => {
-                        if !send_rtp(
-                            p, peer, header, payload, video, udp, send_fault, dirty, metrics, now,
-                        ) {
-                            continue;
-                        }
-                        Outcome::Send(())
-                    }
-                    Outcome::Drop {
-                        why,
-                        wants_keyframe,
-                    } => Outcome::Drop {
-                        why,
-                        wants_keyframe,
-                    },
-                },
+                None => d.downtrack.forward(&incoming, now, ntp).map(|header| {
+                    send_rtp(
+                        p, peer, header, payload, video, udp, send_fault, dirty, metrics, now,
+                    )
+                }),
             };
             match outcome {
-                Outcome::Send(()) => {
+                Outcome::Send(false) => {}
+                Outcome::Send(true) => {
                     Metrics::add(&metrics.packets_out, 1);
                     Metrics::add(&metrics.bytes_out, payload.len() as u64);
                 }
@@ -1671,16 +1652,8 @@ impl Worker {
         m.answered = true;
         Metrics::add(&self.metrics.ice_checks_early, p.early_checks.len() as u64);
         for datagram in std::mem::take(&mut p.early_checks) {
-            let _ = p.pc.handle_read(TaggedBytesMut {
-                now,
-                transport: TransportContext {
-                    local_addr: local_addr_for(&self.candidates, &datagram),
-                    peer_addr: datagram.from,
-                    transport_protocol: TransportProtocol::UDP,
-                    ecn: None,
-                },
-                message: datagram.data,
-            });
+            let _ =
+                p.pc.handle_read(stack_input(&self.candidates, datagram, now));
         }
         // Payload types and extension ids are final now; the m-lines this answer accepted
         // may carry media from here on.
@@ -1884,6 +1857,20 @@ fn negotiated_for(pc: &mut RTCPeerConnection, f: &Forwarded, codec: &Codec) -> O
 
 /// The peer connection knows its datagrams by the candidate they were sent to: the local IP
 /// they arrived on when it is announced, else (NAT 1:1) the public one.
+/// A received datagram as the stack takes it, arrived at `at`.
+fn stack_input(candidates: &[SocketAddr], datagram: udp::Incoming, at: Instant) -> TaggedBytesMut {
+    TaggedBytesMut {
+        now: at,
+        transport: TransportContext {
+            local_addr: local_addr_for(candidates, &datagram),
+            peer_addr: datagram.from,
+            transport_protocol: TransportProtocol::UDP,
+            ecn: None,
+        },
+        message: datagram.data,
+    }
+}
+
 fn local_addr_for(candidates: &[SocketAddr], datagram: &udp::Incoming) -> SocketAddr {
     datagram
         .to

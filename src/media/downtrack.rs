@@ -45,6 +45,22 @@ pub enum Outcome<S = rtp::header::Header> {
     },
 }
 
+impl<S> Outcome<S> {
+    /// The same outcome, with what is sent turned into something else.
+    pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Outcome<T> {
+        match self {
+            Outcome::Send(sent) => Outcome::Send(f(sent)),
+            Outcome::Drop {
+                why,
+                wants_keyframe,
+            } => Outcome::Drop {
+                why,
+                wants_keyframe,
+            },
+        }
+    }
+}
+
 /// What the subscriber's answer settled for this m-line.
 #[derive(Debug, Clone)]
 pub struct Negotiated {
@@ -153,12 +169,7 @@ impl DownTrack {
         let ssrc = self.ssrc;
         let (rewritten, negotiated) = match self.decide(incoming, now) {
             Ok(decided) => decided,
-            Err((why, wants_keyframe)) => {
-                return Outcome::Drop {
-                    why,
-                    wants_keyframe,
-                }
-            }
+            Err(refused) => return refused.map(|never| match never {}),
         };
         Outcome::Send(header(
             ssrc,
@@ -183,12 +194,7 @@ impl DownTrack {
         let ssrc = self.ssrc;
         let (rewritten, negotiated) = match self.decide(incoming, now) {
             Ok(decided) => decided,
-            Err((why, wants_keyframe)) => {
-                return Outcome::Drop {
-                    why,
-                    wants_keyframe,
-                }
-            }
+            Err(refused) => return refused.map(|never| match never {}),
         };
         buf.clear();
         buf.extend_from_slice(&[
@@ -208,15 +214,17 @@ impl DownTrack {
     }
 
     /// Whether `incoming` goes to this subscriber, and under which numbers; what is sent is
-    /// counted for sender reports and noted for retransmissions. A refusal says why, and
-    /// whether a keyframe is wanted.
+    /// counted for sender reports and noted for retransmissions.
     fn decide(
         &mut self,
         incoming: &Incoming<'_>,
         now: Instant,
-    ) -> Result<(Rewritten, &Negotiated), (Dropped, bool)> {
+    ) -> Result<(Rewritten, &Negotiated), Outcome<std::convert::Infallible>> {
         let Some(negotiated) = self.negotiated.as_ref().filter(|_| self.transport_ready) else {
-            return Err((Dropped::NotNegotiated, false));
+            return Err(Outcome::Drop {
+                why: Dropped::NotNegotiated,
+                wants_keyframe: false,
+            });
         };
         let source = &incoming.packet.header;
         let decision = self.forwarder.decide_queued(
@@ -231,8 +239,10 @@ impl DownTrack {
         let rewritten = match decision {
             Decision::Forward(rewritten) => rewritten,
             Decision::Refuse(why) => {
-                let wants_keyframe = matches!(why, Refused::WaitingForKeyframe | Refused::Expired);
-                return Err((Dropped::Refused(why), wants_keyframe));
+                return Err(Outcome::Drop {
+                    why: Dropped::Refused(why),
+                    wants_keyframe: matches!(why, Refused::WaitingForKeyframe | Refused::Expired),
+                })
             }
         };
         if let Some(log) = self.sent_log.as_mut() {
