@@ -229,10 +229,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS", default_value_t = 2000)]
     pub max_sockets: usize,
 
-    /// Most signaling sockets open at once from one client IP (an IPv6 client: its /64;
-    /// loopback included); an upgrade over it is refused with HTTP 429.
+    /// Most signaling sockets from one client IP (an IPv6 client: its /64; loopback included)
+    /// that have not joined a room yet; an upgrade over it is refused with HTTP 429. Joined
+    /// participants do not count: many people may share one public address (CGNAT).
     #[arg(long, env = "SWITCHBOARD_MAX_SOCKETS_PER_IP", default_value_t = 20)]
     pub max_sockets_per_ip: usize,
+
+    /// Joins a second from one client IP (bursts of twice that); a join over it gets
+    /// `rate_limited` and may be retried. Keeps a reconnect storm or a script in check.
+    #[arg(long, env = "SWITCHBOARD_JOIN_RATE_PER_IP", default_value_t = 100)]
+    pub join_rate_per_ip: u32,
 
     /// Seconds a signaling socket has to join a room; then it gets `not_joined` and is closed
     /// (1008), so sockets that never join cannot pile up.
@@ -352,6 +358,7 @@ impl Default for Config {
             max_retransmits_per_sec: 300,
             max_sockets: 2000,
             max_sockets_per_ip: 20,
+            join_rate_per_ip: 100,
             join_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             tls_handshake_timeout: Duration::from_secs(10),
@@ -462,9 +469,10 @@ impl Config {
                 self.listen
             )));
         }
-        if self.max_sockets == 0 || self.max_sockets_per_ip == 0 {
+        if self.max_sockets == 0 || self.max_sockets_per_ip == 0 || self.join_rate_per_ip == 0 {
             return Err(crate::Error::Config(
-                "--max-sockets and --max-sockets-per-ip must be positive".into(),
+                "--max-sockets, --max-sockets-per-ip and --join-rate-per-ip must be positive"
+                    .into(),
             ));
         }
         for origin in &self.allowed_origins {

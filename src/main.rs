@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let cli = Cli::parse();
+    raise_open_file_limit();
     let config = match cli.command {
         Some(Command::Serve(config)) => *config,
         Some(Command::Load(load)) => return run_load(*load).await,
@@ -53,6 +54,23 @@ async fn main() -> anyhow::Result<()> {
     }
     server.shutdown().await.context("shutting down")?;
     Ok(())
+}
+
+/// Each signaling socket is a descriptor, and many systems start processes with a soft limit
+/// of 1,024: raised to the hard limit, as servers do, so `--max-sockets` is what bites.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
 }
 
 /// SIGINT (Ctrl-C) or SIGTERM (service managers, containers).

@@ -1,4 +1,4 @@
-//! A token bucket, one per participant, for signaling and chat messages.
+//! A token bucket: signaling and chat messages per participant, joins per address.
 
 use std::time::Instant;
 
@@ -20,6 +20,12 @@ impl TokenBucket {
             tokens: rate * 2.0,
             last: Instant::now(),
         }
+    }
+
+    /// True when the bucket would be full at `now`: nothing taken lately.
+    pub fn is_full(&self, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + elapsed * self.rate_per_sec >= self.burst
     }
 
     /// Takes one token; false when the bucket is empty.

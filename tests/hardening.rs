@@ -728,3 +728,141 @@ async fn wait_until(pred: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// An office, a school or a carrier (CGNAT) puts hundreds of people behind one address: with
+/// the default flags, 200 of them join four rooms of 50, while sockets from that same address
+/// that never join are still capped, and a join from another address during that flood goes
+/// through at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_behind_one_address_join_while_its_unjoined_sockets_stay_capped() {
+    const PEOPLE: usize = 200;
+    const ROOM_SIZE: usize = 50;
+    const FLOOD: usize = 3_000;
+    let defaults = Config::default();
+    let mut config = Config::ephemeral();
+    config.max_sockets_per_ip = defaults.max_sockets_per_ip;
+    config.join_rate_per_ip = defaults.join_rate_per_ip;
+    let server = start_server_with(config).await;
+    let office = localhost();
+
+    let mut people = Vec::new();
+    let mut last_joined = Vec::new();
+    for i in 0..PEOPLE {
+        let mut ws = open_ws(&server, office, None, None, None)
+            .await
+            .unwrap_or_else(|status| panic!("person {i} refused with {status}"));
+        let room = format!("office-{}", i / ROOM_SIZE);
+        send(
+            &mut ws,
+            &serde_json::json!({"type": "join", "room": room, "name": format!("person {i}")})
+                .to_string(),
+        )
+        .await;
+        let joined = next_json(&mut ws).await;
+        assert_eq!(joined["type"], "joined", "person {i}: {joined}");
+        if i % ROOM_SIZE == ROOM_SIZE - 1 {
+            last_joined.push(joined);
+        }
+        people.push(ws);
+    }
+    for joined in &last_joined {
+        assert_eq!(
+            joined["participants"].as_array().map(Vec::len),
+            Some(ROOM_SIZE - 1),
+            "the last of each room sees the 49 others"
+        );
+    }
+    let m = server.metrics();
+    assert_eq!((m.participants, m.rooms), (PEOPLE as i64, 4));
+    assert_eq!(m.sockets_refused_per_ip + m.joins_rate_limited, 0);
+
+    // Sockets from the same address that never join: the first --max-sockets-per-ip are held,
+    // every other one refused, however many joined participants the address has.
+    let flood = tokio::spawn({
+        let server_addr = server.local_addr();
+        let url = server.ws_url();
+        async move {
+            let mut held = Vec::new();
+            let mut refused = 0;
+            for _ in 0..FLOOD {
+                let stream = tcp_from(server_addr, office, None).await;
+                let request = url.as_str().into_client_request().expect("request");
+                match tokio_tungstenite::client_async(request, stream).await {
+                    Ok((ws, _)) => held.push(ws),
+                    Err(tungstenite::Error::Http(r)) if r.status().as_u16() == 429 => refused += 1,
+                    Err(e) => panic!("flood socket: {e}"),
+                }
+            }
+            (held, refused)
+        }
+    });
+    wait_metrics(&server, "the flood under way", |m| {
+        m.sockets_refused_per_ip >= 500
+    })
+    .await;
+    let started = Instant::now();
+    let mut other = open_ws(&server, IpAddr::from([127, 0, 0, 2]), None, None, None)
+        .await
+        .expect("another address is not refused");
+    join(&mut other, "elsewhere", "visitor").await;
+    let join_time = started.elapsed();
+    eprintln!("a join from another address during a flood of {FLOOD}: {join_time:?}");
+    assert!(join_time < Duration::from_secs(3), "{join_time:?}");
+
+    let (held, refused) = flood.await.expect("flood task");
+    assert_eq!(held.len(), defaults.max_sockets_per_ip);
+    assert_eq!(refused, FLOOD - defaults.max_sockets_per_ip);
+    let m = server.metrics();
+    assert_eq!(m.sockets_refused_per_ip, refused as u64);
+    assert_eq!(m.participants, PEOPLE as i64 + 1);
+    // The people in the office never noticed.
+    for ws in people.iter_mut().step_by(37) {
+        send(ws, r#"{"type":"ping"}"#).await;
+        // Past the news of later joins.
+        while next_json(ws).await["type"] != "pong" {}
+    }
+    drop(held);
+    drop(people);
+    drop(other);
+    wait_metrics(&server, "everything freed", all_freed).await;
+    server.shutdown().await.unwrap();
+}
+
+/// Joins from one address beyond --join-rate-per-ip (a reconnect storm, a script) get
+/// `rate_limited` on an open socket, which may retry a moment later; other addresses carry on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_from_one_address_past_its_rate_are_refused_and_may_retry() {
+    let mut config = Config::ephemeral();
+    config.join_rate_per_ip = 2; // bursts of 4
+    let server = start_server_with(config).await;
+    let storm = IpAddr::from([127, 0, 0, 4]);
+    let mut joined = Vec::new();
+    for i in 0..4 {
+        let mut ws = open_ws(&server, storm, None, None, None)
+            .await
+            .expect("open");
+        join(&mut ws, "storm", &format!("n{i}")).await;
+        joined.push(ws);
+    }
+    let mut late = open_ws(&server, storm, None, None, None)
+        .await
+        .expect("open");
+    send(&mut late, r#"{"type":"join","room":"storm","name":"late"}"#).await;
+    let refused = next_json(&mut late).await;
+    assert_eq!(
+        (refused["type"].as_str(), refused["code"].as_str()),
+        (Some("error"), Some("rate_limited")),
+        "{refused}"
+    );
+    assert_eq!(refused["request_type"], "join");
+    let mut elsewhere = open_ws(&server, IpAddr::from([127, 0, 0, 5]), None, None, None)
+        .await
+        .expect("open");
+    join(&mut elsewhere, "storm", "neighbour").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    join(&mut late, "storm", "late").await;
+    assert_eq!(server.metrics().joins_rate_limited, 1);
+    drop((joined, late, elsewhere));
+    wait_metrics(&server, "everything freed", all_freed).await;
+    server.shutdown().await.unwrap();
+}

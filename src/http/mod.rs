@@ -1,7 +1,6 @@
 //! The HTTP surface: the web client, `/ws`, `/healthz`, `/metrics`, `/api/rooms`.
 
 mod conn;
-pub mod limits;
 pub mod origin;
 mod tls;
 
@@ -20,8 +19,8 @@ use tokio::task::JoinHandle;
 use tower_http::set_header::SetResponseHeaderLayer;
 use tracing::debug;
 
-use crate::http::limits::{Refused, SocketLimits};
 use crate::metrics::Metrics;
+use crate::signal::limits::{Refused, SocketLimits};
 use crate::{AppState, Error};
 
 /// What the web client may do: its own ES modules and styles, WebSockets to any host (the
@@ -87,6 +86,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(Extension(SocketLimits::new(
             state.config.max_sockets,
             state.config.max_sockets_per_ip,
+            state.config.join_rate_per_ip,
         )))
         .layer(header_layer(
             header::CONTENT_SECURITY_POLICY,
@@ -141,7 +141,7 @@ async fn ws(
                 Refused::PerIp => (
                     StatusCode::TOO_MANY_REQUESTS,
                     &state.metrics.sockets_refused_per_ip,
-                    "too many signaling sockets from your address",
+                    "too many signaling sockets that have not joined from your address",
                 ),
                 Refused::Full => (
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -39,6 +39,10 @@ impl PcFactory {
             // mDNS would send multicast packets off the machine and hide our IPs: off.
             .with_multicast_dns_mode(MulticastDnsMode::Disabled)
             .with_include_loopback_candidate(self.bind_ip.is_loopback())
+            // Retransmissions come on the media's own SSRC, a round trip or more behind the
+            // newest packet: Chromium keeps 1,024 packets of SRTP replay window for that,
+            // where the default 64 would refuse a repair of a fast stream as a replay.
+            .with_srtp_replay_protection_window(SRTP_REPLAY_WINDOW)
             .build()
     }
 
@@ -69,6 +73,7 @@ impl PcFactory {
             );
         let configuration = RTCConfigurationBuilder::new().build();
         PeerConnectionBuilder::new()
+            .with_runtime(Arc::new(SizedSocketsRuntime(webrtc::runtime::TokioRuntime)))
             .with_configuration(configuration)
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -81,11 +86,133 @@ impl PcFactory {
     }
 }
 
+const SRTP_REPLAY_WINDOW: usize = 1024;
+/// Packets the NACK generator keeps track of per stream.
+const NACK_LOG_PACKETS: u16 = 8192;
+
+/// Receive buffer of each client socket. The kernel's default (about 208 KiB, some 160
+/// datagrams) holds 30 ms of a fast stream: a client whose driver is kept off the CPU that long
+/// on a busy machine loses what arrives meanwhile. Browsers size theirs up too.
+const SOCKET_RECEIVE_BUFFER: usize = 4 << 20;
+
+/// webrtc-rs's tokio runtime, with every UDP socket's receive buffer sized for the rate.
+#[derive(Debug)]
+struct SizedSocketsRuntime(webrtc::runtime::TokioRuntime);
+
+impl webrtc::runtime::Runtime for SizedSocketsRuntime {
+    fn spawn(
+        &self,
+        future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Box<dyn webrtc::runtime::JoinHandle> {
+        self.0.spawn(future)
+    }
+
+    fn spawn_reactor(
+        &self,
+        pool_size: usize,
+        future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    ) -> Box<dyn webrtc::runtime::JoinHandle> {
+        self.0.spawn_reactor(pool_size, future)
+    }
+
+    fn wrap_udp_socket(
+        &self,
+        socket: std::net::UdpSocket,
+    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncUdpSocket>> {
+        set_receive_buffer(&socket, SOCKET_RECEIVE_BUFFER);
+        self.0.wrap_udp_socket(socket)
+    }
+
+    fn wrap_tcp_listener(
+        &self,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
+        self.0.wrap_tcp_listener(listener)
+    }
+
+    fn connect_tcp<'a>(
+        &'a self,
+        remote_addr: SocketAddr,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpStream>>,
+                > + Send
+                + 'a,
+        >,
+    > {
+        self.0.connect_tcp(remote_addr)
+    }
+
+    fn resolve_host<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
+    > {
+        self.0.resolve_host(host)
+    }
+
+    fn sleep(
+        &self,
+        duration: std::time::Duration,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        self.0.sleep(duration)
+    }
+
+    fn interval(&self, period: std::time::Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
+        self.0.interval(period)
+    }
+
+    fn block_on(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>) {
+        self.0.block_on(future)
+    }
+
+    fn yield_now(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
+        self.0.yield_now()
+    }
+
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+}
+
+/// Asks for `bytes` of receive buffer: past `net.core.rmem_max` when privileged
+/// (SO_RCVBUFFORCE), else as much as that allows.
+fn set_receive_buffer(socket: &std::net::UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let size = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt reads one c_int from the pointer it is given, for its size.
+    let forced = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    } == 0;
+    if !forced {
+        let _ = socket2::SockRef::from(socket).set_recv_buffer_size(bytes);
+    }
+}
+
 /// The interceptors an SFU leg needs, both ways: NACK generation (towards publishers) and
 /// answering NACKs from a send buffer (towards subscribers), sender and receiver reports, and
 /// transport-wide congestion control feedback in both directions.
 fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registry> {
     let registry = configure_nack(Registry::new(), media_engine);
+    // configure_nack's generator remembers 512 packets: a tenth of a second of a fast stream,
+    // after which a loss is forgotten unasked. Ours remembers 8,192, as a browser asks for
+    // what it lost in the last second or so, whatever the rate.
+    let registry = registry.with(
+        interceptor::Slot::NackGenerator,
+        interceptor::NackGeneratorBuilder::new()
+            .with_size(NACK_LOG_PACKETS)
+            .build(),
+    );
     configure_simulcast_extension_headers(media_engine)?;
     register_forwarded_extensions(media_engine)?;
     let registry = configure_twcc(registry, media_engine)?;

@@ -18,6 +18,7 @@ use tracing::{debug, info, Instrument};
 use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::room::{Participant, Room};
+use crate::signal::limits::SocketPermit;
 use crate::signal::outbox::{Outbox, OutboxReader};
 use crate::signal::protocol::{
     decode_client, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
@@ -57,21 +58,22 @@ struct Session {
     joined: Option<Joined>,
     bucket: TokenBucket,
     offers: TokenBucket,
+    /// Its place under the socket caps (counted against its address until it joins).
+    permit: SocketPermit,
 }
 
 /// Serves one upgraded socket; `permit` is its place under the socket caps, held until the
 /// socket is gone.
-pub async fn run<P: Send + 'static>(socket: WebSocket, state: Arc<AppState>, permit: P) {
+pub async fn run(socket: WebSocket, state: Arc<AppState>, permit: SocketPermit) {
     let span = tracing::info_span!(
         "session",
         room = tracing::field::Empty,
         participant = tracing::field::Empty
     );
-    serve(socket, state).instrument(span).await;
-    drop(permit);
+    serve(socket, state, permit).instrument(span).await;
 }
 
-async fn serve(socket: WebSocket, state: Arc<AppState>) {
+async fn serve(socket: WebSocket, state: Arc<AppState>, permit: SocketPermit) {
     Metrics::inc(&state.metrics.websockets);
     let (sink, mut stream) = socket.split();
     let (outbox, outbox_rx) = Outbox::channel(
@@ -94,6 +96,7 @@ async fn serve(socket: WebSocket, state: Arc<AppState>) {
         state: state.clone(),
         outbox,
         joined: None,
+        permit,
     };
     let idle = state.config.idle_timeout;
     let join_deadline = tokio::time::Instant::now() + state.config.join_timeout;
@@ -435,6 +438,18 @@ impl Session {
             );
             return Flow::Continue;
         };
+        if !self.permit.allow_join(Instant::now()) {
+            Metrics::add(&self.state.metrics.joins_rate_limited, 1);
+            self.error(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} joins a second from your address; try again in a moment",
+                    self.state.config.join_rate_per_ip
+                ),
+                request_type,
+            );
+            return Flow::Continue;
+        }
         let participant = Arc::new(Participant::new(
             new_participant_id(),
             name,
@@ -468,6 +483,7 @@ impl Session {
             }
         };
         Metrics::add(&self.state.metrics.joins, 1);
+        self.permit.joined();
         let span = tracing::Span::current();
         span.record("room", room.name.as_str());
         span.record("participant", participant.id.as_str());

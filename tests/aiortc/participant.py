@@ -329,8 +329,13 @@ class Participant:
         self.tracks_out: list[MediaStreamTrack] = []
         self.events: list[dict[str, Any]] = []  # signaling timeline, for diagnosis
         self.errors: list[dict[str, Any]] = []
-        self.chat_received: list[dict[str, Any]] = []
+        # Every chat message received: (monotonic time, parsed message).
+        self.chat_received: list[tuple[float, dict[str, Any]]] = []
+        # Every chat message sent: {"text", "t" (monotonic), "phase"}.
+        self.chat_sent: list[dict[str, Any]] = []
         self.chat_channel: Any = None
+        self.joined_at: Optional[float] = None
+        self.chat_open_at: Optional[float] = None
         self.published_ids: dict[str, str] = {}  # kind -> track id
         self.subscriber_offers = 0
         self.answer_extmaps: list[list[str]] = []
@@ -395,6 +400,7 @@ class Participant:
     async def _handle(self, msg: dict[str, Any]) -> None:
         kind = msg.get("type")
         if kind == "joined":
+            self.joined_at = time.monotonic()
             self.id = msg["participant"]["id"]
             self.names[self.id] = self.name
             for p in msg.get("participants", []):
@@ -441,6 +447,16 @@ class Participant:
         return RTCConfiguration(
             iceServers=[], bundlePolicy=RTCBundlePolicy(self.bundle_policy)
         )
+
+    def send_chat(self, phase: str) -> None:
+        """Sends one chat message that names its sender and phase; when it went is kept, so the
+        test can say how long it took to reach each receiver (one clock, one process)."""
+        if self.chat_channel is None or self.chat_channel.readyState != "open":
+            self.errors.append({"t": self.now(), "while": f"chat {phase}", "error": "channel not open"})
+            return
+        text = f"héllo from {self.name} ({phase})"
+        self.chat_sent.append({"text": text, "t": time.monotonic(), "phase": phase})
+        self.chat_channel.send(json.dumps({"text": text}))
 
     # --- publisher ---------------------------------------------------------------------------
 
@@ -495,16 +511,21 @@ class Participant:
                 if channel.label != "chat":
                     return
                 self.chat_channel = channel
+                if channel.readyState == "open":
+                    self.chat_open_at = time.monotonic()
+                else:
+                    channel.on("open", lambda: setattr(self, "chat_open_at", time.monotonic()))
 
                 @channel.on("message")
                 def on_message(message: Any) -> None:
+                    at = time.monotonic()
                     try:
-                        self.chat_received.append(json.loads(message))
+                        self.chat_received.append((at, json.loads(message)))
                     except Exception:
-                        self.chat_received.append({"raw": str(message)})
+                        self.chat_received.append((at, {"raw": str(message)}))
 
                 def say_hello() -> None:
-                    channel.send(json.dumps({"text": f"hello from {self.name}"}))
+                    self.send_chat("open")
 
                 if channel.readyState == "open":
                     say_hello()
@@ -638,7 +659,7 @@ class Participant:
             "answer_extmaps": self.answer_extmaps[-1] if self.answer_extmaps else [],
             "chat_received": [
                 {"from": (c.get("from") or {}).get("name"), "text": c.get("text")}
-                for c in self.chat_received
+                for _, c in self.chat_received
             ],
             "errors": self.errors,
             "events": self.events,

@@ -16,11 +16,14 @@ import argparse
 import asyncio
 import json
 import logging
+import multiprocessing
+import queue
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 from urllib.parse import urlparse
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,7 +56,18 @@ class WarningCounter(logging.Handler):
 WARNINGS = WarningCounter()
 
 
-def check(participants: list[Participant], args: argparse.Namespace) -> list[str]:
+def configure_logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
+    if not args.verbose:
+        aiortc_logger = logging.getLogger("aiortc")
+        aiortc_logger.addHandler(WARNINGS)
+        aiortc_logger.propagate = False
+    host = urlparse(args.url).hostname or ""
+    if not args.all_interfaces and (host.startswith("127.") or host in ("localhost", "::1")):
+        loopback_ice_only()
+
+
+def check(participants: list["Result"], args: argparse.Namespace) -> list[str]:
     failures = []
     for p in participants:
         if p.errors:
@@ -92,29 +106,172 @@ def check(participants: list[Participant], args: argparse.Namespace) -> list[str
     return failures
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    t0 = time.monotonic()
+def check_chat(participants: list["Result"], args: argparse.Namespace) -> tuple[list[str], dict[str, Any]]:
+    """Every chat message reached every participant that was in the room when it was sent,
+    exactly once, with the server-set `from` naming its sender, and nobody else more than once.
+    Returns the failures and the delivery times (send to receipt, ms) per phase."""
+    failures = []
+    delays: dict[str, list[float]] = {}
+    for sender in participants:
+        for sent in sender.chat_sent:
+            for receiver in participants:
+                got = [(at, m) for at, m in receiver.chat_received if m.get("text") == sent["text"]]
+                if receiver is sender:
+                    if got:
+                        failures.append(f"{sender.name}'s chat {sent['text']!r} was echoed to it")
+                    continue
+                present = receiver.joined_at is not None and receiver.joined_at < sent["t"]
+                if present and len(got) != 1:
+                    failures.append(
+                        f"{receiver.name} received {sender.name}'s chat {sent['text']!r} "
+                        f"{len(got)} times (expected once)"
+                    )
+                    continue
+                if len(got) > 1:
+                    failures.append(f"{receiver.name} received {sent['text']!r} {len(got)} times")
+                    continue
+                if not got:
+                    continue
+                at, msg = got[0]
+                frm = msg.get("from") or {}
+                if frm.get("id") != sender.id or frm.get("name") != sender.name:
+                    failures.append(f"{receiver.name}: {sent['text']!r} arrived from {frm} (sent by {sender.name} {sender.id})")
+                if msg.get("type") != "chat" or not isinstance(msg.get("ts"), int):
+                    failures.append(f"{receiver.name}: {sent['text']!r} arrived as {msg}")
+                # Timed only where the receiver's channel was open when it was sent (else it
+                # waited, by design, for the channel to open).
+                if receiver.chat_open_at is not None and receiver.chat_open_at < sent["t"]:
+                    delay_ms = (at - sent["t"]) * 1000
+                    delays.setdefault(sent["phase"], []).append(delay_ms)
+                    if delay_ms > args.max_chat_ms:
+                        failures.append(
+                            f"{sender.name}'s chat ({sent['phase']}) took {delay_ms:.0f} ms to reach "
+                            f"{receiver.name} (bound {args.max_chat_ms:.0f} ms)"
+                        )
+    phases = {s["phase"] for p in participants for s in p.chat_sent}
+    for phase in sorted(phases):
+        if not delays.get(phase):
+            failures.append(f"no chat sent on {phase} reached anyone with an open channel")
+    stats = {}
+    for phase, values in delays.items():
+        values.sort()
+        stats[phase] = {
+            "deliveries": len(values),
+            "p50_ms": round(values[len(values) // 2], 1),
+            "p99_ms": round(values[min(len(values) - 1, int(len(values) * 0.99))], 1),
+            "max_ms": round(values[-1], 1),
+        }
+    return failures, stats
+
+
+async def chat_when_media_flows(p: Participant, others: int, deadline: float) -> None:
+    """Once this participant decodes audio and video from every other one (so its subscriber
+    PC has been renegotiated and media flows both ways), it sends one more chat message."""
+    while time.monotonic() < deadline:
+        decoded = {(s.publisher_id, s.kind) for s in p.remote if s.matched > 0}
+        if len(decoded) >= 2 * others:
+            await asyncio.sleep(0.5)
+            p.send_chat("media")
+            return
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class Result:
+    """What one participant's process hands back: everything the checks and the report read."""
+
+    name: str
+    id: Optional[str]
+    errors: list
+    remote: list
+    chat_sent: list
+    chat_received: list
+    joined_at: Optional[float]
+    chat_open_at: Optional[float]
+    report: dict
+    warnings: dict
+    trace: Optional[dict]
+    failure: Optional[str]
+
+
+def run_participant(index: int, args: argparse.Namespace, room: str, start: float, results: Any) -> None:
+    """One participant in its own process: an interpreter each, as separate clients would have
+    (three peers in one interpreter share one core's worth of Python and fall behind on a
+    loaded machine, media and chat alike)."""
+    configure_logging(args)
     if args.trace:
-        rtp_trace.install(t0)
+        rtp_trace.install(start)
+    p = Participant(args.url, room, index, t0=start, bundle_policy=args.bundle_policy)
+    last_join = args.stagger * (args.participants - 1)
+
+    async def take_part() -> None:
+        await asyncio.sleep(max(0.0, start + args.stagger * index - time.monotonic()))
+        chat = asyncio.ensure_future(
+            chat_when_media_flows(p, args.participants - 1, start + last_join + args.duration - 2.0)
+        )
+        try:
+            await p.run(duration=last_join - args.stagger * index + args.duration)
+        finally:
+            chat.cancel()
+
+    failure = None
+    try:
+        asyncio.run(take_part())
+    except BaseException as exc:  # reported as this participant's failure
+        failure = repr(exc)
+    results.put(
+        Result(
+            name=p.name,
+            id=p.id,
+            errors=p.errors,
+            remote=p.remote,
+            chat_sent=p.chat_sent,
+            chat_received=p.chat_received,
+            joined_at=p.joined_at,
+            chat_open_at=p.chat_open_at,
+            report=p.report(),
+            warnings=WARNINGS.counts,
+            trace=rtp_trace.report() if args.trace else None,
+            failure=failure,
+        )
+    )
+
+
+def run_all(args: argparse.Namespace) -> int:
     room = args.room or f"aiortc-{uuid.uuid4().hex[:8]}"
-    participants = [
-        Participant(args.url, room, i, t0=t0, bundle_policy=args.bundle_policy)
+    # One clock for every process (CLOCK_MONOTONIC is system-wide), so join, send and receipt
+    # times compare across them. Forked before any event loop exists.
+    context = multiprocessing.get_context("fork")
+    results = context.Queue()
+    start = time.monotonic() + 0.5
+    processes = [
+        context.Process(target=run_participant, args=(i, args, room, start, results), daemon=True)
         for i in range(args.participants)
     ]
-    last_join = args.stagger * (len(participants) - 1)
-
-    async def run(i: int, p: Participant) -> None:
-        await asyncio.sleep(args.stagger * i)
-        await p.run(duration=last_join - args.stagger * i + args.duration)
-
-    results = await asyncio.gather(
-        *(run(i, p) for i, p in enumerate(participants)), return_exceptions=True
-    )
-    failures = []
-    for p, r in zip(participants, results):
-        if isinstance(r, BaseException):
-            failures.append(f"{p.name} failed: {r!r}")
+    for proc in processes:
+        proc.start()
+    give_up = start + args.stagger * args.participants + args.duration + 60
+    collected: dict[str, Result] = {}
+    for _ in processes:
+        try:
+            r = results.get(timeout=max(1.0, give_up - time.monotonic()))
+        except queue.Empty:
+            break
+        collected[r.name] = r
+    for proc in processes:
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.kill()
+    failures = [
+        f"p{i} reported nothing (its process died or hung)"
+        for i in range(args.participants)
+        if f"p{i}" not in collected
+    ]
+    participants = [collected[f"p{i}"] for i in range(args.participants) if f"p{i}" in collected]
+    failures += [f"{r.name} failed: {r.failure}" for r in participants if r.failure]
     failures += check(participants, args)
+    chat_failures, chat_delays = check_chat(participants, args)
+    failures += chat_failures
 
     report: dict[str, Any] = {
         "url": args.url,
@@ -124,11 +281,13 @@ async def main_async(args: argparse.Namespace) -> int:
             "min_audio_frames": args.min_audio,
             "min_video_frames": args.min_video,
             "max_mismatch": args.max_mismatch,
+            "max_chat_ms": args.max_chat_ms,
         },
         "bundle_policy": args.bundle_policy,
-        "participants": [p.report() for p in participants],
+        "participants": [r.report for r in participants],
         "summary": summary(participants),
-        "aiortc_warnings": WARNINGS.counts,
+        "chat_delivery_ms": chat_delays,
+        "aiortc_warnings": {r.name: r.warnings for r in participants},
         "failures": failures,
         "pass": not failures,
     }
@@ -137,7 +296,7 @@ async def main_async(args: argparse.Namespace) -> int:
             p.pop("events")
             p.pop("subscriber_offer_sdps")
     if args.trace:
-        report["trace"] = rtp_trace.report()
+        report["trace"] = {r.name: r.trace for r in participants}
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
@@ -146,12 +305,13 @@ async def main_async(args: argparse.Namespace) -> int:
         ("PASS" if not failures else "FAIL") + ": " + json.dumps(report["summary"]),
         file=sys.stderr,
     )
+    print("chat delivery, send to receipt: " + json.dumps(chat_delays), file=sys.stderr)
     for f in failures:
         print(f"  {f}", file=sys.stderr)
     return 0 if not failures else 1
 
 
-def summary(participants: list[Participant]) -> dict[str, Any]:
+def summary(participants: list["Result"]) -> dict[str, Any]:
     """receiver -> publisher -> "audio matched/decoded, video matched/decoded"."""
     out: dict[str, Any] = {}
     for p in participants:
@@ -179,6 +339,12 @@ def main() -> int:
     ap.add_argument("--stagger", type=float, default=1.0, help="seconds between joins")
     ap.add_argument("--min-audio", type=int, default=100, help="audio frames (20 ms) needed per pair")
     ap.add_argument("--min-video", type=int, default=30, help="video frames needed per pair")
+    ap.add_argument(
+        "--max-chat-ms",
+        type=float,
+        default=1000.0,
+        help="longest a chat message may take from send to receipt (generous: loopback takes milliseconds)",
+    )
     ap.add_argument("--max-mismatch", type=float, default=0.05, help="fraction of frames allowed to show another signature")
     ap.add_argument(
         "--bundle-policy",
@@ -192,15 +358,7 @@ def main() -> int:
     ap.add_argument("--all-interfaces", action="store_true", help="gather ICE candidates on every interface, not only loopback")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr)
-    if not args.verbose:
-        aiortc_logger = logging.getLogger("aiortc")
-        aiortc_logger.addHandler(WARNINGS)
-        aiortc_logger.propagate = False
-    host = urlparse(args.url).hostname or ""
-    if not args.all_interfaces and (host.startswith("127.") or host in ("localhost", "::1")):
-        loopback_ice_only()
-    return asyncio.run(main_async(args))
+    return run_all(args)
 
 
 if __name__ == "__main__":
