@@ -3,7 +3,7 @@
 # in one room, each publishing a tone and a colour, each decoding every other's audio and video
 # and checking it comes from the right participant (tests/aiortc/).
 #
-# Installs aiortc from PyPI into a virtualenv when missing (target/aiortc-venv), builds the
+# Installs aiortc from PyPI into a virtualenv when missing (scripts/aiortc-venv.sh), builds the
 # debug server, starts it on an ephemeral port, runs tests/aiortc/three_party.py, stops the
 # server and exits with the test's status. The JSON report goes to artifacts/aiortc-report.json.
 #
@@ -13,33 +13,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
 target="${CARGO_TARGET_DIR:-$root/target}"
-venv="${AIORTC_VENV:-$target/aiortc-venv}"
-requirements="$root/tests/aiortc/requirements.txt"
 artifacts="${SWITCHBOARD_ARTIFACTS:-$root/artifacts}"
 mkdir -p "$artifacts"
-
-# The virtualenv, (re)installed when the requirements change.
-if [ ! -x "$venv/bin/python" ]; then
-  if ! python3 -m venv "$venv" 2>/dev/null; then
-    echo "installing python3-venv from Debian's packages"
-    as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq python3-venv >/dev/null
-    rm -rf "$venv"
-    python3 -m venv "$venv"
-  fi
-fi
-stamp="$venv/.switchboard-requirements"
-if ! cmp -s "$requirements" "$stamp" \
-  || ! "$venv/bin/python" -c 'import aiortc, av, numpy, websockets' 2>/dev/null; then
-  echo "installing aiortc and its dependencies into $venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
-  cp "$requirements" "$stamp"
-fi
+python=$("$root/scripts/aiortc-venv.sh")
 
 # SWITCHBOARD_BIN runs a given binary (a release build, say) instead of building one.
 if [ -n "${SWITCHBOARD_BIN:-}" ]; then
@@ -85,7 +62,7 @@ ws_url="ws://${url#http://}/ws"
 echo "aiortc three-party test against $ws_url"
 
 status=0
-"$venv/bin/python" "$root/tests/aiortc/three_party.py" "$ws_url" --trace \
+"$python" "$root/tests/aiortc/three_party.py" "$ws_url" --trace \
   --json "$artifacts/aiortc-report.json" "$@" >/dev/null || status=$?
 echo "report: $artifacts/aiortc-report.json"
 if [ "$status" -ne 0 ] && [ -s "$log_dir/stderr" ]; then

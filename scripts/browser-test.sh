@@ -2,7 +2,8 @@
 # The web client in headless Chromium and Firefox against a real server. Installs what it
 # needs on a fresh Debian machine: Chromium and Firefox ESR from Debian's packages, iproute2
 # (the Firefox test's network namespace), Node.js, and from npm playwright-core and
-# puppeteer-core (which drive the system browsers; neither downloads a browser of its own).
+# puppeteer-core (which drive the system browsers; neither downloads a browser of its own),
+# and aiortc in a virtualenv (scripts/aiortc-venv.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,9 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
 fi
 
 (cd tests/browser && npm ci --no-audit --no-fund --loglevel=error)
+# An aiortc participant joins a call with a page (aiortc.test.mjs).
+AIORTC_PYTHON=$(./scripts/aiortc-venv.sh)
+export AIORTC_PYTHON
 cargo build --locked --bin switchboard
 export SWITCHBOARD_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/switchboard"
 export SWITCHBOARD_ARTIFACTS="${SWITCHBOARD_ARTIFACTS:-$PWD/artifacts}"

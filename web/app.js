@@ -334,11 +334,23 @@ function playVideo(video) {
 
 function playAudio(audio) {
   const p = audio.play();
-  if (p) {
-    p.catch((err) => {
-      if (err && err.name === 'NotAllowedError') showAudioPrompt();
-    });
-  }
+  if (!p) return;
+  p.catch((err) => {
+    if (!err || err.name !== 'NotAllowedError') return;
+    // Firefox lets a page play sound once it captures: a track that arrives while the camera
+    // and microphone are still being opened is refused. Try again once they are; only a
+    // second refusal needs the user's click.
+    const opening = state.mediaReady;
+    if (!opening) {
+      showAudioPrompt();
+      return;
+    }
+    opening
+      .then(() => (audio.srcObject ? audio.play() : null))
+      .catch((again) => {
+        if (again && again.name === 'NotAllowedError') showAudioPrompt();
+      });
+  });
 }
 
 function showAudioPrompt() {

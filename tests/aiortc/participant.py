@@ -342,6 +342,8 @@ class Participant:
         self.offer_sections: list[list[dict[str, Any]]] = []
         self.offer_sdps: list[str] = []
         self._closing = False
+        # Set to end `run` before its duration.
+        self.stopping = asyncio.Event()
 
     # ---------------------------------------------------------------------------------------
 
@@ -363,10 +365,9 @@ class Participant:
             await self.send({"type": "join", "room": self.room, "name": self.name})
             self.event("join_sent")
             reader = asyncio.ensure_future(self._read_loop())
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), timeout=duration)
-            except asyncio.TimeoutError:
-                pass
+            stop = asyncio.ensure_future(self.stopping.wait())
+            await asyncio.wait({reader, stop}, timeout=duration, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
             self._closing = True
             try:
                 await self.send({"type": "leave"})
