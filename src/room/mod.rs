@@ -186,6 +186,8 @@ impl Room {
             .iter()
             .map(|p| state.snapshot_of(p))
             .collect();
+        // Counted before it is told: whoever reads the gauge after `joined` sees it.
+        Metrics::inc(&self.metrics.participants);
         participant.send(joined(snapshot));
         for other in &state.participants {
             other.send(ServerMessage::ParticipantJoined {
@@ -197,7 +199,6 @@ impl Room {
         for track in &state.tracks {
             self.media.subscribe(&participant.id, track);
         }
-        Metrics::inc(&self.metrics.participants);
         Ok(())
     }
 
