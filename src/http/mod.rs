@@ -45,6 +45,18 @@ const STYLE_CSS: &str = include_str!("../../web/style.css");
 const LAYOUT_JS: &str = include_str!("../../web/layout.js");
 const CHAT_JS: &str = include_str!("../../web/chat.js");
 const MEDIA_JS: &str = include_str!("../../web/media.js");
+const STATE_JS: &str = include_str!("../../web/state.js");
+const UI_JS: &str = include_str!("../../web/ui.js");
+const SESSION_JS: &str = include_str!("../../web/session.js");
+const PEERS_JS: &str = include_str!("../../web/peers.js");
+const TILES_JS: &str = include_str!("../../web/tiles.js");
+const STAGE_JS: &str = include_str!("../../web/stage.js");
+const PEOPLE_JS: &str = include_str!("../../web/people.js");
+const CHATPANEL_JS: &str = include_str!("../../web/chatpanel.js");
+const CONTROLS_JS: &str = include_str!("../../web/controls.js");
+const STATS_JS: &str = include_str!("../../web/stats.js");
+const LOCALMEDIA_JS: &str = include_str!("../../web/localmedia.js");
+const LOBBY_JS: &str = include_str!("../../web/lobby.js");
 
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
@@ -75,6 +87,54 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/media.js",
             get(|| async { static_file("text/javascript; charset=utf-8", MEDIA_JS) }),
+        )
+        .route(
+            "/state.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", STATE_JS) }),
+        )
+        .route(
+            "/ui.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", UI_JS) }),
+        )
+        .route(
+            "/session.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", SESSION_JS) }),
+        )
+        .route(
+            "/peers.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", PEERS_JS) }),
+        )
+        .route(
+            "/tiles.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", TILES_JS) }),
+        )
+        .route(
+            "/stage.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", STAGE_JS) }),
+        )
+        .route(
+            "/people.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", PEOPLE_JS) }),
+        )
+        .route(
+            "/chatpanel.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", CHATPANEL_JS) }),
+        )
+        .route(
+            "/controls.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", CONTROLS_JS) }),
+        )
+        .route(
+            "/stats.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", STATS_JS) }),
+        )
+        .route(
+            "/localmedia.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", LOCALMEDIA_JS) }),
+        )
+        .route(
+            "/lobby.js",
+            get(|| async { static_file("text/javascript; charset=utf-8", LOBBY_JS) }),
         )
         // No icon: answer quietly instead of a 404 in every browser console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))

@@ -66,7 +66,11 @@ export function startServer({ port = 0 } = {}) {
   });
 }
 
-const WEB_FILES = ['app.js', 'signaling.js', 'layout.js', 'chat.js', 'media.js', 'style.css', 'index.html'];
+const WEB_FILES = [
+  'app.js', 'state.js', 'ui.js', 'session.js', 'peers.js', 'tiles.js', 'stage.js', 'people.js', 'chatpanel.js',
+  'controls.js', 'stats.js', 'localmedia.js', 'lobby.js', 'signaling.js', 'layout.js', 'chat.js', 'media.js',
+  'style.css', 'index.html',
+];
 
 /** The web/ file (path and content type) a client URL stands for, or null. */
 function webFileFor(href) {
@@ -105,7 +109,7 @@ export async function launchBrowser({ autoplay = true, fakeUi = true, viewport =
     ],
   });
   if (process.env.SWITCHBOARD_WEB_FROM_DISK) {
-    await context.route(/\/(app|signaling|layout|chat|media)\.js$|\/style\.css$|\/(\?.*)?$/, (route) => {
+    await context.route(/\/(app|state|ui|session|peers|tiles|stage|people|chatpanel|controls|stats|localmedia|lobby|signaling|layout|chat|media)\.js$|\/style\.css$|\/(\?.*)?$/, (route) => {
       const file = webFileFor(route.request().url());
       if (!file) return route.continue();
       return route.fulfill({ body: readFileSync(file.path), contentType: file.type });
