@@ -3,6 +3,7 @@
 mod conn;
 pub mod origin;
 mod tls;
+mod web;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -37,111 +38,16 @@ fullscreen=(self), geolocation=(), payment=(), usb=()";
 /// Seconds a refused client is asked to wait before trying again.
 const RETRY_AFTER_SECS: &str = "5";
 
-/// The web client, embedded so the server serves it from any working directory.
-const INDEX_HTML: &str = include_str!("../../web/index.html");
-const APP_JS: &str = include_str!("../../web/app.js");
-const SIGNALING_JS: &str = include_str!("../../web/signaling.js");
-const STYLE_CSS: &str = include_str!("../../web/style.css");
-const LAYOUT_JS: &str = include_str!("../../web/layout.js");
-const CHAT_JS: &str = include_str!("../../web/chat.js");
-const MEDIA_JS: &str = include_str!("../../web/media.js");
-const STATE_JS: &str = include_str!("../../web/state.js");
-const UI_JS: &str = include_str!("../../web/ui.js");
-const SESSION_JS: &str = include_str!("../../web/session.js");
-const PEERS_JS: &str = include_str!("../../web/peers.js");
-const TILES_JS: &str = include_str!("../../web/tiles.js");
-const STAGE_JS: &str = include_str!("../../web/stage.js");
-const PEOPLE_JS: &str = include_str!("../../web/people.js");
-const CHATPANEL_JS: &str = include_str!("../../web/chatpanel.js");
-const CONTROLS_JS: &str = include_str!("../../web/controls.js");
-const STATS_JS: &str = include_str!("../../web/stats.js");
-const LOCALMEDIA_JS: &str = include_str!("../../web/localmedia.js");
-const LOBBY_JS: &str = include_str!("../../web/lobby.js");
-
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route(
-            "/",
-            get(|| async { static_file("text/html; charset=utf-8", INDEX_HTML) }),
-        )
-        .route(
-            "/app.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", APP_JS) }),
-        )
-        .route(
-            "/signaling.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", SIGNALING_JS) }),
-        )
-        .route(
-            "/style.css",
-            get(|| async { static_file("text/css; charset=utf-8", STYLE_CSS) }),
-        )
-        .route(
-            "/layout.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", LAYOUT_JS) }),
-        )
-        .route(
-            "/chat.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", CHAT_JS) }),
-        )
-        .route(
-            "/media.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", MEDIA_JS) }),
-        )
-        .route(
-            "/state.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", STATE_JS) }),
-        )
-        .route(
-            "/ui.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", UI_JS) }),
-        )
-        .route(
-            "/session.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", SESSION_JS) }),
-        )
-        .route(
-            "/peers.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", PEERS_JS) }),
-        )
-        .route(
-            "/tiles.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", TILES_JS) }),
-        )
-        .route(
-            "/stage.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", STAGE_JS) }),
-        )
-        .route(
-            "/people.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", PEOPLE_JS) }),
-        )
-        .route(
-            "/chatpanel.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", CHATPANEL_JS) }),
-        )
-        .route(
-            "/controls.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", CONTROLS_JS) }),
-        )
-        .route(
-            "/stats.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", STATS_JS) }),
-        )
-        .route(
-            "/localmedia.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", LOCALMEDIA_JS) }),
-        )
-        .route(
-            "/lobby.js",
-            get(|| async { static_file("text/javascript; charset=utf-8", LOBBY_JS) }),
-        )
+        .route("/", get(web::index))
         // No icon: answer quietly instead of a 404 in every browser console.
         .route("/favicon.ico", get(|| async { StatusCode::NO_CONTENT }))
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/api/rooms", get(rooms))
+        .route("/{file}", get(web::asset))
         .with_state(state.clone())
         .layer(Extension(SocketLimits::new(
             state.config.max_sockets,
@@ -163,17 +69,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Sets a header on every response that has none of its own.
 fn header_layer(name: HeaderName, value: &'static str) -> SetResponseHeaderLayer<HeaderValue> {
     SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
-}
-
-fn static_file(content_type: &'static str, body: &'static str) -> Response {
-    (
-        [
-            (header::CONTENT_TYPE, content_type),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
 }
 
 async fn ws(
