@@ -1,7 +1,6 @@
 //! The data plane's own work per publisher packet: the Receiver reads it once, and each
-//! DownTrack gates it and rewrites a fresh header around the shared payload
-//! (`receiver_to_downtracks`); on the send path each DownTrack marshals its header and the
-//! payload into one reused buffer and the worker protects it in place with SRTP
+//! DownTrack gates it and writes its header and the shared payload into one reused buffer
+//! (`receiver_to_downtracks`); then the worker protects it in place with SRTP
 //! (`receiver_to_wire`, AES-128-GCM): everything of a forwarded packet but the system call.
 
 use std::time::{Duration, Instant};
@@ -10,8 +9,8 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use switchboard::engine::srtp::{Profile, SrtpSender};
 use switchboard::media::downtrack::{DownTrack, Negotiated, Outcome};
 use switchboard::media::extensions::{ExtensionIds, SubscriberExtensions, SDES_MID};
+use switchboard::media::kind::TrackKind;
 use switchboard::media::receiver::{Codec, Receiver, TrackMeta};
-use switchboard::signal::protocol::TrackKind;
 
 fn packet(seq: u16, keyframe: bool) -> rtp::Packet {
     let mut payload = vec![0u8; 1100];
@@ -64,9 +63,10 @@ fn setup(n: usize) -> (Receiver, Vec<DownTrack>) {
     // Start every DownTrack on a keyframe, as in a running call.
     let first = packet(0, true);
     let now = Instant::now();
+    let mut buf = bytes::BytesMut::with_capacity(1536);
     if let Some(incoming) = receiver.incoming(&first, now) {
         for d in &mut downtracks {
-            let _ = d.forward(&incoming, now, 0);
+            let _ = d.forward(&incoming, now, 0, &mut buf);
         }
     }
     (receiver, downtracks)
@@ -76,6 +76,7 @@ fn fan_out(c: &mut Criterion) {
     let mut group = c.benchmark_group("receiver_to_downtracks");
     for n in [1usize, 10, 100] {
         let (mut receiver, mut downtracks) = setup(n);
+        let mut buf = bytes::BytesMut::with_capacity(1536);
         let mut seq = 1u16;
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
@@ -84,8 +85,8 @@ fn fan_out(c: &mut Criterion) {
                 let now = Instant::now();
                 if let Some(incoming) = receiver.incoming(&p, now) {
                     for d in &mut downtracks {
-                        if let Outcome::Send(out) = d.forward(&incoming, now, 0) {
-                            std::hint::black_box(out);
+                        if let Outcome::Send { .. } = d.forward(&incoming, now, 0, &mut buf) {
+                            std::hint::black_box(&buf);
                         }
                     }
                 }
@@ -121,10 +122,8 @@ fn to_wire(c: &mut Criterion) {
                 let now = Instant::now();
                 if let Some(incoming) = receiver.incoming(&p, now) {
                     for (d, sender) in downtracks.iter_mut().zip(&mut senders) {
-                        if let Outcome::Send(header_len) =
-                            d.forward_into(&incoming, now, 0, &mut buf)
+                        if let Outcome::Send { header_len } = d.forward(&incoming, now, 0, &mut buf)
                         {
-                            buf.extend_from_slice(&p.payload);
                             sender.protect(&mut buf, header_len).expect("protected");
                             std::hint::black_box(&buf);
                         }

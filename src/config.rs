@@ -7,6 +7,8 @@ use std::time::Duration;
 use clap::Args;
 use serde::Serialize;
 
+pub use crate::engine::SrtpWriter;
+
 /// One ICE server handed to clients in `joined` (STUN or TURN).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct IceServer {
@@ -314,16 +316,6 @@ pub struct Config {
     pub fault_drop_sent_video_every_nth: Option<u32>,
 }
 
-/// Who protects forwarded media (see `--srtp-writer`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SrtpWriter {
-    /// The worker, in place, beside the stack.
-    Worker,
-    /// The stack's own pipeline.
-    Stack,
-}
-
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -419,7 +411,6 @@ impl Config {
             max_retransmits_per_sec: self.max_retransmits_per_sec,
             queue: self.queue_limits(),
             max_chat_bytes: self.max_chat_bytes,
-            chat_rate_per_sec: self.message_rate_per_sec,
             max_candidates: self.max_candidates,
             media_timeout: self.media_timeout,
             fault_drop_every: self.fault_drop_every_nth_packet,

@@ -3,7 +3,6 @@
 //! Start a [`Server`] from a [`Config`], read its address, shut it down. The binary
 //! (`src/main.rs`) is a thin command line over this.
 
-pub mod chat;
 pub mod config;
 pub mod engine;
 mod error;
@@ -34,6 +33,8 @@ pub struct AppState {
     pub registry: room::Registry,
     pub metrics: Arc<Metrics>,
     pub engine: Arc<Engine>,
+    /// Where the engine's events find their session.
+    pub sessions: Arc<signal::sessions::Sessions>,
     pub accepting: std::sync::atomic::AtomicBool,
 }
 
@@ -50,7 +51,12 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server, Error> {
         config.validate()?;
         let metrics = Arc::new(Metrics::default());
-        let engine = Arc::new(Engine::start(config.engine()?, metrics.clone())?);
+        let sessions = Arc::new(signal::sessions::Sessions::default());
+        let engine = Arc::new(Engine::start(
+            config.engine()?,
+            metrics.clone(),
+            sessions.clone(),
+        )?);
         info!(
             udp_port = engine.udp_port(),
             workers = engine.workers(),
@@ -61,10 +67,13 @@ impl Server {
                 config.max_rooms,
                 config.max_participants_per_room,
                 config.max_tracks_per_participant,
-                engine.clone(),
+                Arc::new(signal::link::EnginePlacer {
+                    engine: engine.clone(),
+                }),
                 metrics.clone(),
             ),
             engine,
+            sessions,
             metrics,
             accepting: std::sync::atomic::AtomicBool::new(true),
             config,

@@ -150,18 +150,6 @@ metrics! {
     }
 }
 
-impl Dropped {
-    pub fn refused(&self, why: crate::media::forwarder::Refused) -> &AtomicU64 {
-        use crate::media::forwarder::Refused;
-        match why {
-            Refused::WaitingForKeyframe => &self.waiting_for_keyframe,
-            Refused::TooOld => &self.too_old,
-            Refused::Duplicate => &self.duplicate,
-            Refused::Expired => &self.expired,
-        }
-    }
-}
-
 impl Metrics {
     pub fn inc(gauge: &AtomicI64) {
         gauge.fetch_add(1, Ordering::Relaxed);

@@ -18,13 +18,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::thread;
 
-use model::{apply_message, inbox, offer_sdp, recv, ClientView, FakePlacer, Harness, Op};
+use model::{apply_message, offer_sdp, ClientView, FakePlacer, Harness, Inbox, Op};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
+use switchboard::media::kind::TrackKind;
 use switchboard::metrics::Metrics;
-use switchboard::room::{Participant, PublishedTrack, Registry};
-use switchboard::signal::outbox::OutboxReader;
-use switchboard::signal::protocol::{ParticipantInfo, ServerMessage, TrackKind};
+use switchboard::room::{Participant, PublishedTrack, Registry, RoomEvent};
 
 const PEOPLE: usize = 6;
 
@@ -161,8 +160,7 @@ fn concurrent_sessions_leave_nothing_behind() {
     let threads: Vec<_> = (0..8u64)
         .map(|t| {
             let registry = registry.clone();
-            let metrics = metrics.clone();
-            thread::spawn(move || run_person(t, &registry, &metrics))
+            thread::spawn(move || run_person(t, &registry))
         })
         .collect();
     let mut total_steps = 0;
@@ -190,37 +188,25 @@ fn concurrent_sessions_leave_nothing_behind() {
 }
 
 /// One person's session, over and over; returns the steps made and the track instances.
-fn run_person(
-    seed: u64,
-    registry: &Registry,
-    metrics: &Arc<Metrics>,
-) -> (u64, Vec<Arc<PublishedTrack>>) {
+fn run_person(seed: u64, registry: &Registry) -> (u64, Vec<Arc<PublishedTrack>>) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut steps = 0;
     let mut instances = Vec::new();
     for generation in 0..150 {
         let id = format!("p{seed}g{generation}");
-        let (tx, mut rx) = inbox(metrics);
-        let participant = Arc::new(Participant::new(id.clone(), format!("n{seed}"), tx));
+        let rx = Arc::new(Inbox::default());
+        let participant = Arc::new(Participant::new(id.clone(), format!("n{seed}"), rx.clone()));
         let room_name = ["a", "b", "c", "d"][rng.random_range(0..4)];
-        let me = ParticipantInfo {
-            id: id.clone(),
-            name: participant.name.clone(),
-        };
-        let joined = registry.join(room_name, &participant, |participants| {
-            ServerMessage::Joined {
-                room: room_name.to_string(),
-                participant: me,
-                participants,
-                ice_servers: Vec::new(),
-            }
-        });
+        let joined = registry.join(room_name, &participant);
         let Ok(room) = joined else {
             thread::yield_now();
             continue;
         };
         let mut view = ClientView::default();
-        let Some(ServerMessage::Joined { participants, .. }) = recv(&mut rx) else {
+        let Some(RoomEvent::Joined {
+            others: participants,
+        }) = rx.recv()
+        else {
             panic!("{id}: joined is not first");
         };
         view.joined = true;
@@ -259,7 +245,7 @@ fn run_person(
                 }
                 _ => thread::yield_now(),
             }
-            drain(&id, &mut rx, &mut view);
+            drain(&id, &rx, &mut view);
             let mut mine = room.tracks_of(&id);
             mine.sort();
             let mut expected: Vec<String> = published.iter().cloned().collect();
@@ -269,7 +255,7 @@ fn run_person(
         registry.leave(&room, &id);
         // What was queued before the leave is still consistent; nothing comes after it, even
         // while the others go on and the engine publishes for this participant a moment late.
-        drain(&id, &mut rx, &mut view);
+        drain(&id, &rx, &mut view);
         if rng.random_ratio(1, 2) {
             let late =
                 PublishedTrack::new(id.clone(), format!("{id}-late"), TrackKind::Video, false);
@@ -277,16 +263,13 @@ fn run_person(
             assert!(room.publish(late).is_err(), "{id} published after it left");
         }
         thread::yield_now();
-        assert!(
-            recv(&mut rx).is_none(),
-            "{id} was told something after it left"
-        );
+        assert!(rx.recv().is_none(), "{id} was told something after it left");
     }
     (steps, instances)
 }
 
-fn drain(id: &str, rx: &mut OutboxReader, view: &mut ClientView) {
-    while let Some(m) = recv(rx) {
+fn drain(id: &str, rx: &Inbox, view: &mut ClientView) {
+    while let Some(m) = rx.recv() {
         if let Err(e) = apply_message(view, &m) {
             panic!("{id} got {m:?}: {e}\nits view: {view:?}");
         }

@@ -13,7 +13,7 @@ mod model;
 
 use libfuzzer_sys::fuzz_target;
 use model::{Harness, Op};
-use switchboard::chat::parse_chat;
+use switchboard::signal::chat::parse_chat;
 use switchboard::signal::protocol::{decode_client, ClientMessage, PcKind};
 use switchboard::signal::session::{normalize_name, valid_room};
 

@@ -3,7 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use switchboard::chat::{parse_chat, relay_json};
+use switchboard::room::ChatMessage;
+use switchboard::signal::chat::{parse_chat, relay_json};
 use switchboard::signal::protocol::{
     decode_client, ChatRelay, ClientMessage, ErrorCode, ParticipantInfo, ServerMessage,
     CLIENT_TYPES,
@@ -52,8 +53,13 @@ fuzz_target!(|data: &[u8]| {
                 id: "p1".into(),
                 name: "n".into(),
             };
+            let message = ChatMessage {
+                from: from.clone(),
+                text: text.clone(),
+                ts: 1,
+            };
             let relayed: ChatRelay =
-                serde_json::from_str(&relay_json(&from, text.clone())).expect("relay parses");
+                serde_json::from_str(&relay_json(&message)).expect("relay parses");
             assert_eq!(relayed.text, text);
             assert_eq!(relayed.from, from);
         }

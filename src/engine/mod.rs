@@ -10,15 +10,21 @@
 //! in the ufrag the client quotes in every STUN Binding request); only inbound datagrams take
 //! that hop, and only for the clients the hash put elsewhere.
 //!
-//! The control plane talks to a worker through its inbox (commands, queued under the room's
-//! lock so they arrive in the room's order) and hears back through the participant's
-//! signaling outbox and the room.
+//! The engine calls nobody: commands come in through a worker's inbox ([`WorkerHandle`]), in
+//! the order the control plane decided them, and what the rest of the server must hear about a
+//! participant goes out as an [`EngineEvent`] through the [`EventSink`] the engine was started
+//! with. It knows rooms only as the participants a command names.
 
+mod chat;
 pub mod demux;
 pub mod feedback;
+pub mod negotiation;
+mod participant;
 pub mod peer;
+pub mod router;
 pub mod srtp;
 pub mod timers;
+mod transmit;
 pub mod udp;
 mod worker;
 
@@ -30,11 +36,9 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use crate::config::SrtpWriter;
 use crate::media::downtrack::QueueLimits;
+use crate::media::kind::TrackKind;
 use crate::metrics::Metrics;
-use crate::room::{MediaPlacer, MediaPlane, Participant, PublishedTrack, Room};
-use crate::signal::protocol::{Candidate, PcKind};
 
 pub use peer::{parse_srtp_profiles, sctp_max_message_for_chat, PeerSettings};
 
@@ -49,6 +53,25 @@ pub enum EngineError {
     },
     #[error("starting a worker: {0}")]
     Worker(std::io::Error),
+}
+
+/// Which of a participant's two peer connections: the one it publishes on (the client
+/// offers) or the one it receives on (the server offers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcKind {
+    Publisher,
+    Subscriber,
+}
+
+/// Who protects forwarded media (see `--srtp-writer`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrtpWriter {
+    /// The worker, in place, beside the stack.
+    Worker,
+    /// The stack's own pipeline.
+    Stack,
 }
 
 /// How the engine runs.
@@ -68,7 +91,6 @@ pub struct EngineConfig {
     pub max_retransmits_per_sec: u32,
     pub queue: QueueLimits,
     pub max_chat_bytes: usize,
-    pub chat_rate_per_sec: u32,
     /// Most remote candidates one peer connection takes.
     pub max_candidates: usize,
     /// A participant whose media is absent this long is removed (see `Worker::find_ghosts`).
@@ -79,6 +101,57 @@ pub struct EngineConfig {
     pub fault_drop_sent_video_every: Option<u32>,
 }
 
+/// An ICE candidate as a client gives it (`RTCIceCandidateInit`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceCandidate {
+    pub candidate: String,
+    pub sdp_mid: Option<String>,
+    pub sdp_mline_index: Option<u16>,
+    pub username_fragment: Option<String>,
+}
+
+/// Why the engine refused a client's SDP. The peer connection is as it was before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SdpRefusal {
+    /// It does not parse, or the stack cannot apply or answer it.
+    Invalid,
+    /// An answer when no offer is outstanding.
+    Unexpected,
+    /// The engine failed on its side.
+    Internal,
+}
+
+/// What the engine tells the rest of the server about one participant, in the order it
+/// happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// The server's offer for the subscriber PC, to send to the client.
+    SubscriberOffer { sdp: String },
+    /// The answer to the client's publisher offer.
+    PublisherAnswer { sdp: String },
+    /// A client's offer (`pc: Publisher`) or answer (`pc: Subscriber`) was refused.
+    SdpRefused {
+        pc: PcKind,
+        reason: SdpRefusal,
+        message: String,
+    },
+    /// The first packet of a track the participant publishes arrived: it may be published.
+    TrackOpened { track_id: String, kind: TrackKind },
+    /// A message on its chat data channel, as received.
+    ChannelMessage { text: bool, data: bytes::Bytes },
+    /// Its media path is dead (the connection failed or never came up, its tracks fell
+    /// silent): the participant should go.
+    MediaLost { reason: &'static str },
+    /// Its media could not start at all.
+    Failed { message: String },
+}
+
+/// Where the engine's events go (the signaling layer). Called on a worker thread: it must
+/// queue and return, never block or call back into the engine.
+pub trait EventSink: Send + Sync {
+    fn emit(&self, participant_id: &str, event: EngineEvent);
+}
+
 /// What workers hear from the rest of the server.
 pub(crate) enum Inbox {
     Command(Command),
@@ -87,11 +160,10 @@ pub(crate) enum Inbox {
     Shutdown,
 }
 
-/// A room's request to its worker (see [`MediaPlane`]).
+/// A request to a worker (see [`WorkerHandle`]).
 pub(crate) enum Command {
     AddParticipant {
-        participant: Arc<Participant>,
-        room: Arc<Room>,
+        participant_id: String,
     },
     RemoveParticipant {
         participant_id: String,
@@ -105,10 +177,18 @@ pub(crate) enum Command {
         publisher_id: String,
         track_id: String,
     },
+    SetMuted {
+        publisher_id: String,
+        track_id: String,
+        muted: bool,
+    },
+    SendChannelMessage {
+        participant_id: String,
+        text: std::sync::Arc<str>,
+    },
     PublisherOffer {
         participant_id: String,
         sdp: String,
-        sending: Vec<String>,
     },
     SubscriberAnswer {
         participant_id: String,
@@ -117,11 +197,12 @@ pub(crate) enum Command {
     Candidate {
         participant_id: String,
         pc: PcKind,
-        candidate: Option<Candidate>,
+        candidate: Option<IceCandidate>,
     },
 }
 
-/// One worker's inbox.
+/// One worker's inbox: what the control plane asks of the peer connections it hosts. Calls
+/// queue and return; the worker acts on them in the order they were made.
 #[derive(Clone)]
 pub struct WorkerHandle {
     pub index: usize,
@@ -133,53 +214,72 @@ impl WorkerHandle {
         // Fails only once the worker has stopped (shutdown), when there is nothing to do.
         let _ = self.tx.send(Inbox::Command(command));
     }
-}
 
-impl MediaPlane for WorkerHandle {
-    fn add_participant(&self, participant: &Arc<Participant>, room: &Arc<Room>) {
+    /// A participant joined: it gets its subscriber peer connection and the chat channel.
+    pub fn add_participant(&self, participant_id: &str) {
         self.command(Command::AddParticipant {
-            participant: participant.clone(),
-            room: room.clone(),
+            participant_id: participant_id.to_string(),
         });
     }
 
-    fn remove_participant(&self, participant_id: &str) {
+    /// Everything of a participant goes: its peer connections, the tracks it published and
+    /// the tracks it received.
+    pub fn remove_participant(&self, participant_id: &str) {
         self.command(Command::RemoveParticipant {
             participant_id: participant_id.to_string(),
         });
     }
 
-    fn subscribe(&self, subscriber_id: &str, track: &PublishedTrack) {
+    /// Forwards a published track to a subscriber.
+    pub fn subscribe(&self, subscriber_id: &str, publisher_id: &str, track_id: &str) {
         self.command(Command::Subscribe {
             subscriber_id: subscriber_id.to_string(),
-            publisher_id: track.publisher_id.clone(),
-            track_id: track.track_id.clone(),
+            publisher_id: publisher_id.to_string(),
+            track_id: track_id.to_string(),
         });
     }
 
-    fn remove_track(&self, publisher_id: &str, track_id: &str) {
+    /// A track is no longer published: its Receiver and every DownTrack of it go.
+    pub fn remove_track(&self, publisher_id: &str, track_id: &str) {
         self.command(Command::RemoveTrack {
             publisher_id: publisher_id.to_string(),
             track_id: track_id.to_string(),
         });
     }
 
-    fn publisher_offer(&self, participant_id: &str, sdp: String, sending: Vec<String>) {
-        self.command(Command::PublisherOffer {
-            participant_id: participant_id.to_string(),
-            sdp,
-            sending,
+    /// A track's publisher muted it: its silence is no sign of a dead connection.
+    pub fn set_muted(&self, publisher_id: &str, track_id: &str, muted: bool) {
+        self.command(Command::SetMuted {
+            publisher_id: publisher_id.to_string(),
+            track_id: track_id.to_string(),
+            muted,
         });
     }
 
-    fn subscriber_answer(&self, participant_id: &str, sdp: String) {
+    /// A text message on a participant's chat channel (kept a few seconds if it is not open
+    /// yet).
+    pub fn send_channel_message(&self, participant_id: &str, text: std::sync::Arc<str>) {
+        self.command(Command::SendChannelMessage {
+            participant_id: participant_id.to_string(),
+            text,
+        });
+    }
+
+    pub fn publisher_offer(&self, participant_id: &str, sdp: String) {
+        self.command(Command::PublisherOffer {
+            participant_id: participant_id.to_string(),
+            sdp,
+        });
+    }
+
+    pub fn subscriber_answer(&self, participant_id: &str, sdp: String) {
         self.command(Command::SubscriberAnswer {
             participant_id: participant_id.to_string(),
             sdp,
         });
     }
 
-    fn candidate(&self, participant_id: &str, pc: PcKind, candidate: Option<Candidate>) {
+    pub fn candidate(&self, participant_id: &str, pc: PcKind, candidate: Option<IceCandidate>) {
         self.command(Command::Candidate {
             participant_id: participant_id.to_string(),
             pc,
@@ -197,8 +297,13 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Binds the shared port on every worker and starts them.
-    pub fn start(config: EngineConfig, metrics: Arc<Metrics>) -> Result<Engine, EngineError> {
+    /// Binds the shared port on every worker and starts them; what happens to participants
+    /// goes to `events`.
+    pub fn start(
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+        events: Arc<dyn EventSink>,
+    ) -> Result<Engine, EngineError> {
         let workers = config.workers.clamp(1, 64);
         let reuse = workers > 1;
         if reuse && config.bind.port() != 0 {
@@ -261,6 +366,7 @@ impl Engine {
                 peers: peers.clone(),
                 config: config.clone(),
                 metrics: metrics.clone(),
+                events: events.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("media-worker-{index}"))
@@ -297,11 +403,16 @@ impl Engine {
     }
 }
 
-impl MediaPlacer for Engine {
-    /// Round robin: rooms spread evenly over the workers.
-    fn place(&self, _room_name: &str) -> Arc<dyn MediaPlane> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        Arc::new(self.workers[n].clone())
+impl Engine {
+    /// Where a new room's peer connections go: round robin, so rooms spread evenly over the
+    /// workers. A room stays on one worker.
+    pub fn place(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len()
+    }
+
+    /// Worker `index`'s inbox (index from [`Engine::place`]; out of range wraps).
+    pub fn worker(&self, index: usize) -> WorkerHandle {
+        self.workers[index % self.workers.len()].clone()
     }
 }
 

@@ -1,5 +1,6 @@
-//! Building the server's sans-IO peer connections: codecs, header extensions, interceptors,
-//! ICE lite on the shared address, SRTP profiles, one DTLS certificate for the process.
+//! The server's peer connections: what a worker keeps of each ([`Peer`]), and how each is
+//! built ([`PeerSettings`]): codecs, header extensions, interceptors, ICE lite on the shared
+//! address, SRTP profiles, one DTLS certificate for the process.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,10 +28,63 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 
 use crate::engine::feedback::FeedbackInterceptor;
+use crate::engine::srtp::Writer;
+use crate::engine::udp;
 use crate::engine::EngineError;
+use crate::engine::PcKind;
 use crate::media::extensions::NEGOTIATED;
+use crate::media::kind::TrackKind;
 use crate::metrics::Metrics;
-use crate::signal::protocol::{PcKind, TrackKind};
+
+/// One of a worker's peer connections.
+pub struct Peer {
+    pub pc: RTCPeerConnection,
+    /// The participant it belongs to (the worker's key for it).
+    pub owner: usize,
+    pub role: PcKind,
+    pub ufrag: String,
+    pub connected: bool,
+    /// Has output to drain at the end of the batch.
+    pub dirty: bool,
+    pub remote_candidates: usize,
+    /// Connectivity checks that arrived before the answer told us the client's credentials
+    /// (the client starts checking as soon as it has our offer, and its answer may come later
+    /// over the WebSocket): replayed once it is applied, rather than left to the client's
+    /// retry ~200 ms later.
+    pub early_checks: Vec<udp::Incoming>,
+    /// Who protects the media it forwards (subscriber connections).
+    pub srtp: Writer,
+}
+
+impl Peer {
+    pub fn new(
+        pc: RTCPeerConnection,
+        owner: usize,
+        role: PcKind,
+        ufrag: String,
+        srtp: Writer,
+    ) -> Self {
+        Peer {
+            pc,
+            owner,
+            role,
+            ufrag,
+            connected: false,
+            dirty: false,
+            remote_candidates: 0,
+            early_checks: Vec::new(),
+            srtp,
+        }
+    }
+
+    /// Queues peer connection `key` (this one) to be drained at the end of the batch, once.
+    pub fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
+        if !self.dirty {
+            self.dirty = true;
+            dirty.push(key);
+        }
+    }
+}
 
 /// The SRTP protection profiles the server accepts, by the names `--srtp` takes.
 pub fn parse_srtp_profiles(names: &str) -> Result<Vec<SrtpProtectionProfile>, String> {

@@ -24,7 +24,6 @@ use rtc::crypto::{
     PublicKey, RTCCrypto, RTCCryptoProvider, RTCRandom, SignatureScheme, SigningKey, StreamCipher,
     StreamCipherAlgorithm,
 };
-use rtc::shared::marshal::{Marshal, MarshalSize};
 
 /// Key-derivation blocks noted per peer connection: a handshake derives 2 contexts × 4 to 5
 /// keys of 1 to 2 blocks; anything past this is not a handshake's and is not kept.
@@ -260,13 +259,15 @@ impl SrtpSender {
     }
 
     /// Marshals a packet (`header`, then `payload`) into `buf`, cleared first, and protects
-    /// it there.
-    pub fn protect_packet(
+    /// it there: for tests, whose packets are the `rtp` crate's.
+    #[cfg(test)]
+    fn protect_packet(
         &mut self,
         header: &rtp::header::Header,
         payload: &[u8],
         buf: &mut BytesMut,
     ) -> Result<(), SrtpError> {
+        use rtc::shared::marshal::{Marshal, MarshalSize};
         let header_len = header.marshal_size();
         buf.clear();
         buf.resize(header_len, 0);
@@ -605,6 +606,7 @@ impl RTCCrypto for KeyTap {
 mod tests {
     use super::*;
     use bytes::Bytes;
+    use rtc::shared::marshal::{Marshal, MarshalSize};
     use rtc::srtp::context::Context;
     use rtc::srtp::protection_profile::ProtectionProfile;
 

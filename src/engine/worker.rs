@@ -1,53 +1,49 @@
 //! One worker: a thread that owns the peer connections of the rooms placed on it, its socket
-//! of the shared port, its timers, and the Receivers and DownTracks between them.
+//! of the shared port, its timers, and the Router between them.
 //!
 //! The loop: wait for a datagram, a command or a timer; handle a batch of them; then, once
 //! per batch, send the subscriber offers that became due, drain every peer connection that
-//! has output, and flush the datagrams in a few system calls.
+//! has output, and flush the datagrams in a few system calls. What the rest of the server must
+//! hear goes out as events; the worker calls nobody.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::event::{RTCDataChannelEvent, RTCPeerConnectionEvent, RTCTrackEvent};
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::peer_connection::sdp::RTCSessionDescription;
 use rtc::peer_connection::state::{RTCIceConnectionState, RTCPeerConnectionState};
 use rtc::peer_connection::transport::RTCIceCandidateInit;
-use rtc::peer_connection::RTCPeerConnection;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
-use rtc::rtp_transceiver::{
-    RTCRtpReceiverId, RTCRtpSenderId, RTCRtpTransceiverDirection, RTCRtpTransceiverId,
-    RTCRtpTransceiverInit,
-};
+use rtc::rtp_transceiver::{RTCRtpReceiverId, RTCRtpSenderId};
 use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use slab::Slab;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::chat;
-use crate::config::SrtpWriter;
+use crate::engine::chat;
 use crate::engine::demux::{self, Demux, Route};
 use crate::engine::feedback::is_keyframe_request;
-use crate::engine::srtp::{KeyTap, Observed, SrtpError, Writer};
+use crate::engine::negotiation::TrackKey;
+use crate::engine::participant::{self, Forwarded, Participant};
+use crate::engine::peer::Peer;
+use crate::engine::router::{Router, RouterConfig};
+use crate::engine::srtp::{KeyTap, Observed, Writer};
 use crate::engine::timers::Timers;
+use crate::engine::transmit::{SendFault, Transmit};
 use crate::engine::udp::{self, Udp};
-use crate::engine::{Command, EngineConfig, Inbox, PeerSettings};
-use crate::media::downtrack::{DownTrack, Dropped, Negotiated, Outcome};
-use crate::media::extensions::{self, ExtensionIds, SubscriberExtensions};
-use crate::media::history::PacketHistory;
-use crate::media::receiver::{Codec, KeyframeRequest, Receiver, TrackMeta};
+use crate::engine::{
+    Command, EngineConfig, EngineEvent, EventSink, IceCandidate, Inbox, PcKind, PeerSettings,
+    SdpRefusal, SrtpWriter,
+};
+use crate::media::extensions::{self, ExtensionIds};
+use crate::media::kind::TrackKind;
+use crate::media::receiver::{Codec, KeyframeRequest, TrackMeta};
 use crate::metrics::Metrics;
-use crate::ratelimit::TokenBucket;
-use crate::room::{Participant, PublishedTrack, Room};
-use crate::signal::protocol::{Candidate, ErrorCode, PcKind, ServerMessage, TrackKind};
 
 /// What a worker starts with.
 pub(crate) struct Setup {
@@ -60,6 +56,7 @@ pub(crate) struct Setup {
     pub peers: Arc<PeerSettings>,
     pub config: EngineConfig,
     pub metrics: Arc<Metrics>,
+    pub events: Arc<dyn EventSink>,
 }
 
 /// Datagrams read before the worker stops to flush what it owes.
@@ -68,9 +65,6 @@ const MAX_READS_PER_BATCH: usize = 64;
 /// before reading on.
 const FLUSH_AFTER_DIRTY: usize = 512;
 const FLUSH_AFTER_QUEUED: usize = 512;
-/// Chat kept for a member whose channel is not open yet: how many, and how old at most.
-const CHAT_BACKLOG_MESSAGES: usize = 64;
-const CHAT_BACKLOG_AGE: Duration = Duration::from_secs(10);
 /// How long a datagram may wait for the socket before it is dropped.
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
 /// How often ghosts are looked for and stale routes forgotten: bounds how late a ghost goes.
@@ -79,8 +73,6 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
 const MAX_EARLY_CHECKS: usize = 8;
 /// How often each subscriber gets a sender report per stream (what browsers send too).
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
-/// Most sequence numbers answered from one NACK packet: a forged one may name thousands.
-const MAX_RETRANSMITS_PER_NACK: usize = 256;
 
 pub(crate) fn run(setup: Setup) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -111,90 +103,6 @@ enum TimerKey {
     SenderReports,
 }
 
-struct Peer {
-    pc: RTCPeerConnection,
-    owner: usize,
-    role: PcKind,
-    ufrag: String,
-    connected: bool,
-    /// Has output to drain at the end of the batch.
-    dirty: bool,
-    remote_candidates: usize,
-    /// Connectivity checks that arrived before the answer told us the client's credentials
-    /// (the client starts checking as soon as it has our offer, and its answer may come later
-    /// over the WebSocket): replayed once it is applied, rather than left to the client's
-    /// retry ~200 ms later.
-    early_checks: Vec<udp::Incoming>,
-    /// Who protects the media it forwards (subscriber connections).
-    srtp: Writer,
-}
-
-impl Peer {
-    /// Queues peer connection `key` (this one) to be drained at the end of the batch, once.
-    fn mark_dirty(&mut self, key: usize, dirty: &mut Vec<usize>) {
-        if !self.dirty {
-            self.dirty = true;
-            dirty.push(key);
-        }
-    }
-}
-
-/// A track forwarded to one participant.
-struct Forwarded {
-    downtrack: usize,
-    sender: RTCRtpSenderId,
-    transceiver: RTCRtpTransceiverId,
-    /// Its m-line is in the offer now outstanding; the answer to it starts the DownTrack.
-    offered: bool,
-}
-
-struct Member {
-    participant: Arc<Participant>,
-    room: Arc<Room>,
-    publisher: Option<usize>,
-    subscriber: usize,
-    /// Tracks to forward that are not on the subscriber PC yet: (publisher id, track id).
-    pending: Vec<(String, String)>,
-    forwarded: HashMap<(String, String), Forwarded>,
-    /// Kinds with an m-line in an answered offer (see `offer`).
-    negotiated_kinds: Vec<TrackKind>,
-    offer_outstanding: bool,
-    needs_offer: bool,
-    /// An answer was applied: later offers wait for the transport to be up (aiortc loses
-    /// m-lines renegotiated while its DTLS transport is still connecting).
-    answered: bool,
-    chat: Option<usize>,
-    chat_open: bool,
-    chat_bucket: TokenBucket,
-    /// Chat relayed to it before its channel opened (it joined a moment ago): sent on open.
-    chat_backlog: std::collections::VecDeque<(Instant, Arc<str>)>,
-    /// The publisher's SSRCs: each one's Receiver, or `None` for a track the room refused.
-    receivers_by_ssrc: HashMap<u32, Option<usize>>,
-    /// Our DownTrack SSRCs on its subscriber PC.
-    downtracks_by_ssrc: HashMap<u32, usize>,
-    joined_at: Instant,
-}
-
-struct ReceiverEntry {
-    receiver: Receiver,
-    publisher: usize,
-    downtracks: Vec<usize>,
-    /// When its last packet arrived: a publisher whose tracks all fall silent is a ghost.
-    last_packet: Instant,
-    /// Video: the recent packets, for every subscriber's retransmissions.
-    history: Option<PacketHistory>,
-}
-
-struct DownTrackEntry {
-    downtrack: DownTrack,
-    /// What its subscriber's NACKs may still cost (see `--max-retransmits-per-sec`).
-    retransmit_budget: TokenBucket,
-    subscriber: usize,
-    /// The subscriber PC it sends on.
-    peer: usize,
-    receiver: usize,
-}
-
 struct Worker {
     index: usize,
     udp: Udp,
@@ -204,123 +112,39 @@ struct Worker {
     settings: Arc<PeerSettings>,
     config: EngineConfig,
     metrics: Arc<Metrics>,
+    events: Arc<dyn EventSink>,
     peers: Slab<Peer>,
-    members: Slab<Member>,
+    participants: Slab<Participant>,
     by_id: HashMap<String, usize>,
-    /// Room name -> its members here (for chat).
-    rooms: HashMap<String, Vec<usize>>,
-    receivers: Slab<ReceiverEntry>,
-    /// (publisher id, track id) -> Receiver.
-    tracks: HashMap<(String, String), usize>,
-    downtracks: Slab<DownTrackEntry>,
+    router: Router,
     demux: Demux<usize>,
     timers: Timers<TimerKey>,
     dirty: Vec<usize>,
-    /// Some member may need a subscriber offer (checked once per batch).
+    /// Some participant may need a subscriber offer (checked once per batch).
     offers_due: bool,
     received: Vec<udp::Incoming>,
-    /// Test-only: a lossy downlink (`fault_drop_sent_video_every`).
     send_fault: SendFault,
-}
-
-/// Test-only fault injection: every Nth video datagram to subscribers is lost after encryption.
-struct SendFault {
-    every: Option<u32>,
-    count: u32,
-}
-
-impl SendFault {
-    /// Counts a video datagram about to be sent; true if it is to be lost.
-    fn drops(&mut self) -> bool {
-        let Some(every) = self.every else {
-            return false;
-        };
-        self.count = self.count.wrapping_add(1);
-        self.count.is_multiple_of(every.max(1))
-    }
-}
-
-/// Sends one forwarded packet on subscriber connection `key`: protected by the worker straight
-/// into the socket queue once it has the connection's keys, else through the stack (drained at
-/// the end of the batch). True if it went.
-#[allow(clippy::too_many_arguments)]
-fn send_rtp(
-    p: &mut Peer,
-    key: usize,
-    header: rtp::header::Header,
-    payload: &bytes::Bytes,
-    video: bool,
-    udp: &mut Udp,
-    send_fault: &mut SendFault,
-    dirty: &mut Vec<usize>,
-    metrics: &Metrics,
-    now: Instant,
-) -> bool {
-    let Some((sender, to)) = p.srtp.direct() else {
-        let written = p.pc.handle_write(TaggedRTCMessage {
-            now,
-            message: RTCMessage::RtpPacket(
-                String::new(),
-                rtp::Packet {
-                    header,
-                    payload: payload.clone(),
-                },
-            ),
-        });
-        if written.is_ok() {
-            p.mark_dirty(key, dirty);
-        }
-        return written.is_ok();
-    };
-    let mut data = udp.buffer();
-    let protected = sender.protect_packet(&header, payload, &mut data);
-    queue_protected(protected, data, to, video, udp, send_fault, metrics, now)
-}
-
-/// Queues a datagram the worker protected (unless the test-only lossy downlink loses it).
-/// True if it went; a protection error is counted and the packet not sent.
-#[allow(clippy::too_many_arguments)]
-fn queue_protected(
-    protected: Result<(), SrtpError>,
-    data: bytes::BytesMut,
-    to: SocketAddr,
-    video: bool,
-    udp: &mut Udp,
-    send_fault: &mut SendFault,
-    metrics: &Metrics,
-    now: Instant,
-) -> bool {
-    if let Err(e) = protected {
-        debug!(%to, error = %e, "protecting a packet");
-        Metrics::add(&metrics.srtp_protect_errors, 1);
-        return false;
-    }
-    if !(video && send_fault.drops()) {
-        udp.queue.push_back(udp::Outgoing {
-            to,
-            data,
-            queued: now,
-        });
-    }
-    true
 }
 
 impl Worker {
     fn new(setup: Setup) -> std::io::Result<Self> {
         let workers = setup.others.len();
         let mut timers = Timers::default();
-        timers.set(
-            TimerKey::Housekeeping,
-            Some(Instant::now() + HOUSEKEEPING_EVERY),
+        let now = Instant::now();
+        timers.set(TimerKey::Housekeeping, Some(now + HOUSEKEEPING_EVERY));
+        timers.set(TimerKey::SenderReports, Some(now + SENDER_REPORT_EVERY));
+        let config = setup.config;
+        let router = Router::new(
+            RouterConfig {
+                pli_interval: config.pli_interval,
+                nack_window: config.nack_window,
+                nack_max_age: config.nack_max_age,
+                max_retransmits_per_sec: config.max_retransmits_per_sec,
+                queue: config.queue,
+                fault_drop_every: config.fault_drop_every,
+            },
+            setup.metrics.clone(),
         );
-        timers.set(
-            TimerKey::SenderReports,
-            Some(Instant::now() + SENDER_REPORT_EVERY),
-        );
-        let send_fault = SendFault {
-            every: setup.config.fault_drop_sent_video_every,
-            count: 0,
-        };
         Ok(Worker {
             index: setup.index,
             udp: Udp::new(setup.socket)?,
@@ -328,21 +152,19 @@ impl Worker {
             others: setup.others,
             candidates: setup.candidates,
             settings: setup.peers,
-            config: setup.config,
+            send_fault: SendFault::new(config.fault_drop_sent_video_every),
+            config,
             metrics: setup.metrics,
+            events: setup.events,
             peers: Slab::new(),
-            members: Slab::new(),
+            participants: Slab::new(),
             by_id: HashMap::new(),
-            rooms: HashMap::new(),
-            receivers: Slab::new(),
-            tracks: HashMap::new(),
-            downtracks: Slab::new(),
+            router,
             demux: Demux::new(setup.index, workers),
             timers,
             dirty: Vec::new(),
             offers_due: false,
             received: Vec::with_capacity(quinn_udp::BATCH_SIZE),
-            send_fault,
         })
     }
 
@@ -395,6 +217,14 @@ impl Worker {
         }
         false
     }
+
+    fn emit(&self, participant: usize, event: EngineEvent) {
+        if let Some(p) = self.participants.get(participant) {
+            self.events.emit(&p.id, event);
+        }
+    }
+
+    // ---- I/O ----
 
     fn read_socket(&mut self) {
         let mut read = 0;
@@ -469,22 +299,10 @@ impl Worker {
     /// After anything touched a peer connection: its events, then what it read.
     fn pump(&mut self, peer: usize, now: Instant) {
         self.mark_dirty(peer);
-        loop {
-            let Some(p) = self.peers.get_mut(peer) else {
-                return;
-            };
-            let Some(event) = p.pc.poll_event() else {
-                break;
-            };
+        while let Some(event) = self.peers.get_mut(peer).and_then(|p| p.pc.poll_event()) {
             self.on_event(peer, event, now);
         }
-        loop {
-            let Some(p) = self.peers.get_mut(peer) else {
-                return;
-            };
-            let Some(message) = p.pc.poll_read() else {
-                break;
-            };
+        while let Some(message) = self.peers.get_mut(peer).and_then(|p| p.pc.poll_read()) {
             self.on_message(peer, message, now);
         }
     }
@@ -512,13 +330,13 @@ impl Worker {
                     Metrics::add(&self.metrics.srtp_sessions_unproven, 1);
                 }
             }
-            if self.send_fault.every.is_some()
+            if self.send_fault.is_on()
                 && p.role == PcKind::Subscriber
                 && is_rtp_of(&out.message, |ssrc| {
-                    self.members.get(p.owner).is_some_and(|m| {
+                    self.participants.get(p.owner).is_some_and(|m| {
                         m.downtracks_by_ssrc
                             .get(&ssrc)
-                            .and_then(|&dk| self.downtracks.get(dk))
+                            .and_then(|&dk| self.router.downtrack(dk))
                             .is_some_and(|d| d.downtrack.is_video())
                     })
                 })
@@ -549,8 +367,8 @@ impl Worker {
                 }
                 TimerKey::Keyframe(rk) => {
                     if self
-                        .receivers
-                        .get_mut(rk)
+                        .router
+                        .receiver_mut(rk)
                         .is_some_and(|r| r.receiver.keyframe_due(now))
                     {
                         self.send_pli(rk, now);
@@ -573,45 +391,48 @@ impl Worker {
 
     /// Participants whose media path is dead while their signaling socket lives on (a frozen
     /// process, a network that changed): they answered the subscriber offer but its connection
-    /// never came up, or every unmuted track they publish went silent. They are removed, and
-    /// the others told. (A client that never answers only watches signaling: it is left be.)
+    /// never came up, or every unmuted track they publish went silent. They are reported lost.
+    /// (A client that never answers only watches signaling: it is left be.)
     fn find_ghosts(&mut self, now: Instant) {
         let timeout = self.config.media_timeout;
-        for (member, m) in self.members.iter() {
-            let never_connected = m.answered
+        let mut lost = Vec::new();
+        for (key, m) in self.participants.iter() {
+            if m.lost {
+                continue;
+            }
+            let never_connected = m.negotiation.was_answered()
                 && self.peers.get(m.subscriber).is_some_and(|p| !p.connected)
                 && now.saturating_duration_since(m.joined_at) > timeout;
-            let mut live = 0;
-            let mut silent = 0;
-            for r in self
-                .receivers
-                .iter()
-                .map(|(_, r)| r)
-                .filter(|r| r.publisher == member)
-            {
-                let meta = &r.receiver.meta;
-                if m.room.is_muted(&meta.publisher_id, &meta.track_id) {
-                    continue;
-                }
+            let (mut live, mut silent) = (0, 0);
+            for (_, r) in self.router.published_by(key).filter(|(_, r)| !r.muted) {
                 if now.saturating_duration_since(r.last_packet) > timeout {
                     silent += 1;
                 } else {
                     live += 1;
                 }
             }
-            let reason = if never_connected {
-                "media never connected"
+            if never_connected {
+                lost.push((key, "media never connected"));
             } else if silent > 0 && live == 0 {
-                "media stopped"
-            } else {
-                continue;
-            };
-            if !m.participant.is_kicked() {
-                warn!(participant = %m.participant.id, reason, "removing a participant whose media is gone");
-                Metrics::add(&self.metrics.media_timeouts, 1);
-                m.participant.kick(reason);
+                lost.push((key, "media stopped"));
             }
         }
+        for (key, reason) in lost {
+            self.media_lost(key, reason);
+        }
+    }
+
+    /// Reports a participant's media path dead, once.
+    fn media_lost(&mut self, participant: usize, reason: &'static str) {
+        let Some(m) = self.participants.get_mut(participant) else {
+            return;
+        };
+        if std::mem::replace(&mut m.lost, true) {
+            return;
+        }
+        warn!(participant = %m.id, reason, "media lost");
+        Metrics::add(&self.metrics.media_timeouts, 1);
+        self.emit(participant, EngineEvent::MediaLost { reason });
     }
 
     fn end_of_batch(&mut self) {
@@ -619,17 +440,16 @@ impl Worker {
         if std::mem::take(&mut self.offers_due) {
             let peers = &self.peers;
             let due: Vec<usize> = self
-                .members
+                .participants
                 .iter()
                 .filter(|(_, m)| {
-                    m.needs_offer
-                        && !m.offer_outstanding
-                        && (!m.answered || peers.get(m.subscriber).is_some_and(|p| p.connected))
+                    let up = peers.get(m.subscriber).is_some_and(|p| p.connected);
+                    m.negotiation.offer_due(up)
                 })
                 .map(|(k, _)| k)
                 .collect();
-            for member in due {
-                self.offer(member, now);
+            for participant in due {
+                self.offer(participant, now);
             }
         }
         while let Some(peer) = self.dirty.pop() {
@@ -664,9 +484,9 @@ impl Worker {
                 self.on_connection_state(peer, state, now)
             }
             RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                self.on_track(peer, init.receiver_id, init.track_id, init.ssrc)
+                self.on_track(peer, init.receiver_id, init.track_id, init.ssrc, now)
             }
-            RTCPeerConnectionEvent::OnDataChannel(event) => self.on_data_channel(peer, event),
+            RTCPeerConnectionEvent::OnDataChannel(event) => self.on_data_channel(peer, event, now),
             _ => {}
         }
     }
@@ -677,21 +497,23 @@ impl Worker {
         };
         let (owner, role) = (p.owner, p.role);
         debug!(peer, ?role, %state, "peer connection state");
+        let subscriber_downtracks = |worker: &Self| -> Vec<usize> {
+            worker
+                .participants
+                .get(owner)
+                .map(|m| m.negotiation.values().map(|f| f.downtrack).collect())
+                .unwrap_or_default()
+        };
         match state {
             RTCPeerConnectionState::Connected => {
                 p.connected = true;
                 if role == PcKind::Subscriber {
                     // Offers held back while it connected may go now.
                     self.offers_due = true;
-                    let downtracks: Vec<usize> = self
-                        .members
-                        .get(owner)
-                        .map(|m| m.forwarded.values().map(|f| f.downtrack).collect())
-                        .unwrap_or_default();
-                    for dk in downtracks {
+                    for dk in subscriber_downtracks(self) {
                         let wants = self
-                            .downtracks
-                            .get_mut(dk)
+                            .router
+                            .downtrack_mut(dk)
                             .is_some_and(|d| d.downtrack.transport_up());
                         if wants {
                             self.downtrack_wants_keyframe(dk, now, true);
@@ -702,37 +524,30 @@ impl Worker {
             RTCPeerConnectionState::Disconnected => {
                 p.connected = false;
                 if role == PcKind::Subscriber {
-                    if let Some(m) = self.members.get(owner) {
-                        for f in m.forwarded.values() {
-                            if let Some(d) = self.downtracks.get_mut(f.downtrack) {
-                                d.downtrack.transport_down();
-                            }
+                    for dk in subscriber_downtracks(self) {
+                        if let Some(d) = self.router.downtrack_mut(dk) {
+                            d.downtrack.transport_down();
                         }
                     }
                 }
             }
             // Failed: no consent for too long. Closed: the client closed it (ours are removed
-            // before they are closed). Either way its media path is dead: the participant goes,
-            // and the others are told.
+            // before they are closed). Either way its media path is dead.
             RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
-                if let Some(m) = self.members.get(owner) {
-                    if !m.participant.is_kicked() {
-                        warn!(participant = %m.participant.id, ?role, %state, "media connection lost; removing the participant");
-                        Metrics::add(&self.metrics.media_timeouts, 1);
-                        m.participant.kick("media connection failed");
-                    }
-                }
+                self.media_lost(owner, "media connection failed");
             }
             _ => {}
         }
     }
 
+    /// A publisher's track began: a Receiver for it, and the news for the room.
     fn on_track(
         &mut self,
         peer: usize,
         receiver_id: RTCRtpReceiverId,
         msid_track_id: String,
         ssrc: u32,
+        now: Instant,
     ) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
@@ -757,35 +572,26 @@ impl Worker {
         } else {
             TrackKind::Video
         };
-        let Some(member) = self.members.get_mut(owner) else {
+        let Some(m) = self.participants.get_mut(owner) else {
             return;
         };
-        let publisher_id = member.participant.id.clone();
+        let publisher_id = m.id.clone();
         let track_id = if msid_track_id.is_empty() {
             format!("{publisher_id}-{ssrc}")
         } else {
             msid_track_id
         };
+        let key = (publisher_id.clone(), track_id.clone());
         // A renegotiation announces the tracks it keeps again: they are published already.
-        if let Some(&rk) = self.tracks.get(&(publisher_id.clone(), track_id.clone())) {
-            member.receivers_by_ssrc.insert(ssrc, Some(rk));
-            if let Some(entry) = self.receivers.get_mut(rk) {
+        if let Some(rk) = self.router.track(&key) {
+            m.receivers_by_ssrc.insert(ssrc, Some(rk));
+            if let Some(entry) = self.router.receiver_mut(rk) {
                 entry.receiver.media_ssrc = ssrc;
             }
             return;
         }
-        let published = PublishedTrack::new(publisher_id.clone(), track_id.clone(), kind, false);
-        if let Err(refusal) = member.room.publish(published) {
-            member.participant.send(ServerMessage::Error {
-                code: refusal.code,
-                message: refusal.message,
-                request_type: Some("offer".into()),
-            });
-            member.receivers_by_ssrc.insert(ssrc, None);
-            return;
-        }
         let meta = TrackMeta {
-            publisher_id: publisher_id.clone(),
+            publisher_id,
             track_id: track_id.clone(),
             kind,
             codec: Codec {
@@ -796,24 +602,12 @@ impl Worker {
             },
             extensions,
         };
-        let mut receiver = Receiver::new(meta, ssrc, self.config.pli_interval);
-        receiver.set_fault_drop_every(self.config.fault_drop_every);
-        let history = receiver
-            .is_video()
-            .then(|| PacketHistory::new(self.config.nack_window, self.config.nack_max_age));
-        let rk = self.receivers.insert(ReceiverEntry {
-            receiver,
-            publisher: owner,
-            downtracks: Vec::new(),
-            last_packet: Instant::now(),
-            history,
-        });
-        Metrics::inc(&self.metrics.receivers);
-        member.receivers_by_ssrc.insert(ssrc, Some(rk));
-        self.tracks.insert((publisher_id, track_id), rk);
+        let rk = self.router.add_receiver(owner, meta, ssrc, now);
+        m.receivers_by_ssrc.insert(ssrc, Some(rk));
+        self.emit(owner, EngineEvent::TrackOpened { track_id, kind });
     }
 
-    fn on_data_channel(&mut self, peer: usize, event: RTCDataChannelEvent) {
+    fn on_data_channel(&mut self, peer: usize, event: RTCDataChannelEvent, now: Instant) {
         let Some(p) = self.peers.get_mut(peer) else {
             return;
         };
@@ -823,21 +617,18 @@ impl Worker {
                 let is_chat =
                     p.pc.data_channel(id)
                         .is_some_and(|dc| dc.label() == chat::LABEL);
-                let opened = match self.members.get_mut(owner) {
-                    Some(m) if is_chat && m.chat == Some(id) => {
-                        m.chat_open = true;
-                        true
-                    }
-                    _ => false,
+                let held = match self.participants.get_mut(owner) {
+                    Some(m) if is_chat && m.chat.is(id) => m.chat.opened(now),
+                    _ => return,
                 };
-                if opened {
-                    self.flush_chat_backlog(owner, Instant::now());
+                for text in held {
+                    self.send_on_channel(owner, text, now);
                 }
             }
             RTCDataChannelEvent::OnClose(id) => {
-                if let Some(m) = self.members.get_mut(owner) {
-                    if m.chat == Some(id) {
-                        m.chat_open = false;
+                if let Some(m) = self.participants.get_mut(owner) {
+                    if m.chat.is(id) {
+                        m.chat.closed();
                     }
                 }
             }
@@ -846,19 +637,27 @@ impl Worker {
     }
 
     fn on_message(&mut self, peer: usize, message: TaggedRTCMessage, now: Instant) {
-        let Some(p) = self.peers.get(peer) else {
+        let Some(owner) = self.peers.get(peer).map(|p| p.owner) else {
             return;
         };
-        let owner = p.owner;
         match message.message {
             RTCMessage::RtpPacket(_, packet) => {
                 let rk = self
-                    .members
+                    .participants
                     .get(owner)
                     .and_then(|m| m.receivers_by_ssrc.get(&packet.header.ssrc).copied())
                     .flatten();
                 if let Some(rk) = rk {
-                    self.fan_out(rk, &packet, message.now, now);
+                    let mut out = Transmit {
+                        peers: &mut self.peers,
+                        udp: &mut self.udp,
+                        fault: &mut self.send_fault,
+                        dirty: &mut self.dirty,
+                        metrics: &self.metrics,
+                    };
+                    if self.router.fan_out(rk, &packet, message.now, now, &mut out) {
+                        self.request_keyframe(rk, now, false);
+                    }
                 }
             }
             RTCMessage::RtcpPacket(_, packets) => {
@@ -872,11 +671,11 @@ impl Worker {
                     Metrics::add(&self.metrics.keyframe_requests_received, 1);
                     for ssrc in packet.destination_ssrc() {
                         let dk = self
-                            .members
+                            .participants
                             .get(owner)
                             .and_then(|m| m.downtracks_by_ssrc.get(&ssrc).copied());
                         if let Some(dk) = dk {
-                            if let Some(d) = self.downtracks.get_mut(dk) {
+                            if let Some(d) = self.router.downtrack_mut(dk) {
                                 d.downtrack.resync();
                             }
                             self.downtrack_wants_keyframe(dk, now, false);
@@ -884,163 +683,48 @@ impl Worker {
                     }
                 }
             }
-            RTCMessage::DataChannelMessage(id, data) => {
-                self.on_chat(owner, id, data.is_string, &data.data, now)
+            RTCMessage::DataChannelMessage(id, data)
+                if self.participants.get(owner).is_some_and(|m| m.chat.is(id)) =>
+            {
+                self.emit(
+                    owner,
+                    EngineEvent::ChannelMessage {
+                        text: data.is_string,
+                        data: data.data.freeze(),
+                    },
+                );
             }
             _ => {}
         }
     }
 
-    /// The hot path: one publisher packet to every DownTrack of its track, in a plain loop.
-    fn fan_out(&mut self, rk: usize, packet: &rtp::Packet, arrived: Instant, now: Instant) {
-        let Worker {
-            receivers,
-            downtracks,
-            peers,
-            dirty,
-            metrics,
-            udp,
-            send_fault,
-            ..
-        } = self;
-        let Some(entry) = receivers.get_mut(rk) else {
-            return;
-        };
-        Metrics::add(&metrics.packets_in, 1);
-        Metrics::add(&metrics.bytes_in, packet.payload.len() as u64);
-        entry.last_packet = arrived;
-        let Some(incoming) = entry.receiver.incoming(packet, arrived) else {
-            return;
-        };
-        if let Some(history) = entry.history.as_mut() {
-            history.insert(packet, &incoming.carried, arrived);
-        }
-        let ntp = extensions::ntp_now();
-        let mut wants_keyframe = false;
-        let payload = &incoming.packet.payload;
-        for &dk in &entry.downtracks {
-            let Some(d) = downtracks.get_mut(dk) else {
-                continue;
-            };
-            let peer = d.peer;
-            let Some(p) = peers.get_mut(peer) else {
-                continue;
-            };
-            let video = d.downtrack.is_video();
-            let outcome = match p.srtp.direct() {
-                // Marshalled once into a reused buffer, protected in place, queued.
-                Some((sender, to)) => {
-                    let mut data = udp.buffer();
-                    match d.downtrack.forward_into(&incoming, now, ntp, &mut data) {
-                        Outcome::Send(header_len) => {
-                            data.extend_from_slice(payload);
-                            let protected = sender.protect(&mut data, header_len);
-                            Outcome::Send(queue_protected(
-                                protected, data, to, video, udp, send_fault, metrics, now,
-                            ))
-                        }
-                        refused => {
-                            udp.give_back(data);
-                            refused.map(|_| false)
-                        }
-                    }
-                }
-                None => d.downtrack.forward(&incoming, now, ntp).map(|header| {
-                    send_rtp(
-                        p, peer, header, payload, video, udp, send_fault, dirty, metrics, now,
-                    )
-                }),
-            };
-            match outcome {
-                Outcome::Send(false) => {}
-                Outcome::Send(true) => {
-                    Metrics::add(&metrics.packets_out, 1);
-                    Metrics::add(&metrics.bytes_out, payload.len() as u64);
-                }
-                Outcome::Drop {
-                    why,
-                    wants_keyframe: wants,
-                } => {
-                    let counter = match why {
-                        Dropped::NotNegotiated => &metrics.dropped.not_negotiated,
-                        Dropped::Refused(why) => metrics.dropped.refused(why),
-                    };
-                    Metrics::add(counter, 1);
-                    wants_keyframe |= wants;
-                }
-            }
-        }
-        if wants_keyframe {
-            self.request_keyframe(rk, now, false);
-        }
-    }
-
     /// Answers a subscriber's NACK from the track's shared history.
-    fn retransmit(&mut self, member: usize, nack: &TransportLayerNack, now: Instant) {
+    fn retransmit(&mut self, participant: usize, nack: &TransportLayerNack, now: Instant) {
         let Some(&dk) = self
-            .members
-            .get(member)
+            .participants
+            .get(participant)
             .and_then(|m| m.downtracks_by_ssrc.get(&nack.media_ssrc))
         else {
             return;
         };
-        let Worker {
-            receivers,
-            downtracks,
-            peers,
-            dirty,
-            metrics,
-            udp,
-            send_fault,
-            ..
-        } = self;
-        let Some(d) = downtracks.get_mut(dk) else {
-            return;
+        let mut out = Transmit {
+            peers: &mut self.peers,
+            udp: &mut self.udp,
+            fault: &mut self.send_fault,
+            dirty: &mut self.dirty,
+            metrics: &self.metrics,
         };
-        let Some(history) = receivers.get(d.receiver).and_then(|r| r.history.as_ref()) else {
-            return;
-        };
-        let Some(p) = peers.get_mut(d.peer) else {
-            return;
-        };
-        let ntp = extensions::ntp_now();
-        let (mut sent, mut missed, mut limited) = (0, 0, 0);
-        let wanted = nack.nacks.iter().flat_map(|pair| pair.into_iter());
-        for seq in wanted.take(MAX_RETRANSMITS_PER_NACK) {
-            let Some(packet) = d.downtrack.retransmit(seq, history, now, ntp) else {
-                missed += 1;
-                continue;
-            };
-            if !d.retransmit_budget.allow(now) {
-                limited += 1;
-                continue;
-            }
-            d.downtrack.count_retransmitted(&packet, now);
-            let video = d.downtrack.is_video();
-            let rtp::Packet { header, payload } = packet;
-            if send_rtp(
-                p, d.peer, header, &payload, video, udp, send_fault, dirty, metrics, now,
-            ) {
-                sent += 1;
-            }
-        }
-        Metrics::add(&metrics.retransmissions, sent);
-        Metrics::add(&metrics.retransmissions_missed, missed);
-        Metrics::add(&metrics.retransmissions_limited, limited);
+        self.router.retransmit(dk, nack, now, &mut out);
     }
 
     /// Every sending DownTrack's sender report, one compound packet per subscriber.
     fn send_sender_reports(&mut self, now: Instant) {
         let ntp = extensions::ntp_now();
         let mut reports = 0;
-        for (_, m) in self.members.iter() {
-            let batch: Vec<Box<dyn rtc::rtcp::Packet>> = m
-                .downtracks_by_ssrc
-                .values()
-                .filter_map(|&dk| self.downtracks.get(dk))
-                .filter_map(|d| d.downtrack.sender_report(now, ntp))
-                .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::Packet>)
-                .collect();
+        for (_, m) in self.participants.iter() {
+            let batch =
+                self.router
+                    .sender_reports(m.downtracks_by_ssrc.values().copied(), now, ntp);
             if batch.is_empty() {
                 continue;
             }
@@ -1061,16 +745,13 @@ impl Worker {
     }
 
     fn downtrack_wants_keyframe(&mut self, dk: usize, now: Instant, urgent: bool) {
-        if let Some(rk) = self.downtracks.get(dk).map(|d| d.receiver) {
+        if let Some(rk) = self.router.downtrack(dk).map(|d| d.receiver) {
             self.request_keyframe(rk, now, urgent);
         }
     }
 
     fn request_keyframe(&mut self, rk: usize, now: Instant, urgent: bool) {
-        let Some(entry) = self.receivers.get_mut(rk) else {
-            return;
-        };
-        match entry.receiver.request_keyframe(now, urgent) {
+        match self.router.request_keyframe(rk, now, urgent) {
             KeyframeRequest::SendNow => self.send_pli(rk, now),
             KeyframeRequest::At(at) => self.timers.set(TimerKey::Keyframe(rk), Some(at)),
             KeyframeRequest::Nothing => {}
@@ -1078,11 +759,15 @@ impl Worker {
     }
 
     fn send_pli(&mut self, rk: usize, now: Instant) {
-        let Some(entry) = self.receivers.get(rk) else {
+        let Some(entry) = self.router.receiver(rk) else {
             return;
         };
         let media_ssrc = entry.receiver.media_ssrc;
-        let Some(peer) = self.members.get(entry.publisher).and_then(|m| m.publisher) else {
+        let Some(peer) = self
+            .participants
+            .get(entry.publisher)
+            .and_then(|m| m.publisher)
+        else {
             return;
         };
         let pli = PictureLossIndication {
@@ -1101,61 +786,18 @@ impl Worker {
         }
     }
 
-    fn on_chat(&mut self, from: usize, channel: usize, is_text: bool, data: &[u8], now: Instant) {
-        let Some(member) = self.members.get_mut(from) else {
-            return;
-        };
-        if member.chat != Some(channel) {
-            return;
-        }
-        let reply = if !member.chat_bucket.allow(now) {
-            Some(chat::error_json("rate_limited", "too many chat messages"))
-        } else {
-            match chat::parse_chat(is_text, data, self.config.max_chat_bytes) {
-                Ok(text) => {
-                    let json = chat::relay_json(&member.participant.info(), text);
-                    let room = member.room.name.clone();
-                    self.relay_chat(from, &room, &json, now);
-                    None
-                }
-                Err(reason) => {
-                    debug!(participant = %member.participant.id, %reason, "chat message refused");
-                    Some(chat::error_json("bad_request", &reason))
-                }
-            }
-        };
-        if let Some(reply) = reply {
-            self.send_chat(from, &reply, now);
-        }
-    }
-
-    fn relay_chat(&mut self, from: usize, room: &str, json: &str, now: Instant) {
-        let members: Vec<usize> = self
-            .rooms
-            .get(room)
-            .map(|m| m.iter().copied().filter(|&k| k != from).collect())
-            .unwrap_or_default();
-        for member in members {
-            self.send_chat(member, json, now);
-        }
-        Metrics::add(&self.metrics.chat_messages, 1);
-    }
-
-    /// Sends on a member's chat channel. Before the channel opens (a participant that joined a
+    /// A text message on a participant's chat channel. Before the channel opens (it joined a
     /// moment ago) a few recent messages wait for it; a channel that cannot take a message
     /// misses it rather than delay it for the others.
-    fn send_chat(&mut self, member: usize, json: &str, now: Instant) {
-        let Some(m) = self.members.get_mut(member) else {
+    fn send_on_channel(&mut self, participant: usize, text: Arc<str>, now: Instant) {
+        let Some(m) = self.participants.get_mut(participant) else {
             return;
         };
-        let Some(channel) = m.chat else {
+        let Some(channel) = m.chat.id else {
             return;
         };
-        if !m.chat_open {
-            if m.chat_backlog.len() == CHAT_BACKLOG_MESSAGES {
-                m.chat_backlog.pop_front();
-            }
-            m.chat_backlog.push_back((now, Arc::from(json)));
+        if !m.chat.is_open() {
+            m.chat.hold(text, now);
             return;
         }
         let peer = m.subscriber;
@@ -1164,34 +806,20 @@ impl Worker {
         };
         let sent =
             p.pc.data_channel(channel)
-                .map(|mut dc| dc.send_text(now, json));
+                .map(|mut dc| dc.send_text(now, &*text));
         if let Some(Err(e)) = sent {
-            debug!(member, error = %e, "chat message not delivered");
+            debug!(participant, error = %e, "chat message not delivered");
         }
         self.mark_dirty(peer);
-    }
-
-    /// The member's chat channel opened: what was relayed to it meanwhile, if still fresh.
-    fn flush_chat_backlog(&mut self, member: usize, now: Instant) {
-        let Some(m) = self.members.get_mut(member) else {
-            return;
-        };
-        let backlog = std::mem::take(&mut m.chat_backlog);
-        for (at, json) in backlog {
-            if now.saturating_duration_since(at) <= CHAT_BACKLOG_AGE {
-                self.send_chat(member, &json, now);
-            }
-        }
     }
 
     // ---- commands from the control plane ----
 
     fn on_command(&mut self, command: Command) {
         let now = Instant::now();
+        let key = |worker: &Self, id: &str| worker.by_id.get(id).copied();
         match command {
-            Command::AddParticipant { participant, room } => {
-                self.add_participant(participant, room, now)
-            }
+            Command::AddParticipant { participant_id } => self.add_participant(participant_id, now),
             Command::RemoveParticipant { participant_id } => {
                 self.remove_participant(&participant_id, now)
             }
@@ -1199,29 +827,63 @@ impl Worker {
                 subscriber_id,
                 publisher_id,
                 track_id,
-            } => self.subscribe(&subscriber_id, publisher_id, track_id),
+            } => {
+                if let Some(participant) = key(self, &subscriber_id) {
+                    self.subscribe(participant, (publisher_id, track_id));
+                }
+            }
             Command::RemoveTrack {
                 publisher_id,
                 track_id,
+            } => self.remove_track(&(publisher_id, track_id)),
+            Command::SetMuted {
+                publisher_id,
+                track_id,
+                muted,
             } => {
-                if let Some(rk) = self.tracks.remove(&(publisher_id, track_id)) {
-                    self.remove_receiver(rk);
+                if let Some(r) = self
+                    .router
+                    .track(&(publisher_id, track_id))
+                    .and_then(|rk| self.router.receiver_mut(rk))
+                {
+                    r.muted = muted;
+                }
+            }
+            Command::SendChannelMessage {
+                participant_id,
+                text,
+            } => {
+                if let Some(participant) = key(self, &participant_id) {
+                    self.send_on_channel(participant, text, now);
                 }
             }
             Command::PublisherOffer {
                 participant_id,
                 sdp,
-                sending,
-            } => self.publisher_offer(&participant_id, sdp, sending, now),
+            } => {
+                if let Some(participant) = key(self, &participant_id) {
+                    self.publisher_offer(participant, sdp, now);
+                }
+            }
             Command::SubscriberAnswer {
                 participant_id,
                 sdp,
-            } => self.subscriber_answer(&participant_id, sdp, now),
+            } => {
+                if let Some(participant) = key(self, &participant_id) {
+                    self.subscriber_answer(participant, sdp, now);
+                }
+            }
             Command::Candidate {
                 participant_id,
                 pc,
                 candidate,
-            } => self.remote_candidate(&participant_id, pc, candidate),
+            } => {
+                if let (Some(participant), Some(candidate)) =
+                    (key(self, &participant_id), candidate)
+                {
+                    self.remote_candidate(participant, pc, candidate);
+                }
+            }
         }
     }
 
@@ -1245,20 +907,13 @@ impl Worker {
                     .map(|t| t as Arc<dyn rtc::crypto::RTCCryptoProvider>),
             )
             .map_err(|e| e.to_string())?;
-        let key = self.peers.insert(Peer {
-            pc,
-            owner,
-            role,
-            ufrag: ufrag.clone(),
-            connected: false,
-            dirty: false,
-            remote_candidates: 0,
-            early_checks: Vec::new(),
-            srtp: match tap {
-                Some(tap) => Writer::Proving { tap, tries: 0 },
-                None => Writer::Stack,
-            },
-        });
+        let srtp = match tap {
+            Some(tap) => Writer::Proving { tap, tries: 0 },
+            None => Writer::Stack,
+        };
+        let key = self
+            .peers
+            .insert(Peer::new(pc, owner, role, ufrag.clone(), srtp));
         self.demux.add_peer(&ufrag, key);
         Metrics::inc(&self.metrics.peer_connections);
         Ok(key)
@@ -1284,41 +939,24 @@ impl Worker {
         Metrics::dec(&self.metrics.peer_connections);
     }
 
-    fn add_participant(&mut self, participant: Arc<Participant>, room: Arc<Room>, now: Instant) {
-        let id = participant.id.clone();
+    fn add_participant(&mut self, id: String, now: Instant) {
         if self.by_id.contains_key(&id) {
             return;
         }
-        let member = self.members.insert(Member {
-            participant: participant.clone(),
-            room: room.clone(),
-            publisher: None,
-            subscriber: usize::MAX,
-            pending: Vec::new(),
-            forwarded: HashMap::new(),
-            negotiated_kinds: Vec::new(),
-            offer_outstanding: false,
-            needs_offer: true,
-            answered: false,
-            chat: None,
-            chat_open: false,
-            chat_bucket: TokenBucket::new(self.config.chat_rate_per_sec),
-            chat_backlog: std::collections::VecDeque::new(),
-            receivers_by_ssrc: HashMap::new(),
-            downtracks_by_ssrc: HashMap::new(),
-            joined_at: now,
-        });
-        let peer = match self.new_peer(member, PcKind::Subscriber, now) {
+        let key = self
+            .participants
+            .insert(Participant::new(id.clone(), usize::MAX, now));
+        let peer = match self.new_peer(key, PcKind::Subscriber, now) {
             Ok(peer) => peer,
             Err(e) => {
                 warn!(participant = %id, error = %e, "cannot create the subscriber PC");
-                self.members.remove(member);
-                participant.send(ServerMessage::Error {
-                    code: ErrorCode::Internal,
-                    message: format!("cannot start media: {e}"),
-                    request_type: Some("join".into()),
-                });
-                participant.kick("internal error");
+                self.events.emit(
+                    &id,
+                    EngineEvent::Failed {
+                        message: format!("cannot start media: {e}"),
+                    },
+                );
+                self.participants.remove(key);
                 return;
             }
         };
@@ -1326,92 +964,78 @@ impl Worker {
             .pc
             .create_data_channel(chat::LABEL, None)
             .map(|dc| dc.id());
-        let m = &mut self.members[member];
+        let m = &mut self.participants[key];
         m.subscriber = peer;
         match chat {
-            Ok(id) => m.chat = Some(id),
+            Ok(channel) => m.chat.id = Some(channel),
             Err(e) => warn!(participant = %id, error = %e, "cannot create the chat channel"),
         }
-        self.by_id.insert(id, member);
-        self.rooms
-            .entry(room.name.clone())
-            .or_default()
-            .push(member);
+        self.by_id.insert(id, key);
         self.offers_due = true;
     }
 
     fn remove_participant(&mut self, participant_id: &str, now: Instant) {
-        let Some(member) = self.by_id.remove(participant_id) else {
+        let Some(key) = self.by_id.remove(participant_id) else {
             return;
         };
         // What it published, and what it received.
-        let published: Vec<usize> = self
-            .receivers
-            .iter()
-            .filter(|(_, r)| r.publisher == member)
-            .map(|(k, _)| k)
+        let published: Vec<TrackKey> = self
+            .router
+            .published_by(key)
+            .map(|(_, r)| {
+                (
+                    r.receiver.meta.publisher_id.clone(),
+                    r.receiver.meta.track_id.clone(),
+                )
+            })
             .collect();
-        for rk in published {
-            let key = {
-                let meta = &self.receivers[rk].receiver.meta;
-                (meta.publisher_id.clone(), meta.track_id.clone())
-            };
-            self.tracks.remove(&key);
-            self.remove_receiver(rk);
+        for track in published {
+            self.remove_track(&track);
         }
-        let received: Vec<usize> = self.members[member]
-            .forwarded
+        let received: Vec<usize> = self.participants[key]
+            .negotiation
             .values()
             .map(|f| f.downtrack)
             .collect();
         for dk in received {
             self.remove_downtrack(dk);
         }
-        let m = self.members.remove(member);
-        if let Some(members) = self.rooms.get_mut(&m.room.name) {
-            members.retain(|&k| k != member);
-            if members.is_empty() {
-                self.rooms.remove(&m.room.name);
-            }
-        }
+        let m = self.participants.remove(key);
         for peer in [m.publisher, Some(m.subscriber)].into_iter().flatten() {
             self.close_peer(peer, now);
         }
     }
 
-    fn subscribe(&mut self, subscriber_id: &str, publisher_id: String, track_id: String) {
-        let Some(&member) = self.by_id.get(subscriber_id) else {
+    fn subscribe(&mut self, participant: usize, track: TrackKey) {
+        let Some(kind) = self
+            .router
+            .track(&track)
+            .and_then(|rk| self.router.receiver(rk))
+            .map(|r| r.receiver.meta.kind)
+        else {
             return;
         };
-        let m = &mut self.members[member];
-        let key = (publisher_id, track_id);
-        if key.0 == m.participant.id || m.forwarded.contains_key(&key) || m.pending.contains(&key) {
-            return;
+        let m = &mut self.participants[participant];
+        if track.0 != m.id && m.negotiation.want(track, kind) {
+            self.offers_due = true;
         }
-        m.pending.push(key);
-        m.needs_offer = true;
-        self.offers_due = true;
     }
 
-    /// Removes a Receiver and every DownTrack of it (their subscribers renegotiate).
-    fn remove_receiver(&mut self, rk: usize) {
-        if !self.receivers.contains(rk) {
+    /// A published track goes: its Receiver, every DownTrack of it (their subscribers
+    /// renegotiate), and what was waiting to be offered.
+    fn remove_track(&mut self, track: &TrackKey) {
+        let Some(rk) = self.router.track(track) else {
             return;
-        }
-        let entry = self.receivers.remove(rk);
-        Metrics::dec(&self.metrics.receivers);
+        };
+        let publisher = self.router.receiver(rk).map(|r| r.publisher);
         self.timers.cancel(TimerKey::Keyframe(rk));
-        for dk in entry.downtracks {
-            self.remove_downtrack(dk);
+        for d in self.router.remove_receiver(rk) {
+            self.forget_downtrack(d.subscriber, d.downtrack.ssrc, d.peer);
         }
-        let key = (
-            entry.receiver.meta.publisher_id,
-            entry.receiver.meta.track_id,
-        );
-        for (_, m) in self.members.iter_mut() {
-            m.pending.retain(|k| *k != key);
+        for (_, m) in self.participants.iter_mut() {
+            m.negotiation.unwant(track);
         }
-        if let Some(m) = self.members.get_mut(entry.publisher) {
+        if let Some(m) = publisher.and_then(|p| self.participants.get_mut(p)) {
             for v in m.receivers_by_ssrc.values_mut() {
                 if *v == Some(rk) {
                     *v = None;
@@ -1421,32 +1045,28 @@ impl Worker {
     }
 
     fn remove_downtrack(&mut self, dk: usize) {
-        if !self.downtracks.contains(dk) {
-            return;
+        if let Some(d) = self.router.remove_downtrack(dk) {
+            self.forget_downtrack(d.subscriber, d.downtrack.ssrc, d.peer);
         }
-        let d = self.downtracks.remove(dk);
-        Metrics::dec(&self.metrics.downtracks);
-        if let Some(r) = self.receivers.get_mut(d.receiver) {
-            r.downtracks.retain(|&k| k != dk);
-        }
-        let Some(m) = self.members.get_mut(d.subscriber) else {
+    }
+
+    /// A subscriber's DownTrack is gone: its m-line comes off the subscriber PC.
+    fn forget_downtrack(&mut self, subscriber: usize, ssrc: u32, peer: usize) {
+        let Some(m) = self.participants.get_mut(subscriber) else {
             return;
         };
-        m.downtracks_by_ssrc.remove(&d.downtrack.ssrc);
-        let Some(key) = m
-            .forwarded
-            .iter()
-            .find(|(_, f)| f.downtrack == dk)
-            .map(|(k, _)| k.clone())
+        let Some(&dk) = m.downtracks_by_ssrc.get(&ssrc) else {
+            return;
+        };
+        m.downtracks_by_ssrc.remove(&ssrc);
+        let Some(f) = m
+            .negotiation
+            .find(|f| f.downtrack == dk)
+            .and_then(|key| m.negotiation.remove(&key))
         else {
             return;
         };
-        let Some(f) = m.forwarded.remove(&key) else {
-            return;
-        };
-        m.needs_offer = true;
         self.offers_due = true;
-        let peer = m.subscriber;
         if let Some(p) = self.peers.get_mut(peer) {
             if let Err(e) = p.pc.remove_track(f.sender) {
                 debug!(error = %e, "removing a forwarded track");
@@ -1454,184 +1074,96 @@ impl Worker {
         }
     }
 
-    /// Puts a pending track on the subscriber PC: a send-only m-line with the DownTrack's own
-    /// SSRC, announced as `msid:<publisher id> <track id>`.
-    fn add_forwarded(&mut self, member: usize, key: (String, String)) {
-        let Some(&rk) = self.tracks.get(&key) else {
-            return;
-        };
-        let Some(m) = self.members.get(member) else {
+    /// A new subscriber offer: the wanted tracks it may carry, then the SDP to the client.
+    fn offer(&mut self, participant: usize, now: Instant) {
+        let Some(m) = self.participants.get_mut(participant) else {
             return;
         };
         let peer = m.subscriber;
-        let meta = &self.receivers[rk].receiver.meta;
-        let ssrc = rand::random::<u32>() | 1;
-        let kind = match meta.kind {
-            TrackKind::Audio => RtpCodecKind::Audio,
-            TrackKind::Video => RtpCodecKind::Video,
-        };
-        let track = MediaStreamTrack::new(
-            meta.publisher_id.clone(),
-            meta.track_id.clone(),
-            meta.track_id.clone(),
-            kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: RTCRtpCodec {
-                    mime_type: meta.codec.mime_type.clone(),
-                    clock_rate: meta.codec.clock_rate,
-                    channels: meta.codec.channels,
-                    sdp_fmtp_line: meta.codec.sdp_fmtp_line.clone(),
-                    rtcp_feedback: Vec::new(),
-                },
-                ..Default::default()
-            }],
-        );
-        let init = RTCRtpTransceiverInit {
-            direction: RTCRtpTransceiverDirection::Sendonly,
-            streams: Vec::new(),
-            send_encodings: Vec::new(),
-        };
-        let Some(p) = self.peers.get_mut(peer) else {
+        for (track, _) in m.negotiation.take_for_offer() {
+            self.add_forwarded(participant, track);
+        }
+        let (Some(m), Some(p)) = (
+            self.participants.get_mut(participant),
+            self.peers.get_mut(peer),
+        ) else {
             return;
         };
-        let transceiver = match p.pc.add_transceiver_from_track(track, Some(init)) {
-            Ok(t) => t,
+        let sdp = p.pc.create_offer(None).and_then(|offer| {
+            let sdp = offer.sdp.clone();
+            p.pc.set_local_description(now, offer).map(|()| sdp)
+        });
+        let sdp = match sdp {
+            Ok(sdp) => sdp,
             Err(e) => {
-                warn!(track = %key.1, error = %e, "cannot forward a track");
+                warn!(participant = %m.id, error = %e, "making the subscriber offer");
+                m.negotiation.offer_failed();
                 return;
             }
         };
-        let (video, clock_rate) = (
-            self.receivers[rk].receiver.is_video(),
-            meta.codec.clock_rate,
-        );
-        let max_age = if video {
-            self.config.queue.video_age
-        } else {
-            self.config.queue.audio_age
+        m.negotiation.offered();
+        debug!(participant = %m.id, tracks = m.negotiation.len(), "subscriber offer sent");
+        self.emit(participant, EngineEvent::SubscriberOffer { sdp });
+        self.mark_dirty(peer);
+    }
+
+    /// Puts a wanted track on the subscriber PC with a DownTrack of its own.
+    fn add_forwarded(&mut self, participant: usize, track: TrackKey) {
+        let Some(rk) = self.router.track(&track) else {
+            return;
         };
-        let mut downtrack = DownTrack::new(
-            ssrc,
-            video,
-            clock_rate,
-            max_age,
-            rand::random(),
-            rand::random(),
-        );
-        if video {
-            downtrack = downtrack.with_retransmissions(self.config.nack_window);
-        }
-        if p.connected {
-            downtrack.transport_up();
-        }
-        let dk = self.downtracks.insert(DownTrackEntry {
-            downtrack,
-            retransmit_budget: TokenBucket::new(self.config.max_retransmits_per_sec),
-            subscriber: member,
-            peer,
-            receiver: rk,
-        });
-        Metrics::inc(&self.metrics.downtracks);
-        self.receivers[rk].downtracks.push(dk);
-        let m = &mut self.members[member];
+        let Some(m) = self.participants.get(participant) else {
+            return;
+        };
+        let peer = m.subscriber;
+        let Some(p) = self.peers.get_mut(peer) else {
+            return;
+        };
+        let Some(meta) = self.router.receiver(rk).map(|r| &r.receiver.meta) else {
+            return;
+        };
+        let kind = meta.kind;
+        let ssrc = rand::random::<u32>() | 1;
+        let transceiver = match participant::add_transceiver(&mut p.pc, meta, ssrc) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(track = %track.1, error = %e, "cannot forward a track");
+                return;
+            }
+        };
+        let connected = p.connected;
+        let Some(dk) = self
+            .router
+            .add_downtrack(rk, participant, peer, ssrc, connected)
+        else {
+            return;
+        };
+        let m = &mut self.participants[participant];
         m.downtracks_by_ssrc.insert(ssrc, dk);
-        m.forwarded.insert(
-            key,
+        m.negotiation.forwarding(
+            track,
+            kind,
             Forwarded {
                 downtrack: dk,
                 sender: RTCRtpSenderId::from(transceiver),
                 transceiver,
-                offered: false,
             },
         );
     }
 
-    /// A new subscriber offer: the pending tracks it may carry, then the SDP to the client.
-    fn offer(&mut self, member: usize, now: Instant) {
-        let Some(m) = self.members.get_mut(member) else {
-            return;
-        };
-        // Of a kind with no m-line in an answered offer yet, one new m-line per offer; the
-        // others follow in the next. aiortc (bundlePolicy "balanced") gives the second and
-        // later new m-lines of a kind the first one's pre-BUNDLE transport and then closes it:
-        // their receivers never start (aiortc#1414).
-        let mut new_kinds: Vec<TrackKind> = Vec::new();
-        let mut now_added = Vec::new();
-        let pending = std::mem::take(&mut m.pending);
-        for key in pending {
-            let Some(kind) = self
-                .tracks
-                .get(&key)
-                .and_then(|&rk| self.receivers.get(rk))
-                .map(|r| r.receiver.meta.kind)
-            else {
-                continue;
-            };
-            if m.negotiated_kinds.contains(&kind) || !new_kinds.contains(&kind) {
-                if !m.negotiated_kinds.contains(&kind) {
-                    new_kinds.push(kind);
-                }
-                now_added.push(key);
-            } else {
-                m.pending.push(key);
-            }
-        }
-        for key in now_added {
-            self.add_forwarded(member, key);
-        }
-        let Some(m) = self.members.get_mut(member) else {
-            return;
-        };
-        let peer = m.subscriber;
-        let Some(p) = self.peers.get_mut(peer) else {
-            return;
-        };
-        let offer = match p.pc.create_offer(None) {
-            Ok(offer) => offer,
-            Err(e) => {
-                warn!(participant = %m.participant.id, error = %e, "creating the subscriber offer");
-                m.needs_offer = false;
-                return;
-            }
-        };
-        let sdp = offer.sdp.clone();
-        if let Err(e) = p.pc.set_local_description(now, offer) {
-            warn!(participant = %m.participant.id, error = %e, "setting the subscriber offer");
-            m.needs_offer = false;
-            return;
-        }
-        m.needs_offer = false;
-        m.offer_outstanding = true;
-        for f in m.forwarded.values_mut() {
-            f.offered = true;
-        }
-        debug!(participant = %m.participant.id, tracks = m.forwarded.len(), "subscriber offer sent");
-        m.participant.send(ServerMessage::Offer {
+    fn subscriber_answer(&mut self, participant: usize, sdp: String, now: Instant) {
+        let m = &mut self.participants[participant];
+        let refused = |reason, message: String| EngineEvent::SdpRefused {
             pc: PcKind::Subscriber,
-            sdp,
-        });
-        self.mark_dirty(peer);
-    }
-
-    fn subscriber_answer(&mut self, participant_id: &str, sdp: String, now: Instant) {
-        let Some(&member) = self.by_id.get(participant_id) else {
-            return;
-        };
-        let m = &mut self.members[member];
-        let error = |code, message: String| ServerMessage::Error {
-            code,
+            reason,
             message,
-            request_type: Some("answer".into()),
         };
-        if !m.offer_outstanding {
-            m.participant.send(error(
-                ErrorCode::BadRequest,
+        if !m.negotiation.offer_outstanding() {
+            let event = refused(
+                SdpRefusal::Unexpected,
                 "no subscriber offer is outstanding".into(),
-            ));
+            );
+            self.emit(participant, event);
             return;
         }
         let peer = m.subscriber;
@@ -1642,14 +1174,13 @@ impl Worker {
             .and_then(|desc| p.pc.set_remote_description(now, desc));
         if let Err(e) = applied {
             // The offer stays outstanding; the client may send a corrected answer.
-            m.participant.send(error(
-                ErrorCode::InvalidSdp,
+            let event = refused(
+                SdpRefusal::Invalid,
                 format!("subscriber answer rejected: {e}"),
-            ));
+            );
+            self.emit(participant, event);
             return;
         }
-        m.offer_outstanding = false;
-        m.answered = true;
         Metrics::add(&self.metrics.ice_checks_early, p.early_checks.len() as u64);
         for datagram in std::mem::take(&mut p.early_checks) {
             let _ =
@@ -1658,62 +1189,59 @@ impl Worker {
         // Payload types and extension ids are final now; the m-lines this answer accepted
         // may carry media from here on.
         let mut started = Vec::new();
-        for f in m.forwarded.values() {
-            if !f.offered {
-                continue;
-            }
-            let Some(d) = self.downtracks.get_mut(f.downtrack) else {
+        let mut kinds = Vec::new();
+        for (_, f, kind) in m.negotiation.answered() {
+            let Some(d) = self.router.downtrack_mut(f.downtrack) else {
                 continue;
             };
-            let Some(negotiated) = negotiated_for(
-                &mut p.pc,
-                f,
-                &self.receivers[d.receiver].receiver.meta.codec,
-            ) else {
+            let receiver = d.receiver;
+            let Some(codec) = self
+                .router
+                .receiver(receiver)
+                .map(|r| r.receiver.meta.codec.clone())
+            else {
                 continue;
             };
-            let kind = self.receivers[d.receiver].receiver.meta.kind;
-            if !m.negotiated_kinds.contains(&kind) {
-                m.negotiated_kinds.push(kind);
-            }
-            if d.downtrack.set_negotiated(negotiated) {
+            let Some(negotiated) = participant::negotiated_for(&mut p.pc, f, &codec) else {
+                continue;
+            };
+            kinds.push(kind);
+            if self
+                .router
+                .downtrack_mut(f.downtrack)
+                .is_some_and(|d| d.downtrack.set_negotiated(negotiated))
+            {
                 started.push(f.downtrack);
             }
         }
-        if !m.pending.is_empty() {
-            m.needs_offer = true;
+        for kind in kinds {
+            m.negotiation.kind_negotiated(kind);
+        }
+        if m.negotiation.offer_due(p.connected) {
             self.offers_due = true;
         }
-        debug!(participant = %m.participant.id, tracks = m.forwarded.len(), "subscriber negotiated");
+        debug!(participant = %m.id, tracks = m.negotiation.len(), "subscriber negotiated");
         self.pump(peer, now);
         for dk in started {
             self.downtrack_wants_keyframe(dk, now, true);
         }
     }
 
-    fn publisher_offer(
-        &mut self,
-        participant_id: &str,
-        sdp: String,
-        sending: Vec<String>,
-        now: Instant,
-    ) {
-        let Some(&member) = self.by_id.get(participant_id) else {
-            return;
-        };
-        let peer = match self.members[member].publisher {
+    fn publisher_offer(&mut self, participant: usize, sdp: String, now: Instant) {
+        let peer = match self.participants[participant].publisher {
             Some(peer) => peer,
-            None => match self.new_peer(member, PcKind::Publisher, now) {
+            None => match self.new_peer(participant, PcKind::Publisher, now) {
                 Ok(peer) => {
-                    self.members[member].publisher = Some(peer);
+                    self.participants[participant].publisher = Some(peer);
                     peer
                 }
                 Err(e) => {
-                    self.offer_error(
-                        member,
-                        ErrorCode::Internal,
-                        format!("cannot create the publisher PC: {e}"),
-                    );
+                    let event = EngineEvent::SdpRefused {
+                        pc: PcKind::Publisher,
+                        reason: SdpRefusal::Internal,
+                        message: format!("cannot create the publisher PC: {e}"),
+                    };
+                    self.emit(participant, event);
                     return;
                 }
             },
@@ -1721,11 +1249,11 @@ impl Worker {
         let p = &mut self.peers[peer];
         let answer = RTCSessionDescription::offer(sdp)
             .and_then(|offer| p.pc.set_remote_description(now, offer))
-            .map_err(|e| (ErrorCode::InvalidSdp, format!("offer rejected: {e}")))
+            .map_err(|e| (SdpRefusal::Invalid, format!("offer rejected: {e}")))
             .and_then(|()| {
                 p.pc.create_answer(None).map_err(|e| {
                     (
-                        ErrorCode::InvalidSdp,
+                        SdpRefusal::Invalid,
                         format!("cannot answer this offer: {e}"),
                     )
                 })
@@ -1734,62 +1262,41 @@ impl Worker {
                 let sdp = answer.sdp.clone();
                 p.pc.set_local_description(now, answer)
                     .map(|()| sdp)
-                    .map_err(|e| (ErrorCode::Internal, format!("cannot apply the answer: {e}")))
+                    .map_err(|e| {
+                        (
+                            SdpRefusal::Internal,
+                            format!("cannot apply the answer: {e}"),
+                        )
+                    })
             });
-        if answer.is_err() {
-            // A refused offer must not leave the connection waiting for an answer: every
-            // later offer would then be refused too. Back to stable, as if it never came.
-            let p = &mut self.peers[peer];
-            if let Ok(rollback) = RTCSessionDescription::rollback(None) {
-                if let Err(e) = p.pc.set_remote_description(now, rollback) {
-                    debug!(error = %e, "rolling back a refused publisher offer");
-                }
-            }
-        }
-        let m = &self.members[member];
-        match answer {
-            Ok(sdp) => {
-                m.participant.send(ServerMessage::Answer {
-                    pc: PcKind::Publisher,
-                    sdp,
-                });
-                // A track the new offer no longer sends is unpublished at once, whatever the
-                // transport does with it later.
-                for track_id in m.room.tracks_of(participant_id) {
-                    if !sending.contains(&track_id) {
-                        m.room.unpublish(participant_id, &track_id);
+        let event = match answer {
+            Ok(sdp) => EngineEvent::PublisherAnswer { sdp },
+            Err((reason, message)) => {
+                // A refused offer must not leave the connection waiting for an answer: every
+                // later offer would then be refused too. Back to stable, as if it never came.
+                if let Ok(rollback) = RTCSessionDescription::rollback(None) {
+                    if let Err(e) = p.pc.set_remote_description(now, rollback) {
+                        debug!(error = %e, "rolling back a refused publisher offer");
                     }
                 }
+                EngineEvent::SdpRefused {
+                    pc: PcKind::Publisher,
+                    reason,
+                    message,
+                }
             }
-            Err((code, message)) => self.offer_error(member, code, message),
-        }
+        };
+        self.emit(participant, event);
         self.pump(peer, now);
     }
 
-    fn offer_error(&self, member: usize, code: ErrorCode, message: String) {
-        if let Some(m) = self.members.get(member) {
-            Metrics::add(&self.metrics.signaling_errors, 1);
-            m.participant.send(ServerMessage::Error {
-                code,
-                message,
-                request_type: Some("offer".into()),
-            });
-        }
-    }
-
-    fn remote_candidate(&mut self, participant_id: &str, pc: PcKind, candidate: Option<Candidate>) {
-        let Some(&member) = self.by_id.get(participant_id) else {
-            return;
-        };
-        let m = &self.members[member];
+    fn remote_candidate(&mut self, participant: usize, pc: PcKind, candidate: IceCandidate) {
+        let m = &self.participants[participant];
         let peer = match pc {
             PcKind::Publisher => m.publisher,
             PcKind::Subscriber => Some(m.subscriber),
         };
-        let (Some(peer), Some(candidate)) = (peer, candidate) else {
-            return;
-        };
-        let Some(p) = self.peers.get_mut(peer) else {
+        let Some(p) = peer.and_then(|peer| self.peers.get_mut(peer)) else {
             return;
         };
         // ICE lite never checks towards the client: its candidates only help the stack pair
@@ -1821,63 +1328,26 @@ impl Worker {
     }
 }
 
-/// What the subscriber's answer settled for one forwarded m-line.
-fn negotiated_for(pc: &mut RTCPeerConnection, f: &Forwarded, codec: &Codec) -> Option<Negotiated> {
-    let mid = pc
-        .rtp_transceiver(f.transceiver)
-        .and_then(|t| t.mid().clone())
-        .unwrap_or_default();
-    let mut sender = pc.rtp_sender(f.sender)?;
-    let params = sender.get_parameters();
-    let codecs = &params.rtp_parameters.codecs;
-    let same_mime = |c: &&rtc::rtp_transceiver::rtp_sender::RTCRtpCodecParameters| {
-        c.rtp_codec.mime_type.eq_ignore_ascii_case(&codec.mime_type)
-    };
-    let found = codecs
-        .iter()
-        .filter(same_mime)
-        .find(|c| {
-            codec.sdp_fmtp_line.is_empty() || c.rtp_codec.sdp_fmtp_line == codec.sdp_fmtp_line
-        })
-        .or_else(|| codecs.iter().find(same_mime))?;
-    let extensions = &params.rtp_parameters.header_extensions;
-    let mid_id = extensions
-        .iter()
-        .find(|e| e.uri == extensions::SDES_MID)
-        .map(|e| e.id);
-    Some(Negotiated {
-        payload_type: found.payload_type,
-        extensions: SubscriberExtensions::new(
-            ExtensionIds::from_negotiated(extensions.iter().map(|e| (e.uri.as_str(), e.id))),
-            mid_id,
-            &mid,
-        ),
-    })
-}
-
-/// The peer connection knows its datagrams by the candidate they were sent to: the local IP
-/// they arrived on when it is announced, else (NAT 1:1) the public one.
-/// A received datagram as the stack takes it, arrived at `at`.
+/// A received datagram as the stack takes it, arrived at `at`. The peer connection knows its
+/// datagrams by the candidate they were sent to: the local IP they arrived on when it is
+/// announced, else (NAT 1:1) the public one.
 fn stack_input(candidates: &[SocketAddr], datagram: udp::Incoming, at: Instant) -> TaggedBytesMut {
+    let local_addr = datagram
+        .to
+        .and_then(|ip| candidates.iter().find(|c| c.ip() == ip))
+        .or(candidates.first())
+        .copied()
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     TaggedBytesMut {
         now: at,
         transport: TransportContext {
-            local_addr: local_addr_for(candidates, &datagram),
+            local_addr,
             peer_addr: datagram.from,
             transport_protocol: TransportProtocol::UDP,
             ecn: None,
         },
         message: datagram.data,
     }
-}
-
-fn local_addr_for(candidates: &[SocketAddr], datagram: &udp::Incoming) -> SocketAddr {
-    datagram
-        .to
-        .and_then(|ip| candidates.iter().find(|c| c.ip() == ip))
-        .or(candidates.first())
-        .copied()
-        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
 }
 
 /// True for an (S)RTP datagram, not RTCP (RFC 5761 §4), whose SSRC `wanted` picks.

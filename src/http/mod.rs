@@ -122,7 +122,7 @@ async fn ws(
         // The default 128 KiB read buffer is held by every socket for its whole life:
         // signaling reads a few hundred bytes at a time.
         .read_buffer_size(SIGNALING_READ_BUFFER)
-        .on_upgrade(move |socket| crate::signal::session::run(socket, state, permit))
+        .on_upgrade(move |socket| crate::signal::websocket::run(socket, state, permit))
 }
 
 /// Bytes a signaling socket reads at a time (larger messages take several reads).

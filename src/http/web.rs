@@ -67,12 +67,19 @@ mod tests {
     fn every_import_of_the_client_is_served() {
         let served: Vec<&str> = FILES.iter().map(|(name, _)| *name).collect();
         for (name, body) in FILES.iter().filter(|(name, _)| name.ends_with(".js")) {
-            for line in body.lines().filter(|l| l.trim_start().starts_with("import ")) {
-                let Some(target) = line.split('\'').nth(1).or_else(|| line.split('"').nth(1)) else {
+            for line in body
+                .lines()
+                .filter(|l| l.trim_start().starts_with("import "))
+            {
+                let Some(target) = line.split('\'').nth(1).or_else(|| line.split('"').nth(1))
+                else {
                     continue;
                 };
                 let target = target.trim_start_matches("./");
-                assert!(served.contains(&target), "{name} imports {target}, which is not served");
+                assert!(
+                    served.contains(&target),
+                    "{name} imports {target}, which is not served"
+                );
             }
         }
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("web");

@@ -26,6 +26,9 @@ use webrtc::peer_connection::{
     RTCSessionDescription,
 };
 
+/// The label of the server's chat data channel (`docs/protocol.md`).
+const CHAT_LABEL: &str = "chat";
+
 use crate::engine::feedback::is_keyframe_request;
 use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Stamp};
 use crate::load::peer::{candidate_from_init, candidate_to_init, Pc, PcFactory};
@@ -394,7 +397,7 @@ impl PeerConnectionEventHandler for SubscriberEvents {
     }
 
     async fn on_data_channel(&self, channel: Arc<dyn DataChannel>) {
-        if channel.label().await.ok().as_deref() != Some(crate::chat::LABEL) {
+        if channel.label().await.ok().as_deref() != Some(CHAT_LABEL) {
             return;
         }
         if let Ok(mut slot) = self.shared.chat_channel.lock() {

@@ -221,7 +221,7 @@ fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registr
 
 /// The header extensions the server negotiates, as a browser would offer them.
 fn register_forwarded_extensions(media_engine: &mut MediaEngine) -> webrtc::error::Result<()> {
-    use crate::signal::protocol::TrackKind;
+    use crate::media::kind::TrackKind;
     use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
     for (uri, kind) in crate::media::extensions::NEGOTIATED {
         let kind = match kind {

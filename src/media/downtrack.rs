@@ -1,8 +1,9 @@
 //! DownTrack: one published track as one subscriber receives it.
 //!
 //! It has its own SSRC, sequence and timestamp space (see `forwarder`), the payload type and
-//! extension ids its subscriber negotiated, and builds each outgoing packet from the shared
-//! publisher packet: only the header is new, the payload is the publisher's buffer.
+//! extension ids its subscriber negotiated, and writes each outgoing packet from the shared
+//! publisher packet straight into the send buffer it is given: its own header, marshalled in
+//! place, then the publisher's payload. Nothing is allocated or reference-counted per packet.
 //!
 //! Nothing is sent before the subscriber has accepted the m-line in an answer: until then it
 //! cannot know the payload type, and a client may route an unknown SSRC to the wrong
@@ -33,32 +34,16 @@ pub enum Dropped {
     Refused(Refused),
 }
 
-/// What a DownTrack made of one packet: sending the publisher's payload after `S`, the
-/// header ([`DownTrack::forward`]) or its length once marshalled ([`DownTrack::forward_into`]).
-#[derive(Debug)]
-pub enum Outcome<S = rtp::header::Header> {
-    Send(S),
+/// What a DownTrack made of one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The packet is in the buffer: a header of this many bytes, then the payload.
+    Send { header_len: usize },
     Drop {
         why: Dropped,
         /// The DownTrack cannot go on without a keyframe.
         wants_keyframe: bool,
     },
-}
-
-impl<S> Outcome<S> {
-    /// The same outcome, with what is sent turned into something else.
-    pub fn map<T>(self, f: impl FnOnce(S) -> T) -> Outcome<T> {
-        match self {
-            Outcome::Send(sent) => Outcome::Send(f(sent)),
-            Outcome::Drop {
-                why,
-                wants_keyframe,
-            } => Outcome::Drop {
-                why,
-                wants_keyframe,
-            },
-        }
-    }
 }
 
 /// What the subscriber's answer settled for this m-line.
@@ -165,13 +150,22 @@ impl DownTrack {
         self.negotiated.is_some() && self.transport_ready && !self.forwarder.is_waiting()
     }
 
-    pub fn forward(&mut self, incoming: &Incoming<'_>, now: Instant, ntp_now: u64) -> Outcome {
+    /// Writes the packet this subscriber gets of `incoming` into `buf` (cleared first): the
+    /// header, marshalled in place, then the publisher's payload.
+    pub fn forward(
+        &mut self,
+        incoming: &Incoming<'_>,
+        now: Instant,
+        ntp_now: u64,
+        buf: &mut BytesMut,
+    ) -> Outcome {
         let ssrc = self.ssrc;
         let (rewritten, negotiated) = match self.decide(incoming, now) {
             Ok(decided) => decided,
-            Err(refused) => return refused.map(|never| match never {}),
+            Err(refused) => return refused,
         };
-        Outcome::Send(header(
+        let header_len = write_header(
+            buf,
             ssrc,
             negotiated,
             incoming.packet.header.marker,
@@ -179,38 +173,9 @@ impl DownTrack {
             rewritten.timestamp,
             &incoming.carried,
             ntp_now,
-        ))
-    }
-
-    /// [`DownTrack::forward`], with the header marshalled into `buf` (cleared first) rather
-    /// than built: the send path's way, which allocates and reference-counts nothing.
-    pub fn forward_into(
-        &mut self,
-        incoming: &Incoming<'_>,
-        now: Instant,
-        ntp_now: u64,
-        buf: &mut BytesMut,
-    ) -> Outcome<usize> {
-        let ssrc = self.ssrc;
-        let (rewritten, negotiated) = match self.decide(incoming, now) {
-            Ok(decided) => decided,
-            Err(refused) => return refused.map(|never| match never {}),
-        };
-        buf.clear();
-        buf.extend_from_slice(&[
-            0x80,
-            (u8::from(incoming.packet.header.marker) << 7) | (negotiated.payload_type & 0x7f),
-        ]);
-        buf.extend_from_slice(&rewritten.sequence_number.to_be_bytes());
-        buf.extend_from_slice(&rewritten.timestamp.to_be_bytes());
-        buf.extend_from_slice(&ssrc.to_be_bytes());
-        if negotiated
-            .extensions
-            .marshal(buf, &incoming.carried, ntp_now)
-        {
-            buf[0] |= 0x10;
-        }
-        Outcome::Send(buf.len())
+        );
+        buf.extend_from_slice(&incoming.packet.payload);
+        Outcome::Send { header_len }
     }
 
     /// Whether `incoming` goes to this subscriber, and under which numbers; what is sent is
@@ -219,7 +184,7 @@ impl DownTrack {
         &mut self,
         incoming: &Incoming<'_>,
         now: Instant,
-    ) -> Result<(Rewritten, &Negotiated), Outcome<std::convert::Infallible>> {
+    ) -> Result<(Rewritten, &Negotiated), Outcome> {
         let Some(negotiated) = self.negotiated.as_ref().filter(|_| self.transport_ready) else {
             return Err(Outcome::Drop {
                 why: Dropped::NotNegotiated,
@@ -258,20 +223,23 @@ impl DownTrack {
         Ok((rewritten, negotiated))
     }
 
-    /// The packet this DownTrack sent as `sequence_number`, again, when the subscriber NACKed
-    /// it and the publisher's packet is still in `history` (the caller counts it as sent with
-    /// [`DownTrack::count_retransmitted`] if it goes).
+    /// Writes into `buf` the packet this DownTrack sent as `sequence_number`, again, when the
+    /// subscriber NACKed it and the publisher's packet is still in `history`; the header's
+    /// length, or `None`. The caller counts it as sent with
+    /// [`DownTrack::count_retransmitted`] if it goes.
     pub fn retransmit(
         &mut self,
         sequence_number: u16,
         history: &PacketHistory,
         now: Instant,
         ntp_now: u64,
-    ) -> Option<rtp::Packet> {
+        buf: &mut BytesMut,
+    ) -> Option<usize> {
         let negotiated = self.negotiated.as_ref().filter(|_| self.transport_ready)?;
         let sent = self.sent_log.as_ref()?.get(sequence_number)?;
         let kept = history.get(sent.source_sequence_number, sent.source_timestamp, now)?;
-        let header = header(
+        let header_len = write_header(
+            buf,
             self.ssrc,
             negotiated,
             kept.packet.header.marker,
@@ -280,16 +248,20 @@ impl DownTrack {
             &kept.carried,
             ntp_now,
         );
-        Some(rtp::Packet {
-            header,
-            payload: kept.packet.payload.clone(),
-        })
+        buf.extend_from_slice(&kept.packet.payload);
+        Some(header_len)
     }
 
-    /// A retransmission went out: sender reports count it as a packet sent.
-    pub fn count_retransmitted(&mut self, packet: &rtp::Packet, now: Instant) {
+    /// A retransmission (`packet`, its header `header_len` bytes) went out: sender reports
+    /// count it as a packet sent.
+    pub fn count_retransmitted(&mut self, packet: &[u8], header_len: usize, now: Instant) {
+        let Some(timestamp) = packet.get(4..8) else {
+            return;
+        };
+        let timestamp =
+            u32::from_be_bytes([timestamp[0], timestamp[1], timestamp[2], timestamp[3]]);
         self.report
-            .count(packet.header.timestamp, packet.payload.len(), now);
+            .count(timestamp, packet.len().saturating_sub(header_len), now);
     }
 
     /// The sender report for this stream at `now`, once it has sent anything: the RTP time
@@ -313,9 +285,11 @@ impl DownTrack {
     }
 }
 
-/// One outgoing packet's header: the subscriber's SSRC, payload type, numbering and
-/// extensions, to go around the publisher's payload.
-fn header(
+/// Marshals one outgoing packet's header into `buf` (cleared first): the subscriber's SSRC,
+/// payload type, numbering and extensions, to go before the publisher's payload. Its length.
+#[allow(clippy::too_many_arguments)]
+fn write_header(
+    buf: &mut BytesMut,
     ssrc: u32,
     negotiated: &Negotiated,
     marker: bool,
@@ -323,18 +297,19 @@ fn header(
     timestamp: u32,
     carried: &Carried,
     ntp_now: u64,
-) -> rtp::header::Header {
-    let mut header = rtp::header::Header {
-        version: 2,
-        marker,
-        payload_type: negotiated.payload_type,
-        sequence_number,
-        timestamp,
-        ssrc,
-        ..Default::default()
-    };
-    negotiated.extensions.write(&mut header, carried, ntp_now);
-    header
+) -> usize {
+    buf.clear();
+    buf.extend_from_slice(&[
+        0x80,
+        (u8::from(marker) << 7) | (negotiated.payload_type & 0x7f),
+    ]);
+    buf.extend_from_slice(&sequence_number.to_be_bytes());
+    buf.extend_from_slice(&timestamp.to_be_bytes());
+    buf.extend_from_slice(&ssrc.to_be_bytes());
+    if negotiated.extensions.marshal(buf, carried, ntp_now) {
+        buf[0] |= 0x10;
+    }
+    buf.len()
 }
 
 #[cfg(test)]
@@ -361,6 +336,25 @@ mod tests {
         }
     }
 
+    /// Forwards `p` and parses what was written, as a subscriber would.
+    fn forward(
+        dt: &mut DownTrack,
+        inc: &Incoming<'_>,
+        now: Instant,
+    ) -> Result<rtp::Packet, Outcome> {
+        let mut buf = BytesMut::new();
+        match dt.forward(inc, now, 0, &mut buf) {
+            Outcome::Send { header_len } => {
+                let mut wire = &buf[..];
+                let packet = <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut wire)
+                    .expect("a forwarded packet parses");
+                assert_eq!(buf.len() - header_len, packet.payload.len());
+                Ok(packet)
+            }
+            refused => Err(refused),
+        }
+    }
+
     fn negotiated() -> Negotiated {
         Negotiated {
             payload_type: 102,
@@ -372,23 +366,38 @@ mod tests {
         }
     }
 
+    fn retransmit(
+        dt: &mut DownTrack,
+        seq: u16,
+        history: &PacketHistory,
+        now: Instant,
+    ) -> Option<rtp::Packet> {
+        let mut buf = BytesMut::new();
+        dt.retransmit(seq, history, now, 0, &mut buf)?;
+        let mut wire = &buf[..];
+        Some(
+            <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut wire)
+                .expect("a retransmission parses"),
+        )
+    }
+
     #[test]
     fn nothing_goes_before_the_answer_and_the_transport() {
         let now = Instant::now();
         let mut dt = DownTrack::new(99, true, 90_000, Duration::from_millis(200), 10, 0);
         let p = packet(1, b"\x10\x00\x9d");
         assert!(matches!(
-            dt.forward(&incoming(&p, true, now), now, 0),
-            Outcome::Drop {
+            forward(&mut dt, &incoming(&p, true, now), now),
+            Err(Outcome::Drop {
                 why: Dropped::NotNegotiated,
                 ..
-            }
+            })
         ));
         assert!(!dt.set_negotiated(negotiated()), "transport not up yet");
         assert!(dt.transport_up(), "now it wants a keyframe");
-        let Outcome::Send(out) = dt.forward(&incoming(&p, true, now), now, 0) else {
-            panic!("a keyframe starts it")
-        };
+        let out = forward(&mut dt, &incoming(&p, true, now), now)
+            .expect("a keyframe starts it")
+            .header;
         assert_eq!(out.ssrc, 99);
         assert_eq!(out.payload_type, 102);
         assert_eq!(out.sequence_number, 10);
@@ -404,13 +413,13 @@ mod tests {
         dt.set_negotiated(negotiated());
         dt.transport_up();
         let p = packet(5, b"\x10\x01");
-        assert!(matches!(
-            dt.forward(&incoming(&p, false, now), now, 0),
-            Outcome::Drop {
+        assert_eq!(
+            forward(&mut dt, &incoming(&p, false, now), now).err(),
+            Some(Outcome::Drop {
                 why: Dropped::Refused(Refused::WaitingForKeyframe),
                 wants_keyframe: true
-            }
-        ));
+            })
+        );
     }
 
     #[test]
@@ -420,19 +429,16 @@ mod tests {
         dt.set_negotiated(negotiated());
         dt.transport_up();
         let k = packet(1, b"\x10\x00");
-        assert!(matches!(
-            dt.forward(&incoming(&k, true, t0), t0, 0),
-            Outcome::Send(_)
-        ));
+        assert!(forward(&mut dt, &incoming(&k, true, t0), t0).is_ok());
         let late = packet(2, b"\x10\x01");
         let now = t0 + Duration::from_millis(300);
-        assert!(matches!(
-            dt.forward(&incoming(&late, false, t0), now, 0),
-            Outcome::Drop {
+        assert_eq!(
+            forward(&mut dt, &incoming(&late, false, t0), now).err(),
+            Some(Outcome::Drop {
                 why: Dropped::Refused(Refused::Expired),
                 wants_keyframe: true
-            }
-        ));
+            })
+        );
         assert!(!dt.is_sending());
     }
 
@@ -456,18 +462,12 @@ mod tests {
             );
             let inc = incoming(&p, seq == 1000, t0);
             history.insert(&p, &inc.carried, t0);
-            let Outcome::Send(out) = dt.forward(&inc, t0, 0) else {
-                panic!("forwarded")
-            };
-            sent.push(rtp::Packet {
-                header: out,
-                payload: p.payload.clone(),
-            });
+            sent.push(forward(&mut dt, &inc, t0).expect("forwarded"));
         }
         // Across the DownTrack's wrap: the 8th packet went out as sequence 65,536 + 1.
         let lost = &sent[7];
         assert_eq!(lost.header.sequence_number, 1);
-        let again = dt.retransmit(1, &history, t0, 0).expect("still kept");
+        let again = retransmit(&mut dt, 1, &history, t0).expect("still kept");
         assert_eq!(again.header.sequence_number, lost.header.sequence_number);
         assert_eq!(again.header.timestamp, lost.header.timestamp);
         assert_eq!(again.header.ssrc, 99);
@@ -475,20 +475,23 @@ mod tests {
         assert_eq!(again.header.get_extension(3).unwrap().as_ref(), b"4");
         assert_eq!(again.payload, lost.payload);
         assert!(
-            dt.retransmit(2, &history, t0, 0).is_some(),
+            retransmit(&mut dt, 2, &history, t0).is_some(),
             "the next one too"
         );
-        assert!(dt.retransmit(12, &history, t0, 0).is_none(), "never sent");
+        assert!(
+            retransmit(&mut dt, 12, &history, t0).is_none(),
+            "never sent"
+        );
         let late = t0 + Duration::from_secs(2);
         assert!(
-            dt.retransmit(1, &history, late, 0).is_none(),
+            retransmit(&mut dt, 1, &history, late).is_none(),
             "too old to help"
         );
         // Audio is not NACKed: no log, nothing to answer from.
         let mut audio = DownTrack::new(5, false, 48_000, Duration::from_millis(100), 0, 0);
         audio.set_negotiated(negotiated());
         audio.transport_up();
-        assert!(audio.retransmit(0, &history, t0, 0).is_none());
+        assert!(retransmit(&mut audio, 0, &history, t0).is_none());
     }
 
     #[test]
@@ -499,14 +502,11 @@ mod tests {
         dt.set_negotiated(negotiated());
         dt.transport_up();
         let k = packet(1, b"\x10\x00\x00");
-        assert!(matches!(
-            dt.forward(&incoming(&k, true, t0), t0, 0),
-            Outcome::Send(_)
-        ));
+        assert!(forward(&mut dt, &incoming(&k, true, t0), t0).is_ok());
         let d = packet(2, b"\x10\x01");
-        let Outcome::Send(last) = dt.forward(&incoming(&d, false, t0), t0, 0) else {
-            panic!("forwarded")
-        };
+        let last = forward(&mut dt, &incoming(&d, false, t0), t0)
+            .expect("forwarded")
+            .header;
         let sr = dt
             .sender_report(t0 + Duration::from_millis(500), 0xAB)
             .expect("a report");

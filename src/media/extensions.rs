@@ -8,7 +8,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use crate::signal::protocol::TrackKind;
+use crate::media::kind::TrackKind;
 
 pub const SDES_MID: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
 pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
@@ -107,64 +107,14 @@ impl SubscriberExtensions {
         SubscriberExtensions { ids, mid }
     }
 
-    /// Replaces `header`'s extensions with the subscriber's: its MID, then what the publisher
-    /// carried, under the subscriber's ids. abs-send-time is the SFU's own send time, as the
-    /// subscriber's bandwidth estimate is about the hop from here.
-    ///
-    /// The one-byte form (RFC 8285) carries ids 1–14 and values of 1–16 bytes; when an id or
-    /// the MID does not fit it, every extension of the packet goes in the two-byte form.
-    pub fn write(&self, header: &mut rtp::header::Header, carried: &Carried, now_ntp: u64) {
-        header.extension = false;
-        header.extension_profile = 0;
-        header.extensions.clear();
-        header.extensions_padding = 0;
-        let mut values: [(u8, Option<Bytes>); N + 1] = Default::default();
-        if let Some((id, mid)) = &self.mid {
-            values[N] = (*id, Some(mid.clone()));
-        }
-        for (at, (&id, value)) in self.ids.ids.iter().zip(&carried.values).enumerate() {
-            if id == 0 || value.is_none() {
-                continue;
-            }
-            let value = if at == ABS_SEND_TIME_AT {
-                abs_send_time(now_ntp)
-            } else {
-                value.clone().unwrap_or_default()
-            };
-            values[at] = (id, Some(value));
-        }
-        let present = || {
-            values
-                .iter()
-                .filter_map(|(id, v)| v.as_ref().map(|v| (*id, v)))
-        };
-        if present().next().is_none() {
-            return;
-        }
-        let one_byte =
-            present().all(|(id, v)| (1..=14).contains(&id) && (1..=16).contains(&v.len()));
-        header.extension = true;
-        header.extension_profile = if one_byte {
-            ONE_BYTE_PROFILE
-        } else {
-            TWO_BYTE_PROFILE
-        };
-        // The MID first, as before: what a client that demultiplexes by it reads first.
-        let Some((mid, rest)) = values.split_last() else {
-            return;
-        };
-        for (id, value) in std::iter::once(mid).chain(rest) {
-            if let Some(value) = value {
-                let _ = header.set_extension(*id, value.clone());
-            }
-        }
-    }
-}
-
-impl SubscriberExtensions {
-    /// [`SubscriberExtensions::write`] straight into a packet being marshalled: appends the
-    /// header extension block (RFC 8285) to `out`, or nothing. True if it appended one (the
+    /// Writes the subscriber's extensions into a packet being marshalled: its MID, then what
+    /// the publisher carried, under the subscriber's ids. abs-send-time is the SFU's own send
+    /// time, as the subscriber's bandwidth estimate is about the hop from here. Appends the
+    /// header extension block (RFC 8285) to `out`, or nothing; true if it appended one (the
     /// caller sets the header's X bit). Nothing is allocated or reference-counted.
+    ///
+    /// The one-byte form carries ids 1–14 and values of 1–16 bytes; when an id or the MID does
+    /// not fit it, every extension of the packet goes in the two-byte form.
     pub fn marshal(&self, out: &mut BytesMut, carried: &Carried, now_ntp: u64) -> bool {
         let abs = abs_send_time_bytes(now_ntp);
         let mut values: [(u8, &[u8]); N + 1] = [(0, &[]); N + 1];
@@ -213,10 +163,6 @@ impl SubscriberExtensions {
 }
 
 /// The 24-bit abs-send-time value (6.18 fixed-point seconds) of a 64-bit NTP time.
-fn abs_send_time(ntp: u64) -> Bytes {
-    Bytes::copy_from_slice(&abs_send_time_bytes(ntp))
-}
-
 fn abs_send_time_bytes(ntp: u64) -> [u8; 3] {
     let v = (ntp >> 14) as u32;
     [(v >> 16) as u8, (v >> 8) as u8, v as u8]
@@ -236,6 +182,63 @@ pub fn ntp_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A second way to the same header, through the `rtp` crate's own header type and
+    /// marshalling: what the send path's bytes are checked against.
+    impl SubscriberExtensions {
+        /// Replaces `header`'s extensions with the subscriber's: its MID, then what the publisher
+        /// carried, under the subscriber's ids. abs-send-time is the SFU's own send time, as the
+        /// subscriber's bandwidth estimate is about the hop from here.
+        ///
+        /// The one-byte form (RFC 8285) carries ids 1–14 and values of 1–16 bytes; when an id or
+        /// the MID does not fit it, every extension of the packet goes in the two-byte form.
+        fn write(&self, header: &mut rtp::header::Header, carried: &Carried, now_ntp: u64) {
+            header.extension = false;
+            header.extension_profile = 0;
+            header.extensions.clear();
+            header.extensions_padding = 0;
+            let mut values: [(u8, Option<Bytes>); N + 1] = Default::default();
+            if let Some((id, mid)) = &self.mid {
+                values[N] = (*id, Some(mid.clone()));
+            }
+            for (at, (&id, value)) in self.ids.ids.iter().zip(&carried.values).enumerate() {
+                if id == 0 || value.is_none() {
+                    continue;
+                }
+                let value = if at == ABS_SEND_TIME_AT {
+                    Bytes::copy_from_slice(&abs_send_time_bytes(now_ntp))
+                } else {
+                    value.clone().unwrap_or_default()
+                };
+                values[at] = (id, Some(value));
+            }
+            let present = || {
+                values
+                    .iter()
+                    .filter_map(|(id, v)| v.as_ref().map(|v| (*id, v)))
+            };
+            if present().next().is_none() {
+                return;
+            }
+            let one_byte =
+                present().all(|(id, v)| (1..=14).contains(&id) && (1..=16).contains(&v.len()));
+            header.extension = true;
+            header.extension_profile = if one_byte {
+                ONE_BYTE_PROFILE
+            } else {
+                TWO_BYTE_PROFILE
+            };
+            // The MID first, as before: what a client that demultiplexes by it reads first.
+            let Some((mid, rest)) = values.split_last() else {
+                return;
+            };
+            for (id, value) in std::iter::once(mid).chain(rest) {
+                if let Some(value) = value {
+                    let _ = header.set_extension(*id, value.clone());
+                }
+            }
+        }
+    }
 
     fn header_with(exts: &[(u8, &'static [u8])]) -> rtp::header::Header {
         let mut h = rtp::header::Header::default();

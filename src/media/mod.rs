@@ -5,5 +5,6 @@ pub mod extensions;
 pub mod forwarder;
 pub mod history;
 pub mod keyframe;
+pub mod kind;
 pub mod receiver;
 pub mod sequence;

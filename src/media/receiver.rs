@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::media::extensions::{Carried, ExtensionIds};
 use crate::media::keyframe::VideoCodec;
-use crate::signal::protocol::TrackKind;
+use crate::media::kind::TrackKind;
 
 /// The codec a track was published with, as negotiated with its publisher.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -1,32 +1,36 @@
 //! The control plane: rooms, their participants and published tracks.
 //!
 //! A Room's state sits behind one lock, held only to read or change the state, never across
-//! an `await` or I/O. Every change and everything it causes, the messages queued for
-//! participants (`try_send`) and the commands queued for the media plane, happen under that
-//! lock, so they happen in one order: no interleaving of join, publish, unpublish and leave
-//! can subscribe anyone to a track that is gone. The data plane never takes it.
+//! an `await` or I/O. Every change and everything it causes, the events told to participants
+//! and the commands queued for the media engine, happen under that lock, so they happen in one
+//! order: no interleaving of join, publish, unpublish and leave can subscribe anyone to a track
+//! that is gone. The data plane never takes it.
+//!
+//! The room knows nothing of WebRTC or of the wire protocol: it tells each participant
+//! [`RoomEvent`]s through its [`Listener`], and asks the engine for what media must do through
+//! a [`MediaLink`]; the signaling layer implements both.
 
+pub mod events;
 pub mod participant;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tracing::info;
 
+use crate::media::kind::TrackKind;
 use crate::metrics::Metrics;
-use crate::signal::protocol::{
-    Candidate, ErrorCode, ParticipantState, PcKind, ServerMessage, TrackInfo, TrackKind,
-};
+pub use events::{ChatMessage, Listener, ParticipantInfo, ParticipantState, RoomEvent, TrackInfo};
 pub use participant::Participant;
 
-/// What a room asks of the media plane (the engine worker that hosts it). Calls are queued,
-/// never awaited: the room makes them under its lock, so the worker sees them in the order
-/// the room decided.
-pub trait MediaPlane: Send + Sync {
+/// What a room asks of the media engine that hosts it. Calls are queued, never awaited: the
+/// room makes them under its lock, so the engine sees them in the order the room decided.
+pub trait MediaLink: Send + Sync {
     /// A participant joined: it gets its subscriber peer connection and the chat channel.
-    fn add_participant(&self, participant: &Arc<Participant>, room: &Arc<Room>);
+    fn add_participant(&self, participant_id: &str);
     /// Tears down everything of a participant: its peer connections, the tracks it published
     /// and the tracks it received.
     fn remove_participant(&self, participant_id: &str);
@@ -34,15 +38,22 @@ pub trait MediaPlane: Send + Sync {
     fn subscribe(&self, subscriber_id: &str, track: &PublishedTrack);
     /// A published track is gone: stop forwarding it to everyone.
     fn remove_track(&self, publisher_id: &str, track_id: &str);
-    /// A publisher's offer; `sending` are the track ids it still sends.
-    fn publisher_offer(&self, participant_id: &str, sdp: String, sending: Vec<String>);
-    fn subscriber_answer(&self, participant_id: &str, sdp: String);
-    fn candidate(&self, participant_id: &str, pc: PcKind, candidate: Option<Candidate>);
+    /// A published track's publisher muted or unmuted it (a muted track's silence is normal).
+    fn set_muted(&self, publisher_id: &str, track_id: &str, muted: bool);
+    /// A chat message for one participant.
+    fn deliver_chat(&self, to: &str, message: &ChatMessage);
 }
 
-/// Places each new room on a media plane (a worker of the engine).
+/// Where a new room lives: the link to its media engine, and which of the engine's hosts
+/// (a worker) that is, for what the signaling layer sends the engine itself (SDP, candidates).
+pub struct Placement {
+    pub link: Arc<dyn MediaLink>,
+    pub host: usize,
+}
+
+/// Places each new room on a host of the media engine.
 pub trait MediaPlacer: Send + Sync {
-    fn place(&self, room_name: &str) -> Arc<dyn MediaPlane>;
+    fn place(&self, room_name: &str) -> Placement;
 }
 
 /// A track published in a room.
@@ -76,15 +87,28 @@ impl PublishedTrack {
     }
 }
 
+/// What kind of refusal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// The room holds `--max-participants`, or the server `--max-rooms`.
+    Full,
+    /// The room is closing as the participant joins: retry.
+    Closing,
+    /// The participant is not (or no longer) in the room.
+    NotJoined,
+    /// The request itself is wrong (a track id taken, too many tracks).
+    BadRequest,
+}
+
 /// Why a join or publish was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
-    pub code: ErrorCode,
+    pub code: RefusalCode,
     pub message: String,
 }
 
 impl Refusal {
-    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+    fn new(code: RefusalCode, message: impl Into<String>) -> Self {
         Refusal {
             code,
             message: message.into(),
@@ -128,7 +152,8 @@ pub struct Room {
     state: Mutex<RoomState>,
     max_participants: usize,
     max_tracks_per_participant: usize,
-    media: Arc<dyn MediaPlane>,
+    media: Arc<dyn MediaLink>,
+    host: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -137,7 +162,7 @@ impl Room {
         name: String,
         max_participants: usize,
         max_tracks_per_participant: usize,
-        media: Arc<dyn MediaPlane>,
+        placement: Placement,
         metrics: Arc<Metrics>,
     ) -> Self {
         Metrics::inc(&metrics.rooms);
@@ -146,14 +171,15 @@ impl Room {
             state: Mutex::new(RoomState::default()),
             max_participants,
             max_tracks_per_participant,
-            media,
+            media: placement.link,
+            host: placement.host,
             metrics,
         }
     }
 
-    /// The media plane hosting this room's peer connections.
-    pub fn media(&self) -> &dyn MediaPlane {
-        &*self.media
+    /// Which host of the media engine holds this room's peer connections.
+    pub fn host(&self) -> usize {
+        self.host
     }
 
     fn state(&self) -> MutexGuard<'_, RoomState> {
@@ -161,20 +187,16 @@ impl Room {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a participant. `joined` builds its `joined` message from the others as they are
-    /// now; it is queued under the lock, so no event about the room can overtake it.
-    fn join(
-        self: &Arc<Self>,
-        participant: &Arc<Participant>,
-        joined: impl FnOnce(Vec<ParticipantState>) -> ServerMessage,
-    ) -> Result<(), Refusal> {
+    /// Adds a participant. It is told `Joined` with the others as they are now, under the
+    /// lock, so no event about the room can overtake it.
+    fn join(self: &Arc<Self>, participant: &Arc<Participant>) -> Result<(), Refusal> {
         let mut state = self.state();
         if state.closed {
-            return Err(Refusal::new(ErrorCode::Internal, "room is closing; retry"));
+            return Err(Refusal::new(RefusalCode::Closing, "room is closing; retry"));
         }
         if state.participants.len() >= self.max_participants {
             return Err(Refusal::new(
-                ErrorCode::RoomFull,
+                RefusalCode::Full,
                 format!(
                     "room {} is full ({} participants)",
                     self.name, self.max_participants
@@ -188,14 +210,14 @@ impl Room {
             .collect();
         // Counted before it is told: whoever reads the gauge after `joined` sees it.
         Metrics::inc(&self.metrics.participants);
-        participant.send(joined(snapshot));
+        participant.tell(RoomEvent::Joined { others: snapshot });
         for other in &state.participants {
-            other.send(ServerMessage::ParticipantJoined {
+            other.tell(RoomEvent::ParticipantJoined {
                 participant: participant.info(),
             });
         }
         state.participants.push(participant.clone());
-        self.media.add_participant(participant, self);
+        self.media.add_participant(&participant.id);
         for track in &state.tracks {
             self.media.subscribe(&participant.id, track);
         }
@@ -232,7 +254,7 @@ impl Room {
             tell_unpublished(&state, track);
         }
         for other in &state.participants {
-            other.send(ServerMessage::ParticipantLeft {
+            other.tell(RoomEvent::ParticipantLeft {
                 participant_id: participant_id.to_string(),
             });
         }
@@ -245,13 +267,13 @@ impl Room {
         let mut state = self.state();
         if !state.participants.iter().any(|p| p.id == publisher_id) {
             return Err(Refusal::new(
-                ErrorCode::NotJoined,
+                RefusalCode::NotJoined,
                 "publisher left the room",
             ));
         }
         if state.tracks.iter().any(|t| t.track_id == track.track_id) {
             return Err(Refusal::new(
-                ErrorCode::BadRequest,
+                RefusalCode::BadRequest,
                 format!(
                     "track id {:?} is already published in this room",
                     track.track_id
@@ -265,7 +287,7 @@ impl Room {
             .count();
         if own >= self.max_tracks_per_participant {
             return Err(Refusal::new(
-                ErrorCode::BadRequest,
+                RefusalCode::BadRequest,
                 format!(
                     "a participant may publish at most {} tracks",
                     self.max_tracks_per_participant
@@ -279,8 +301,11 @@ impl Room {
         state.tracks.push(track.clone());
         Metrics::inc(&self.metrics.published_tracks);
         info!(room = %self.name, participant = %publisher_id, track = %track.track_id, kind = ?track.kind, "track published");
+        if track.muted.load(Ordering::Relaxed) {
+            self.media.set_muted(publisher_id, &track.track_id, true);
+        }
         for other in state.others(publisher_id) {
-            other.send(ServerMessage::TrackPublished {
+            other.tell(RoomEvent::TrackPublished {
                 participant_id: publisher_id.to_string(),
                 track: track.info(),
             });
@@ -348,8 +373,9 @@ impl Room {
             return false;
         };
         track.muted.store(muted, Ordering::Relaxed);
+        self.media.set_muted(publisher_id, track_id, muted);
         for other in state.others(publisher_id) {
-            other.send(ServerMessage::TrackMuted {
+            other.tell(RoomEvent::TrackMuted {
                 participant_id: publisher_id.to_string(),
                 track_id: track_id.to_string(),
                 muted,
@@ -365,6 +391,24 @@ impl Room {
             .iter()
             .find(|t| t.is(publisher_id, track_id))
             .is_some_and(|t| t.muted.load(Ordering::Relaxed))
+    }
+
+    /// Relays a chat message from a participant to everyone else in the room, with `from`
+    /// and the time set here; false when the sender is not in the room.
+    pub fn chat(&self, from_id: &str, text: String) -> bool {
+        let state = self.state();
+        let Some(from) = state.participants.iter().find(|p| p.id == from_id) else {
+            return false;
+        };
+        let message = ChatMessage {
+            from: from.info(),
+            text,
+            ts: unix_millis(),
+        };
+        for other in state.others(from_id) {
+            self.media.deliver_chat(&other.id, &message);
+        }
+        true
     }
 
     /// Everyone in the room but `participant_id`.
@@ -385,10 +429,17 @@ impl Room {
     }
 }
 
+fn unix_millis() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Tells everyone but its publisher that a track is gone.
 fn tell_unpublished(state: &RoomState, track: &PublishedTrack) {
     for other in state.others(&track.publisher_id) {
-        other.send(ServerMessage::TrackUnpublished {
+        other.tell(RoomEvent::TrackUnpublished {
             participant_id: track.publisher_id.clone(),
             track_id: track.track_id.clone(),
         });
@@ -445,7 +496,6 @@ impl Registry {
         &self,
         room_name: &str,
         participant: &Arc<Participant>,
-        joined: impl FnOnce(Vec<ParticipantState>) -> ServerMessage,
     ) -> Result<Arc<Room>, Refusal> {
         // Held across the room's own short lock, so that a room emptied and dropped by a
         // concurrent leave is never joined.
@@ -455,7 +505,7 @@ impl Registry {
             None => {
                 if rooms.len() >= self.max_rooms {
                     return Err(Refusal::new(
-                        ErrorCode::RoomFull,
+                        RefusalCode::Full,
                         format!("the server holds its maximum of {} rooms", self.max_rooms),
                     ));
                 }
@@ -470,7 +520,7 @@ impl Registry {
                 room
             }
         };
-        match room.join(participant, joined) {
+        match room.join(participant) {
             Ok(()) => Ok(room),
             Err(refusal) => {
                 if room.state().participants.is_empty() {

@@ -8,14 +8,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::config::IceServer;
-
-/// Which of the participant's two peer connections a message is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PcKind {
-    Publisher,
-    Subscriber,
-}
+pub use crate::engine::PcKind;
+pub use crate::media::kind::TrackKind;
+pub use crate::room::{ParticipantInfo, ParticipantState, TrackInfo};
 
 /// An ICE candidate as the browser's `RTCIceCandidateInit`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,33 +90,6 @@ pub enum ErrorCode {
     TooLarge,
     RateLimited,
     Internal,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParticipantInfo {
-    pub id: String,
-    pub name: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TrackKind {
-    Audio,
-    Video,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrackInfo {
-    pub id: String,
-    pub kind: TrackKind,
-    pub muted: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ParticipantState {
-    pub id: String,
-    pub name: String,
-    pub tracks: Vec<TrackInfo>,
 }
 
 /// A message from the server.

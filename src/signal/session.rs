@@ -1,60 +1,153 @@
-//! One signaling socket's state machine: not joined, then joined until leave or drop.
+//! One client's session, whatever carries it: not joined, then joined until it leaves or is
+//! dropped. It is where a client meets its room and the media engine: its requests become room
+//! calls and engine commands; the room's events ([`RoomEvent`], through its [`Listener`]) and the
+//! engine's ([`EngineEvent`]) become its messages, queued in its bounded outbox so that nothing
+//! the room or the engine does ever waits on this client's network.
 //!
-//! The socket is read here and written by a separate task fed from the participant's
-//! outbox, bounded in messages and bytes, so nothing the room does ever waits on this
-//! client's network.
+//! The WebSocket adapter (`websocket.rs`) feeds it decoded client messages and engine events and
+//! acts on the [`Flow`] it returns.
 
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use std::panic::AssertUnwindSafe;
+use tokio::sync::{mpsc, Notify};
+use tracing::{debug, info, warn};
 
-use futures_util::{FutureExt, SinkExt, StreamExt};
-use tokio::sync::oneshot;
-use tokio_tungstenite::tungstenite;
-use tracing::{debug, info, Instrument};
-
+use crate::engine::{EngineEvent, IceCandidate, PcKind, SdpRefusal, WorkerHandle};
 use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
-use crate::room::{Participant, Room};
-use crate::signal::limits::SocketPermit;
-use crate::signal::outbox::{Outbox, OutboxReader};
-use crate::signal::protocol::{
-    decode_client, ClientMessage, ErrorCode, IceServerInfo, PcKind, ServerMessage,
+use crate::room::{
+    Listener, Participant, ParticipantInfo, PublishedTrack, Refusal, RefusalCode, Room, RoomEvent,
 };
+use crate::signal::chat;
+use crate::signal::limits::SocketPermit;
+use crate::signal::outbox::{Outbox, Overflow};
+use crate::signal::protocol::{Candidate, ClientMessage, ErrorCode, IceServerInfo, ServerMessage};
 use crate::signal::sdp::{count as count_sdp, media_sections};
 use crate::AppState;
 
-/// Close codes the server uses.
-const CLOSE_NORMAL: u16 = 1000;
-const CLOSE_PROTOCOL: u16 = 1002;
-const CLOSE_INVALID_DATA: u16 = 1007;
-const CLOSE_TOO_LARGE: u16 = 1009;
-const CLOSE_UNAUTHORIZED: u16 = 4001;
-const CLOSE_POLICY: u16 = 1008;
-const CLOSE_INTERNAL: u16 = 1011;
+/// Close codes (RFC 6455 and the protocol's own).
+pub const CLOSE_NORMAL: u16 = 1000;
+pub const CLOSE_PROTOCOL: u16 = 1002;
+pub const CLOSE_INVALID_DATA: u16 = 1007;
+pub const CLOSE_POLICY: u16 = 1008;
+pub const CLOSE_TOO_LARGE: u16 = 1009;
+pub const CLOSE_INTERNAL: u16 = 1011;
+pub const CLOSE_UNAUTHORIZED: u16 = 4001;
 
 /// Close reason for a client that leaves too much unread.
-const NOT_READING: &str = "not reading";
+pub const NOT_READING: &str = "not reading";
 
-/// How long the writer may take to flush the last messages and the close frame.
-const WRITER_GRACE: Duration = Duration::from_secs(5);
-
-struct Joined {
-    participant: Arc<Participant>,
-    room: Arc<Room>,
-}
-
-/// What the reader decided after a frame.
-enum Flow {
+/// What the session decided after a message or event.
+pub enum Flow {
     Continue,
     Close(u16, &'static str),
 }
 
-struct Session {
+/// Set when the session must end from outside its own loop (its client does not read what
+/// the room tells it): the adapter watches it.
+#[derive(Default)]
+pub struct Kick {
+    kicked: AtomicBool,
+    reason: Mutex<&'static str>,
+    pub notify: Notify,
+}
+
+impl Kick {
+    pub fn kick(&self, reason: &'static str) {
+        if let Ok(mut r) = self.reason.lock() {
+            if r.is_empty() {
+                *r = reason;
+            }
+        }
+        self.kicked.store(true, Ordering::Release);
+        self.notify.notify_one();
+    }
+
+    pub fn is_kicked(&self) -> bool {
+        self.kicked.load(Ordering::Acquire)
+    }
+
+    pub fn reason(&self) -> &'static str {
+        self.reason.lock().map(|r| *r).unwrap_or("kicked")
+    }
+}
+
+/// How a participant hears its room: each event becomes the message its client reads.
+struct Mailbox {
+    outbox: Outbox,
+    kick: Arc<Kick>,
+    room: String,
+    me: ParticipantInfo,
+    ice_servers: Vec<IceServerInfo>,
+}
+
+impl Listener for Mailbox {
+    fn event(&self, event: RoomEvent) {
+        let message = match event {
+            RoomEvent::Joined { others } => ServerMessage::Joined {
+                room: self.room.clone(),
+                participant: self.me.clone(),
+                participants: others,
+                ice_servers: self.ice_servers.clone(),
+            },
+            RoomEvent::ParticipantJoined { participant } => {
+                ServerMessage::ParticipantJoined { participant }
+            }
+            RoomEvent::ParticipantLeft { participant_id } => {
+                ServerMessage::ParticipantLeft { participant_id }
+            }
+            RoomEvent::TrackPublished {
+                participant_id,
+                track,
+            } => ServerMessage::TrackPublished {
+                participant_id,
+                track,
+            },
+            RoomEvent::TrackUnpublished {
+                participant_id,
+                track_id,
+            } => ServerMessage::TrackUnpublished {
+                participant_id,
+                track_id,
+            },
+            RoomEvent::TrackMuted {
+                participant_id,
+                track_id,
+                muted,
+            } => ServerMessage::TrackMuted {
+                participant_id,
+                track_id,
+                muted,
+            },
+        };
+        // Never waits: a client that leaves too much unread (bytes or messages) is
+        // disconnected rather than allowed to hold up the room or its memory.
+        if let Err(Overflow::NotReading) = self.outbox.push(&message) {
+            if !self.kick.is_kicked() {
+                warn!(participant = %self.me.id, "client not reading its signaling socket; disconnecting");
+            }
+            self.kick.kick(NOT_READING);
+        }
+    }
+}
+
+struct Joined {
+    participant: Arc<Participant>,
+    room: Arc<Room>,
+    worker: WorkerHandle,
+    /// The tracks each publisher offer in flight sends, oldest first: once the engine answers
+    /// one, the tracks it no longer sends are unpublished.
+    offers_in_flight: VecDeque<Vec<String>>,
+    chat: TokenBucket,
+}
+
+pub struct Session {
     state: Arc<AppState>,
     outbox: Outbox,
+    kick: Arc<Kick>,
     joined: Option<Joined>,
     bucket: TokenBucket,
     offers: TokenBucket,
@@ -62,252 +155,37 @@ struct Session {
     permit: SocketPermit,
 }
 
-/// Serves one upgraded socket; `permit` is its place under the socket caps, held until the
-/// socket is gone.
-pub async fn run(socket: WebSocket, state: Arc<AppState>, permit: SocketPermit) {
-    let span = tracing::info_span!(
-        "session",
-        room = tracing::field::Empty,
-        participant = tracing::field::Empty
-    );
-    serve(socket, state, permit).instrument(span).await;
-}
-
-async fn serve(socket: WebSocket, state: Arc<AppState>, permit: SocketPermit) {
-    Metrics::inc(&state.metrics.websockets);
-    let (sink, mut stream) = socket.split();
-    let (outbox, outbox_rx) = Outbox::channel(
-        state.config.signaling_queue_messages,
-        state.config.max_unsent_bytes,
-        state.metrics.clone(),
-    );
-    let (close_tx, close_rx) = oneshot::channel::<(u16, &'static str)>();
-    let mut writer = tokio::spawn(write_loop(
-        sink,
-        outbox_rx,
-        close_rx,
-        state.config.ping_interval,
-    ));
-    let mut writer_done = false;
-
-    let mut session = Session {
-        bucket: TokenBucket::new(state.config.message_rate_per_sec),
-        offers: TokenBucket::new(state.config.offer_rate_per_sec),
-        state: state.clone(),
-        outbox,
-        joined: None,
-        permit,
-    };
-    let idle = state.config.idle_timeout;
-    let join_deadline = tokio::time::Instant::now() + state.config.join_timeout;
-    let close = loop {
-        let kicked = async {
-            match &session.joined {
-                Some(j) => j.participant.kick_notify.notified().await,
-                None => std::future::pending().await,
-            }
-        };
-        let unjoined = session.joined.is_none();
-        let frame = tokio::select! {
-            frame = tokio::time::timeout(idle, stream.next()) => frame,
-            _ = kicked => break (CLOSE_POLICY, session.kick_reason()),
-            // The writer ends only when the socket failed under it (a write stuck past
-            // --write-timeout, say): nothing more can reach this client.
-            _ = &mut writer => {
-                writer_done = true;
-                break (CLOSE_POLICY, NOT_READING);
-            }
-            _ = tokio::time::sleep_until(join_deadline), if unjoined => {
-                Metrics::add(&state.metrics.join_timeouts, 1);
-                session.error(
-                    ErrorCode::NotJoined,
-                    format!(
-                        "no join within {:?} of connecting; closing",
-                        state.config.join_timeout
-                    ),
-                    None,
-                );
-                break (CLOSE_POLICY, "join timeout");
-            }
-        };
-        let frame = match frame {
-            Err(_) => {
-                debug!("signaling peer silent; dropping");
-                break (CLOSE_POLICY, "idle timeout");
-            }
-            Ok(None) => break (CLOSE_NORMAL, "closed"),
-            Ok(Some(Err(e))) => break session.socket_error(&e),
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let flow = match frame {
-            Message::Text(text) => {
-                // A panic deep in the WebRTC stack on some input must not skip `leave`, which
-                // frees this participant and tells the others.
-                match AssertUnwindSafe(session.on_text(text.as_str()))
-                    .catch_unwind()
-                    .await
-                {
-                    Ok(flow) => flow,
-                    Err(_) => {
-                        tracing::error!("handling a signaling message panicked");
-                        session.error(ErrorCode::Internal, "internal error".into(), None);
-                        Flow::Close(CLOSE_INTERNAL, "internal error")
-                    }
-                }
-            }
-            Message::Binary(_) => {
-                session.error(
-                    ErrorCode::BadRequest,
-                    "binary frames are not part of the protocol; send JSON text".into(),
-                    None,
-                );
-                Flow::Continue
-            }
-            Message::Close(_) => break (CLOSE_NORMAL, "closed"),
-            // Pings are answered by axum; any frame proves the peer alive.
-            Message::Ping(_) | Message::Pong(_) => Flow::Continue,
-        };
-        if let Flow::Close(code, reason) = flow {
-            break (code, reason);
-        }
-        // Replies it provoked and did not read (pongs, errors) count against a client too.
-        if session.outbox.overflowed() {
-            break (CLOSE_POLICY, NOT_READING);
-        }
-    };
-    session.leave().await;
-    let not_reading = close.1 == NOT_READING || session.outbox.overflowed();
-    let _ = close_tx.send(close);
-    drop(session);
-    if !writer_done {
-        // A client that stopped reading holds the writer in a send: nothing it could still
-        // read is worth waiting for. Others get a moment to flush the close.
-        let abort = writer.abort_handle();
-        if not_reading || tokio::time::timeout(WRITER_GRACE, writer).await.is_err() {
-            abort.abort();
-        }
-    }
-    Metrics::dec(&state.metrics.websockets);
-}
-
-async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<WebSocket, Message>,
-    mut outbox: OutboxReader,
-    mut close: oneshot::Receiver<(u16, &'static str)>,
-    ping_interval: Duration,
-) {
-    let mut ping = tokio::time::interval(ping_interval);
-    ping.tick().await;
-    let reason = loop {
-        tokio::select! {
-            reason = &mut close => break reason.ok(),
-            message = outbox.recv() => match message {
-                Some(text) => {
-                    if send_text(&mut sink, &outbox, text).await.is_err() {
-                        return;
-                    }
-                }
-                // Every sender is gone: the session is ending and is about to say why.
-                None => break (&mut close).await.ok(),
-            },
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
-                }
-            }
-        }
-    };
-    // Flush what was queued (the error that explains the close, say), then close.
-    while let Some(text) = outbox.try_recv() {
-        if send_text(&mut sink, &outbox, text).await.is_err() {
-            return;
-        }
-    }
-    let (code, reason) = reason.unwrap_or((CLOSE_NORMAL, "closed"));
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
-    let _ = sink.close().await;
-}
-
-/// Writes one queued message; its bytes stop counting as unsent once the kernel took them.
-async fn send_text(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    outbox: &OutboxReader,
-    text: String,
-) -> Result<(), axum::Error> {
-    let len = text.len();
-    let result = sink.send(Message::Text(Utf8Bytes::from(text))).await;
-    outbox.sent(len);
-    result
-}
-
-/// Room names: 1–64 of `A-Za-z0-9_-`.
-pub fn valid_room(room: &str) -> bool {
-    (1..=64).contains(&room.len())
-        && room
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
-
-/// Names: 1–64 characters after trimming, no control characters.
-pub fn normalize_name(name: &str) -> Option<String> {
-    let name = name.trim();
-    let chars = name.chars().count();
-    if (1..=64).contains(&chars) && !name.chars().any(char::is_control) {
-        Some(name.to_string())
-    } else {
-        None
-    }
-}
-
-fn new_participant_id() -> String {
-    format!("p{:016x}", rand::random::<u64>())
-}
-
 impl Session {
+    pub fn new(state: Arc<AppState>, outbox: Outbox, permit: SocketPermit) -> Self {
+        Session {
+            bucket: TokenBucket::new(state.config.message_rate_per_sec),
+            offers: TokenBucket::new(state.config.offer_rate_per_sec),
+            state,
+            outbox,
+            kick: Arc::new(Kick::default()),
+            joined: None,
+            permit,
+        }
+    }
+
+    pub fn kick(&self) -> Arc<Kick> {
+        self.kick.clone()
+    }
+
+    pub fn is_joined(&self) -> bool {
+        self.joined.is_some()
+    }
+
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
     fn send(&self, message: ServerMessage) {
-        // An overflow is seen by the read loop (`overflowed`), which closes the socket.
+        // An overflow is seen by the adapter (`Outbox::overflowed`), which closes the socket.
         let _ = self.outbox.push(&message);
     }
 
-    /// What a failed read means for the close: RFC 6455's code for the fault, after an error
-    /// the client can act on when there is one.
-    fn socket_error(&self, e: &axum::Error) -> (u16, &'static str) {
-        let ws_error = std::error::Error::source(e)
-            .and_then(|source| source.downcast_ref::<tungstenite::Error>());
-        let text = e.to_string();
-        match ws_error {
-            Some(tungstenite::Error::Utf8(_)) => {
-                Metrics::add(&self.state.metrics.frames_invalid_utf8, 1);
-                self.error(
-                    ErrorCode::BadRequest,
-                    "text frame is not valid UTF-8".into(),
-                    None,
-                );
-                (CLOSE_INVALID_DATA, "invalid UTF-8")
-            }
-            // axum refuses frames over its own cap (1 MiB or more) before we see them.
-            Some(tungstenite::Error::Capacity(_)) => {
-                Metrics::add(&self.state.metrics.frames_too_large, 1);
-                self.error(ErrorCode::TooLarge, format!("frame refused: {text}"), None);
-                (CLOSE_TOO_LARGE, "message too large")
-            }
-            Some(tungstenite::Error::Protocol(_)) => {
-                debug!(error = %text, "WebSocket protocol violation");
-                (CLOSE_PROTOCOL, "protocol error")
-            }
-            _ => {
-                debug!(error = %text, "signaling socket error");
-                (CLOSE_NORMAL, "socket error")
-            }
-        }
-    }
-
-    fn error(&self, code: ErrorCode, message: String, request_type: Option<String>) {
+    pub fn error(&self, code: ErrorCode, message: String, request_type: Option<String>) {
         Metrics::add(&self.state.metrics.signaling_errors, 1);
         debug!(?code, %message, "signaling error");
         self.send(ServerMessage::Error {
@@ -317,41 +195,18 @@ impl Session {
         });
     }
 
-    async fn on_text(&mut self, text: &str) -> Flow {
-        if text.len() > self.state.config.max_message_bytes {
-            Metrics::add(&self.state.metrics.frames_too_large, 1);
-            self.error(
-                ErrorCode::TooLarge,
-                format!(
-                    "message of {} bytes is over the limit of {}",
-                    text.len(),
-                    self.state.config.max_message_bytes
-                ),
-                None,
-            );
-            return Flow::Close(CLOSE_TOO_LARGE, "message too large");
-        }
-        if !self.bucket.allow(Instant::now()) {
-            self.error(
-                ErrorCode::RateLimited,
-                "too many messages; slow down".into(),
-                None,
-            );
-            return Flow::Continue;
-        }
-        let message = match decode_client(text) {
-            Ok(message) => message,
-            Err(e) => {
-                self.error(e.code, e.message, e.request_type);
-                return Flow::Continue;
-            }
-        };
-        match message {
+    /// One decoded client message. A join's engine events come back to the adapter through
+    /// the queue this returns, and go to [`Session::on_engine_event`].
+    pub fn on_message(
+        &mut self,
+        message: ClientMessage,
+    ) -> (Flow, Option<mpsc::UnboundedReceiver<EngineEvent>>) {
+        let flow = match message {
             ClientMessage::Ping => {
                 self.send(ServerMessage::Pong);
                 Flow::Continue
             }
-            ClientMessage::Join { room, name, token } => self.join(room, name, token).await,
+            ClientMessage::Join { room, name, token } => return self.join(room, name, token),
             other if self.joined.is_none() => {
                 self.error(
                     ErrorCode::NotJoined,
@@ -366,24 +221,13 @@ impl Session {
                 Flow::Continue
             }
             ClientMessage::Answer { pc, sdp } => {
-                if !self.sdp_within_limits(&sdp, "answer") {
-                    return Flow::Continue;
-                }
-                match (pc, &self.joined) {
-                    (PcKind::Subscriber, Some(j)) => {
-                        j.room.media().subscriber_answer(&j.participant.id, sdp);
-                    }
-                    _ => self.error(
-                        ErrorCode::BadRequest,
-                        "only the subscriber PC takes an answer; the publisher PC is offered by the client".into(),
-                        Some("answer".into()),
-                    ),
-                }
+                self.subscriber_answer(pc, sdp);
                 Flow::Continue
             }
             ClientMessage::Candidate { pc, candidate } => {
                 if let Some(j) = &self.joined {
-                    j.room.media().candidate(&j.participant.id, pc, candidate);
+                    j.worker
+                        .candidate(&j.participant.id, pc, candidate.map(IceCandidate::from));
                 }
                 Flow::Continue
             }
@@ -399,10 +243,46 @@ impl Session {
                 }
                 Flow::Continue
             }
-        }
+        };
+        (flow, None)
     }
 
-    async fn join(&mut self, room: String, name: String, token: Option<String>) -> Flow {
+    pub fn max_message_bytes(&self) -> usize {
+        self.state.config.max_message_bytes
+    }
+
+    /// A frame over `--max-message-bytes`: `too_large` (the adapter then closes).
+    pub fn frame_too_large(&self, len: usize) {
+        self.count_too_large();
+        self.error(
+            ErrorCode::TooLarge,
+            format!(
+                "message of {len} bytes is over the limit of {}",
+                self.state.config.max_message_bytes
+            ),
+            None,
+        );
+    }
+
+    pub fn count_too_large(&self) {
+        Metrics::add(&self.state.metrics.frames_too_large, 1);
+    }
+
+    pub fn count_invalid_utf8(&self) {
+        Metrics::add(&self.state.metrics.frames_invalid_utf8, 1);
+    }
+
+    /// Whether the message rate allows one more message now.
+    pub fn within_rate(&mut self) -> bool {
+        self.bucket.allow(Instant::now())
+    }
+
+    fn join(
+        &mut self,
+        room: String,
+        name: String,
+        token: Option<String>,
+    ) -> (Flow, Option<mpsc::UnboundedReceiver<EngineEvent>>) {
         let request_type = Some("join".to_string());
         if self.joined.is_some() {
             self.error(
@@ -410,7 +290,7 @@ impl Session {
                 "this socket has joined already".into(),
                 request_type,
             );
-            return Flow::Continue;
+            return (Flow::Continue, None);
         }
         if let Some(expected) = &self.state.config.auth_token {
             if token.as_deref() != Some(expected.as_str()) {
@@ -419,7 +299,7 @@ impl Session {
                     "missing or wrong token".into(),
                     request_type,
                 );
-                return Flow::Close(CLOSE_UNAUTHORIZED, "unauthorized");
+                return (Flow::Close(CLOSE_UNAUTHORIZED, "unauthorized"), None);
             }
         }
         if !valid_room(&room) {
@@ -428,7 +308,7 @@ impl Session {
                 "room must be 1 to 64 of A-Z a-z 0-9 _ -".into(),
                 request_type,
             );
-            return Flow::Continue;
+            return (Flow::Continue, None);
         }
         let Some(name) = normalize_name(&name) else {
             self.error(
@@ -436,7 +316,7 @@ impl Session {
                 "name must be 1 to 64 characters after trimming, with no control characters".into(),
                 request_type,
             );
-            return Flow::Continue;
+            return (Flow::Continue, None);
         };
         if !self.permit.allow_join(Instant::now()) {
             Metrics::add(&self.state.metrics.joins_rate_limited, 1);
@@ -448,38 +328,34 @@ impl Session {
                 ),
                 request_type,
             );
-            return Flow::Continue;
+            return (Flow::Continue, None);
         }
-        let participant = Arc::new(Participant::new(
-            new_participant_id(),
-            name,
-            self.outbox.clone(),
-        ));
-        let ice_servers: Vec<IceServerInfo> = self
-            .state
-            .config
-            .ice_servers
-            .iter()
-            .map(IceServerInfo::from)
-            .collect();
-        let room_name = room.clone();
-        let me = participant.info();
-        let joined = self
-            .state
-            .registry
-            .join(&room, &participant, move |participants| {
-                ServerMessage::Joined {
-                    room: room_name,
-                    participant: me,
-                    participants,
-                    ice_servers,
-                }
-            });
-        let room = match joined {
+        let id = new_participant_id();
+        let mailbox = Mailbox {
+            outbox: self.outbox.clone(),
+            kick: self.kick.clone(),
+            room: room.clone(),
+            me: ParticipantInfo {
+                id: id.clone(),
+                name: name.clone(),
+            },
+            ice_servers: self
+                .state
+                .config
+                .ice_servers
+                .iter()
+                .map(IceServerInfo::from)
+                .collect(),
+        };
+        let participant = Arc::new(Participant::new(id.clone(), name, Arc::new(mailbox)));
+        // Before the room hears of it: the engine's first event may follow at once.
+        let events = self.state.sessions.add(&id);
+        let room = match self.state.registry.join(&room, &participant) {
             Ok(room) => room,
             Err(refusal) => {
-                self.error(refusal.code, refusal.message, request_type);
-                return Flow::Continue;
+                self.state.sessions.remove(&id);
+                self.refused(&refusal, request_type);
+                return (Flow::Continue, None);
             }
         };
         Metrics::add(&self.state.metrics.joins, 1);
@@ -488,8 +364,25 @@ impl Session {
         span.record("room", room.name.as_str());
         span.record("participant", participant.id.as_str());
         info!(name = %participant.name, "joined");
-        self.joined = Some(Joined { participant, room });
-        Flow::Continue
+        let worker = self.state.engine.worker(room.host());
+        self.joined = Some(Joined {
+            participant,
+            room,
+            worker,
+            offers_in_flight: VecDeque::new(),
+            chat: TokenBucket::new(self.state.config.message_rate_per_sec),
+        });
+        (Flow::Continue, Some(events))
+    }
+
+    fn refused(&self, refusal: &Refusal, request_type: Option<String>) {
+        let code = match refusal.code {
+            RefusalCode::Full => ErrorCode::RoomFull,
+            RefusalCode::Closing => ErrorCode::Internal,
+            RefusalCode::NotJoined => ErrorCode::NotJoined,
+            RefusalCode::BadRequest => ErrorCode::BadRequest,
+        };
+        self.error(code, refusal.message.clone(), request_type);
     }
 
     fn publisher_offer(&mut self, pc_kind: PcKind, sdp: String) {
@@ -516,9 +409,6 @@ impl Session {
             );
             return;
         }
-        let Some(j) = &self.joined else {
-            return;
-        };
         let sending: Vec<String> = media_sections(&sdp)
             .into_iter()
             .filter(|s| s.sending)
@@ -533,11 +423,28 @@ impl Session {
             );
             return;
         }
+        let Some(j) = &mut self.joined else {
+            return;
+        };
         // From now on a `mute` for these tracks is kept until their media arrives.
         j.room.announce(&j.participant.id, &sending);
-        j.room
-            .media()
-            .publisher_offer(&j.participant.id, sdp, sending);
+        j.offers_in_flight.push_back(sending);
+        j.worker.publisher_offer(&j.participant.id, sdp);
+    }
+
+    fn subscriber_answer(&mut self, pc: PcKind, sdp: String) {
+        if !self.sdp_within_limits(&sdp, "answer") {
+            return;
+        }
+        match (pc, &self.joined) {
+            (PcKind::Subscriber, Some(j)) => j.worker.subscriber_answer(&j.participant.id, sdp),
+            _ => self.error(
+                ErrorCode::BadRequest,
+                "only the subscriber PC takes an answer; the publisher PC is offered by the client"
+                    .into(),
+                Some("answer".into()),
+            ),
+        }
     }
 
     /// Refuses, before the media engine parses it, an SDP with more candidates or media
@@ -563,22 +470,140 @@ impl Session {
         false
     }
 
-    fn kick_reason(&self) -> &'static str {
-        self.joined
-            .as_ref()
-            .map_or("closed", |j| j.participant.kick_reason())
+    /// What the engine says about this participant.
+    pub fn on_engine_event(&mut self, event: EngineEvent) -> Flow {
+        let Some(j) = &mut self.joined else {
+            return Flow::Continue;
+        };
+        match event {
+            EngineEvent::SubscriberOffer { sdp } => self.send(ServerMessage::Offer {
+                pc: PcKind::Subscriber,
+                sdp,
+            }),
+            EngineEvent::PublisherAnswer { sdp } => {
+                let sending = j.offers_in_flight.pop_front().unwrap_or_default();
+                let _ = self.outbox.push(&ServerMessage::Answer {
+                    pc: PcKind::Publisher,
+                    sdp,
+                });
+                // A track the new offer no longer sends is unpublished at once, whatever the
+                // transport does with it later.
+                for track_id in j.room.tracks_of(&j.participant.id) {
+                    if !sending.contains(&track_id) {
+                        j.room.unpublish(&j.participant.id, &track_id);
+                    }
+                }
+            }
+            EngineEvent::SdpRefused {
+                pc,
+                reason,
+                message,
+            } => {
+                let request_type = match pc {
+                    PcKind::Publisher => {
+                        j.offers_in_flight.pop_front();
+                        "offer"
+                    }
+                    PcKind::Subscriber => "answer",
+                };
+                let code = match reason {
+                    SdpRefusal::Invalid => ErrorCode::InvalidSdp,
+                    SdpRefusal::Unexpected => ErrorCode::BadRequest,
+                    SdpRefusal::Internal => ErrorCode::Internal,
+                };
+                self.error(code, message, Some(request_type.into()));
+            }
+            EngineEvent::TrackOpened { track_id, kind } => {
+                let track =
+                    PublishedTrack::new(j.participant.id.clone(), track_id.clone(), kind, false);
+                if let Err(refusal) = j.room.publish(track) {
+                    // Its media goes nowhere.
+                    j.worker.remove_track(&j.participant.id, &track_id);
+                    self.refused(&refusal, Some("offer".into()));
+                }
+            }
+            EngineEvent::ChannelMessage { text, data } => self.on_chat(text, &data),
+            EngineEvent::MediaLost { reason } => return Flow::Close(CLOSE_POLICY, reason),
+            EngineEvent::Failed { message } => {
+                self.error(ErrorCode::Internal, message, Some("join".into()));
+                return Flow::Close(CLOSE_INTERNAL, "internal error");
+            }
+        }
+        Flow::Continue
+    }
+
+    /// A message on the chat channel: relayed by the room, or refused on the same channel.
+    fn on_chat(&mut self, is_text: bool, data: &[u8]) {
+        let Some(j) = &mut self.joined else {
+            return;
+        };
+        let reply = if !j.chat.allow(Instant::now()) {
+            Some(chat::error_json("rate_limited", "too many chat messages"))
+        } else {
+            match chat::parse_chat(is_text, data, self.state.config.max_chat_bytes) {
+                Ok(text) => {
+                    if j.room.chat(&j.participant.id, text) {
+                        Metrics::add(&self.state.metrics.chat_messages, 1);
+                    }
+                    None
+                }
+                Err(reason) => {
+                    debug!(%reason, "chat message refused");
+                    Some(chat::error_json("bad_request", &reason))
+                }
+            }
+        };
+        if let Some(reply) = reply {
+            j.worker
+                .send_channel_message(&j.participant.id, Arc::from(reply));
+        }
     }
 
     /// Tears down everything of this participant and tells the others.
-    async fn leave(&mut self) {
+    pub fn leave(&mut self) {
         let Some(j) = self.joined.take() else { return };
         // The room tells the media engine, which closes both peer connections.
         self.state.registry.leave(&j.room, &j.participant.id);
+        self.state.sessions.remove(&j.participant.id);
         info!("left");
     }
 }
 
-fn type_name(message: &ClientMessage) -> &'static str {
+impl From<Candidate> for IceCandidate {
+    fn from(c: Candidate) -> Self {
+        IceCandidate {
+            candidate: c.candidate,
+            sdp_mid: c.sdp_mid,
+            sdp_mline_index: c.sdp_mline_index,
+            username_fragment: c.username_fragment,
+        }
+    }
+}
+
+/// Room names: 1–64 of `A-Za-z0-9_-`.
+pub fn valid_room(room: &str) -> bool {
+    (1..=64).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Names: 1–64 characters after trimming, no control characters.
+pub fn normalize_name(name: &str) -> Option<String> {
+    let name = name.trim();
+    let chars = name.chars().count();
+    if (1..=64).contains(&chars) && !name.chars().any(char::is_control) {
+        Some(name.to_string())
+    } else {
+        None
+    }
+}
+
+fn new_participant_id() -> String {
+    format!("p{:016x}", rand::random::<u64>())
+}
+
+pub fn type_name(message: &ClientMessage) -> &'static str {
     match message {
         ClientMessage::Join { .. } => "join",
         ClientMessage::Offer { .. } => "offer",

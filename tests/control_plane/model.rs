@@ -3,7 +3,7 @@
 //! Shared by the property test (`tests/control_plane.rs`, proptest) and the fuzz target
 //! `fuzz/fuzz_targets/control_plane.rs` (libFuzzer): both feed it sequences of [`Op`]s.
 //!
-//! The rooms get a recording fake [`MediaPlane`]. It receives the room's commands in the order
+//! The rooms get a recording fake [`MediaLink`]. It receives the room's commands in the order
 //! the room made them (under the room's lock) and checks each one as it comes: a `subscribe`
 //! names a member of the room, never the track's own publisher, a publisher still in the room
 //! and a track instance not yet removed; nothing is subscribed twice. After every operation the
@@ -23,12 +23,11 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
+use switchboard::media::kind::TrackKind;
 use switchboard::metrics::Metrics;
-use switchboard::room::{MediaPlacer, MediaPlane, Participant, PublishedTrack, Registry, Room};
-use switchboard::signal::outbox::{Outbox, OutboxReader};
-use switchboard::signal::protocol::{
-    Candidate, ErrorCode, ParticipantInfo, ParticipantState, PcKind, ServerMessage, TrackInfo,
-    TrackKind,
+use switchboard::room::{
+    ChatMessage, Listener, MediaLink, MediaPlacer, Participant, ParticipantState, Placement,
+    PublishedTrack, RefusalCode, Registry, Room, RoomEvent, TrackInfo,
 };
 use switchboard::signal::sdp::media_sections;
 
@@ -125,22 +124,16 @@ impl FakePlane {
     }
 }
 
-impl MediaPlane for FakePlane {
-    fn add_participant(&self, participant: &Arc<Participant>, room: &Arc<Room>) {
+impl MediaLink for FakePlane {
+    fn add_participant(&self, participant_id: &str) {
         let mut s = self.state();
         s.commands += 1;
-        if room.name != self.room {
-            s.violations.push(format!(
-                "{} added to room {} on the plane of {}",
-                participant.id, room.name, self.room
-            ));
-        }
-        if !s.ever_added.insert(participant.id.clone()) {
+        if !s.ever_added.insert(participant_id.to_string()) {
             s.violations
-                .push(format!("{} added to the plane twice", participant.id));
+                .push(format!("{participant_id} added to the plane twice"));
         }
-        s.members.push(participant.id.clone());
-        s.subs.entry(participant.id.clone()).or_default();
+        s.members.push(participant_id.to_string());
+        s.subs.entry(participant_id.to_string()).or_default();
     }
 
     fn remove_participant(&self, participant_id: &str) {
@@ -211,22 +204,21 @@ impl MediaPlane for FakePlane {
         }
     }
 
-    fn publisher_offer(&self, participant_id: &str, _sdp: String, _sending: Vec<String>) {
+    fn set_muted(&self, publisher_id: &str, track_id: &str, _muted: bool) {
         let mut s = self.state();
         s.commands += 1;
-        Self::require_member(&mut s, participant_id, "publisher_offer");
+        let key = (publisher_id.to_string(), track_id.to_string());
+        if !s.live.contains_key(&key) && !s.members.iter().any(|m| m == publisher_id) {
+            s.violations.push(format!(
+                "set_muted for {publisher_id}/{track_id}, not in the room"
+            ));
+        }
     }
 
-    fn subscriber_answer(&self, participant_id: &str, _sdp: String) {
+    fn deliver_chat(&self, to: &str, _message: &ChatMessage) {
         let mut s = self.state();
         s.commands += 1;
-        Self::require_member(&mut s, participant_id, "subscriber_answer");
-    }
-
-    fn candidate(&self, participant_id: &str, _pc: PcKind, _candidate: Option<Candidate>) {
-        let mut s = self.state();
-        s.commands += 1;
-        Self::require_member(&mut s, participant_id, "candidate");
+        Self::require_member(&mut s, to, "deliver_chat");
     }
 }
 
@@ -236,7 +228,7 @@ pub struct FakePlacer {
 }
 
 impl MediaPlacer for FakePlacer {
-    fn place(&self, room_name: &str) -> Arc<dyn MediaPlane> {
+    fn place(&self, room_name: &str) -> Placement {
         let plane = Arc::new(FakePlane {
             room: room_name.to_string(),
             state: Mutex::new(PlaneState::default()),
@@ -245,7 +237,10 @@ impl MediaPlacer for FakePlacer {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(plane.clone());
-        plane
+        Placement {
+            link: plane,
+            host: 0,
+        }
     }
 }
 
@@ -301,9 +296,9 @@ struct Person {
     current: Option<(Arc<Participant>, Arc<Room>)>,
     /// The participant it was last, after it left.
     stale: Option<(String, Arc<Room>)>,
-    inbox: Option<OutboxReader>,
+    inbox: Option<Arc<Inbox>>,
     /// The inbox of the participant it was last: must stay silent.
-    stale_inbox: Option<OutboxReader>,
+    stale_inbox: Option<Arc<Inbox>>,
     view: ClientView,
 }
 
@@ -417,13 +412,13 @@ impl Harness {
         person.generation += 1;
         let id = format!("p{who}g{}", person.generation);
         let name = person.name.clone();
-        let (tx, rx) = inbox(&self.metrics);
-        let participant = Arc::new(Participant::new(id.clone(), name.clone(), tx));
+        let rx = Arc::new(Inbox::default());
+        let participant = Arc::new(Participant::new(id.clone(), name.clone(), rx.clone()));
         // What the model expects.
         let expected_refusal = match self.rooms.get(room_name) {
-            Some(r) if r.participants.len() >= MAX_PARTICIPANTS => Some(ErrorCode::RoomFull),
+            Some(r) if r.participants.len() >= MAX_PARTICIPANTS => Some(RefusalCode::Full),
             Some(_) => None,
-            None if self.rooms.len() >= MAX_ROOMS => Some(ErrorCode::RoomFull),
+            None if self.rooms.len() >= MAX_ROOMS => Some(RefusalCode::Full),
             None => None,
         };
         let expected_others: Vec<ParticipantState> = self
@@ -436,34 +431,14 @@ impl Harness {
                     .collect()
             })
             .unwrap_or_default();
-        let me = ParticipantInfo {
-            id: id.clone(),
-            name: name.clone(),
-        };
-        let rn = room_name.to_string();
-        let result = self.registry.join(room_name, &participant, move |others| {
-            ServerMessage::Joined {
-                room: rn,
-                participant: me,
-                participants: others,
-                ice_servers: Vec::new(),
-            }
-        });
+        let result = self.registry.join(room_name, &participant);
         match (result, expected_refusal) {
             (Ok(room), None) => {
                 assert_eq!(room.name, room_name);
-                let mut rx = rx;
-                match recv(&mut rx) {
-                    Some(ServerMessage::Joined {
-                        room,
-                        participant,
-                        participants,
-                        ..
-                    }) => {
-                        assert_eq!(room, room_name);
-                        assert_eq!(participant.id, id);
+                match rx.recv() {
+                    Some(RoomEvent::Joined { others }) => {
                         assert_eq!(
-                            participants, expected_others,
+                            others, expected_others,
                             "{id}'s joined lists the others as they are"
                         );
                     }
@@ -485,8 +460,7 @@ impl Harness {
             }
             (Err(refusal), Some(code)) => {
                 assert_eq!(refusal.code, code, "{refusal:?}");
-                let mut rx = rx;
-                assert!(recv(&mut rx).is_none(), "a refused join is told nothing");
+                assert!(rx.recv().is_none(), "a refused join is told nothing");
                 self.refused("join");
             }
             (Ok(_), Some(code)) => panic!("{id} joined {room_name}; the model expected {code:?}"),
@@ -501,10 +475,10 @@ impl Harness {
         let track = PublishedTrack::new(id.clone(), track_id.to_string(), kind, false);
         self.instances.push(track.clone());
         let expected = match self.model_room_of(&id) {
-            None => Err(ErrorCode::NotJoined),
-            Some(r) if r.tracks.iter().any(|t| t.id == track_id) => Err(ErrorCode::BadRequest),
+            None => Err(RefusalCode::NotJoined),
+            Some(r) if r.tracks.iter().any(|t| t.id == track_id) => Err(RefusalCode::BadRequest),
             Some(r) if r.tracks.iter().filter(|t| t.publisher == id).count() >= MAX_TRACKS => {
-                Err(ErrorCode::BadRequest)
+                Err(RefusalCode::BadRequest)
             }
             Some(r) => {
                 let muted = r
@@ -524,7 +498,7 @@ impl Harness {
             (Ok(()), Ok(())) => {}
             (Err(refusal), Err(code)) => {
                 assert_eq!(refusal.code, code, "{refusal:?}");
-                self.refused(if code == ErrorCode::NotJoined {
+                self.refused(if code == RefusalCode::NotJoined {
                     "publish (publisher gone)"
                 } else {
                     "publish"
@@ -628,8 +602,6 @@ impl Harness {
         }
         let ids: Vec<String> = sending.iter().map(|(t, _)| t.clone()).collect();
         self.announce(who, &ids);
-        room.media()
-            .publisher_offer(&id, sdp.to_string(), ids.clone());
         for track in room.tracks_of(&id) {
             if !ids.contains(&track) {
                 self.unpublish(who, &track);
@@ -673,12 +645,12 @@ impl Harness {
         // Messages, applied to each client's view.
         for who in 0..self.people.len() {
             let person = &mut self.people[who];
-            if let Some(stale) = person.stale_inbox.as_mut() {
-                if let Some(m) = recv(stale) {
+            if let Some(stale) = person.stale_inbox.as_ref() {
+                if let Some(m) = stale.recv() {
                     panic!("{when}: person {who} got {m:?} after it left");
                 }
             }
-            let Some(inbox) = person.inbox.as_mut() else {
+            let Some(inbox) = person.inbox.as_ref() else {
                 continue;
             };
             let me = person
@@ -686,7 +658,7 @@ impl Harness {
                 .as_ref()
                 .map(|(p, _)| p.id.clone())
                 .unwrap_or_default();
-            while let Some(m) = recv(inbox) {
+            while let Some(m) = inbox.recv() {
                 if let Err(e) = apply_message(&mut person.view, &m) {
                     panic!("{when}: {me} got {m:?}: {e}\nits view: {:?}", person.view);
                 }
@@ -848,20 +820,32 @@ impl Harness {
     }
 }
 
-/// A participant's signaling queue, as large as the test needs: nobody is too slow here.
-pub fn inbox(metrics: &Arc<Metrics>) -> (Outbox, OutboxReader) {
-    Outbox::channel(1 << 16, 1 << 30, metrics.clone())
+/// What a participant was told, in order, as its session would hear it.
+#[derive(Default)]
+pub struct Inbox {
+    events: Mutex<std::collections::VecDeque<RoomEvent>>,
 }
 
-/// The next message queued for a participant, as its socket would send it.
-pub fn recv(inbox: &mut OutboxReader) -> Option<ServerMessage> {
-    let text = inbox.try_recv()?;
-    inbox.sent(text.len());
-    Some(serde_json::from_str(&text).expect("the server's messages parse"))
+impl Inbox {
+    pub fn recv(&self) -> Option<RoomEvent> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop_front()
+    }
+}
+
+impl Listener for Inbox {
+    fn event(&self, event: RoomEvent) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(event);
+    }
 }
 
 /// Applies one message to a client's view; `Err` when it contradicts what the client knew.
-pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), String> {
+pub fn apply_message(view: &mut ClientView, m: &RoomEvent) -> Result<(), String> {
     if !view.joined {
         return Err("a message before joined".into());
     }
@@ -875,7 +859,7 @@ pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), Str
             .ok_or_else(|| format!("about {id}, who never joined"))
     };
     match m {
-        ServerMessage::ParticipantJoined { participant } => {
+        RoomEvent::ParticipantJoined { participant } => {
             if view.left.contains(&participant.id)
                 || view.others.iter().any(|p| p.id == participant.id)
             {
@@ -887,7 +871,7 @@ pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), Str
                 tracks: Vec::new(),
             });
         }
-        ServerMessage::ParticipantLeft { participant_id } => {
+        RoomEvent::ParticipantLeft { participant_id } => {
             let at = find(view, participant_id)?;
             if !view.others[at].tracks.is_empty() {
                 return Err("participant_left before its tracks were unpublished".into());
@@ -895,7 +879,7 @@ pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), Str
             view.others.remove(at);
             view.left.insert(participant_id.clone());
         }
-        ServerMessage::TrackPublished {
+        RoomEvent::TrackPublished {
             participant_id,
             track,
         } => {
@@ -906,7 +890,7 @@ pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), Str
             }
             tracks.push(track.clone());
         }
-        ServerMessage::TrackUnpublished {
+        RoomEvent::TrackUnpublished {
             participant_id,
             track_id,
         } => {
@@ -918,7 +902,7 @@ pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), Str
                 .ok_or("track_unpublished for a track never published")?;
             tracks.remove(t);
         }
-        ServerMessage::TrackMuted {
+        RoomEvent::TrackMuted {
             participant_id,
             track_id,
             muted,
@@ -931,7 +915,7 @@ pub fn apply_message(view: &mut ClientView, m: &ServerMessage) -> Result<(), Str
                 .ok_or("track_muted for a track not published")?;
             t.muted = *muted;
         }
-        other => return Err(format!("the room does not send {other:?}")),
+        RoomEvent::Joined { .. } => return Err("joined twice".into()),
     }
     Ok(())
 }

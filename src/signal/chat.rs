@@ -1,16 +1,13 @@
-//! The chat relay: the server-created `chat` data channel on each subscriber PC.
+//! Chat on the `chat` data channel, as the wire protocol has it.
 //!
-//! A client sends `{"text": "..."}`; the server relays it to everyone else in the room with
-//! `from` and `ts` set by the server. Anything else is answered on the same channel with an
-//! error and relayed to nobody. The media worker that hosts the room does the relaying.
-
-use std::time::{SystemTime, UNIX_EPOCH};
+//! A client sends `{"text": "..."}`; the room relays it to everyone else with `from` and `ts`
+//! set by the server. Anything else is answered on the same channel with an error and relayed
+//! to nobody.
 
 use serde::Deserialize;
 
-use crate::signal::protocol::{ChatRelay, ParticipantInfo};
-
-pub const LABEL: &str = "chat";
+use crate::room::ChatMessage;
+use crate::signal::protocol::ChatRelay;
 
 #[derive(Deserialize)]
 struct ChatIn {
@@ -40,16 +37,12 @@ pub fn error_json(code: &str, message: &str) -> String {
 }
 
 /// A chat message as relayed to the others: `from` and `ts` are the server's.
-pub fn relay_json(from: &ParticipantInfo, text: String) -> String {
-    let ts = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
+pub fn relay_json(message: &ChatMessage) -> String {
     let relayed = ChatRelay {
         kind: "chat".into(),
-        from: from.clone(),
-        text,
-        ts,
+        from: message.from.clone(),
+        text: message.text.clone(),
+        ts: message.ts,
     };
     serde_json::to_string(&relayed).unwrap_or_default()
 }

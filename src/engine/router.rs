@@ -1,0 +1,591 @@
+//! The Router: a worker's Receivers and DownTracks and the fan-out between them.
+//!
+//! A publisher packet goes to its Receiver, then to every DownTrack of the track in a plain
+//! loop; each DownTrack writes its subscriber's packet into a buffer from the [`MediaOut`] and
+//! hands it back to be sent. No lock, no channel hop, no allocation per subscriber: the buffers
+//! are recycled by the `MediaOut`. NACKs are answered from one history per published track.
+//! Nothing here knows sockets, keys or peer connections: the worker's `MediaOut` does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
+use slab::Slab;
+
+use crate::engine::negotiation::TrackKey;
+use crate::media::downtrack::{DownTrack, Dropped, Outcome, QueueLimits};
+use crate::media::extensions;
+use crate::media::forwarder::Refused;
+use crate::media::history::PacketHistory;
+use crate::media::receiver::{KeyframeRequest, Receiver, TrackMeta};
+use crate::metrics::{self, Metrics};
+use crate::ratelimit::TokenBucket;
+
+/// Most sequence numbers answered from one NACK packet: a forged one may name thousands.
+const MAX_RETRANSMITS_PER_NACK: usize = 256;
+
+/// Where forwarded packets go: the worker protects each for its peer connection and queues it
+/// for the socket; a test records them.
+pub trait MediaOut {
+    /// An empty buffer to write one packet into.
+    fn buffer(&mut self) -> BytesMut;
+    /// Takes back a buffer that was not sent.
+    fn give_back(&mut self, buf: BytesMut);
+    /// Sends `packet` (plain RTP: a header of `header_len` bytes, then the payload) on peer
+    /// connection `peer`; false if it could not go.
+    fn send(
+        &mut self,
+        peer: usize,
+        packet: BytesMut,
+        header_len: usize,
+        video: bool,
+        now: Instant,
+    ) -> bool;
+}
+
+/// The limits the Router works within.
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub pli_interval: Duration,
+    /// Video packets kept per published track to answer NACKs, and noted per DownTrack.
+    pub nack_window: u16,
+    pub nack_max_age: Duration,
+    pub max_retransmits_per_sec: u32,
+    pub queue: QueueLimits,
+    /// Test-only fault injection: every Receiver drops every Nth packet.
+    pub fault_drop_every: Option<u32>,
+}
+
+pub struct ReceiverEntry {
+    pub receiver: Receiver,
+    /// The publisher (the worker's key for it).
+    pub publisher: usize,
+    downtracks: Vec<usize>,
+    /// When its last packet arrived: a publisher whose tracks all fall silent is a ghost.
+    pub last_packet: Instant,
+    /// Its publisher muted it: silence is expected.
+    pub muted: bool,
+    /// Video: the recent packets, for every subscriber's retransmissions.
+    history: Option<PacketHistory>,
+}
+
+pub struct DownTrackEntry {
+    pub downtrack: DownTrack,
+    /// What its subscriber's NACKs may still cost (see `--max-retransmits-per-sec`).
+    retransmit_budget: TokenBucket,
+    /// The subscriber (the worker's key for it) and the peer connection it sends on.
+    pub subscriber: usize,
+    pub peer: usize,
+    pub receiver: usize,
+}
+
+pub struct Router {
+    receivers: Slab<ReceiverEntry>,
+    downtracks: Slab<DownTrackEntry>,
+    tracks: HashMap<TrackKey, usize>,
+    config: RouterConfig,
+    metrics: Arc<Metrics>,
+}
+
+impl Router {
+    pub fn new(config: RouterConfig, metrics: Arc<Metrics>) -> Self {
+        Router {
+            receivers: Slab::new(),
+            downtracks: Slab::new(),
+            tracks: HashMap::new(),
+            config,
+            metrics,
+        }
+    }
+
+    /// The Receiver of a published track.
+    pub fn track(&self, key: &TrackKey) -> Option<usize> {
+        self.tracks.get(key).copied()
+    }
+
+    pub fn receiver(&self, rk: usize) -> Option<&ReceiverEntry> {
+        self.receivers.get(rk)
+    }
+
+    pub fn receiver_mut(&mut self, rk: usize) -> Option<&mut ReceiverEntry> {
+        self.receivers.get_mut(rk)
+    }
+
+    pub fn downtrack(&self, dk: usize) -> Option<&DownTrackEntry> {
+        self.downtracks.get(dk)
+    }
+
+    pub fn downtrack_mut(&mut self, dk: usize) -> Option<&mut DownTrackEntry> {
+        self.downtracks.get_mut(dk)
+    }
+
+    /// Every Receiver of one publisher.
+    pub fn published_by(&self, publisher: usize) -> impl Iterator<Item = (usize, &ReceiverEntry)> {
+        self.receivers
+            .iter()
+            .filter(move |(_, r)| r.publisher == publisher)
+    }
+
+    /// A new published track, whose media arrives with `ssrc`.
+    pub fn add_receiver(
+        &mut self,
+        publisher: usize,
+        meta: TrackMeta,
+        ssrc: u32,
+        now: Instant,
+    ) -> usize {
+        let key = (meta.publisher_id.clone(), meta.track_id.clone());
+        let mut receiver = Receiver::new(meta, ssrc, self.config.pli_interval);
+        receiver.set_fault_drop_every(self.config.fault_drop_every);
+        let history = receiver
+            .is_video()
+            .then(|| PacketHistory::new(self.config.nack_window, self.config.nack_max_age));
+        let rk = self.receivers.insert(ReceiverEntry {
+            receiver,
+            publisher,
+            downtracks: Vec::new(),
+            last_packet: now,
+            muted: false,
+            history,
+        });
+        Metrics::inc(&self.metrics.receivers);
+        self.tracks.insert(key, rk);
+        rk
+    }
+
+    /// Removes a Receiver; the DownTracks of it, removed too, are returned for their
+    /// subscribers to renegotiate.
+    pub fn remove_receiver(&mut self, rk: usize) -> Vec<DownTrackEntry> {
+        if !self.receivers.contains(rk) {
+            return Vec::new();
+        }
+        let entry = self.receivers.remove(rk);
+        Metrics::dec(&self.metrics.receivers);
+        let meta = entry.receiver.meta;
+        if self
+            .tracks
+            .get(&(meta.publisher_id.clone(), meta.track_id.clone()))
+            == Some(&rk)
+        {
+            self.tracks.remove(&(meta.publisher_id, meta.track_id));
+        }
+        entry
+            .downtracks
+            .into_iter()
+            .filter_map(|dk| self.take_downtrack(dk))
+            .collect()
+    }
+
+    /// A new DownTrack of Receiver `rk` for `subscriber`, sending on `peer` with `ssrc`.
+    pub fn add_downtrack(
+        &mut self,
+        rk: usize,
+        subscriber: usize,
+        peer: usize,
+        ssrc: u32,
+        transport_up: bool,
+    ) -> Option<usize> {
+        let r = self.receivers.get(rk)?;
+        let video = r.receiver.is_video();
+        let max_age = if video {
+            self.config.queue.video_age
+        } else {
+            self.config.queue.audio_age
+        };
+        let mut downtrack = DownTrack::new(
+            ssrc,
+            video,
+            r.receiver.meta.codec.clock_rate,
+            max_age,
+            rand::random(),
+            rand::random(),
+        );
+        if video {
+            downtrack = downtrack.with_retransmissions(self.config.nack_window);
+        }
+        if transport_up {
+            downtrack.transport_up();
+        }
+        let dk = self.downtracks.insert(DownTrackEntry {
+            downtrack,
+            retransmit_budget: TokenBucket::new(self.config.max_retransmits_per_sec),
+            subscriber,
+            peer,
+            receiver: rk,
+        });
+        Metrics::inc(&self.metrics.downtracks);
+        self.receivers[rk].downtracks.push(dk);
+        Some(dk)
+    }
+
+    /// Removes one DownTrack; what it was, for its subscriber's bookkeeping.
+    pub fn remove_downtrack(&mut self, dk: usize) -> Option<DownTrackEntry> {
+        let d = self.take_downtrack(dk)?;
+        if let Some(r) = self.receivers.get_mut(d.receiver) {
+            r.downtracks.retain(|&k| k != dk);
+        }
+        Some(d)
+    }
+
+    fn take_downtrack(&mut self, dk: usize) -> Option<DownTrackEntry> {
+        if !self.downtracks.contains(dk) {
+            return None;
+        }
+        Metrics::dec(&self.metrics.downtracks);
+        Some(self.downtracks.remove(dk))
+    }
+
+    /// The hot path: one publisher packet to every DownTrack of its track. True when a
+    /// DownTrack cannot go on without a keyframe (the caller asks the publisher).
+    pub fn fan_out(
+        &mut self,
+        rk: usize,
+        packet: &rtp::Packet,
+        arrived: Instant,
+        now: Instant,
+        out: &mut impl MediaOut,
+    ) -> bool {
+        let Router {
+            receivers,
+            downtracks,
+            metrics,
+            ..
+        } = self;
+        let Some(entry) = receivers.get_mut(rk) else {
+            return false;
+        };
+        Metrics::add(&metrics.packets_in, 1);
+        Metrics::add(&metrics.bytes_in, packet.payload.len() as u64);
+        entry.last_packet = arrived;
+        let Some(incoming) = entry.receiver.incoming(packet, arrived) else {
+            return false;
+        };
+        if let Some(history) = entry.history.as_mut() {
+            history.insert(packet, &incoming.carried, arrived);
+        }
+        let ntp = extensions::ntp_now();
+        let mut wants_keyframe = false;
+        for &dk in &entry.downtracks {
+            let Some(d) = downtracks.get_mut(dk) else {
+                continue;
+            };
+            let mut buf = out.buffer();
+            match d.downtrack.forward(&incoming, now, ntp, &mut buf) {
+                Outcome::Send { header_len } => {
+                    let video = d.downtrack.is_video();
+                    if out.send(d.peer, buf, header_len, video, now) {
+                        Metrics::add(&metrics.packets_out, 1);
+                        Metrics::add(&metrics.bytes_out, packet.payload.len() as u64);
+                    }
+                }
+                Outcome::Drop {
+                    why,
+                    wants_keyframe: wants,
+                } => {
+                    out.give_back(buf);
+                    Metrics::add(dropped_counter(&metrics.dropped, why), 1);
+                    wants_keyframe |= wants;
+                }
+            }
+        }
+        wants_keyframe
+    }
+
+    /// Answers a subscriber's NACK for DownTrack `dk` from the track's shared history, within
+    /// the DownTrack's retransmission budget.
+    pub fn retransmit(
+        &mut self,
+        dk: usize,
+        nack: &TransportLayerNack,
+        now: Instant,
+        out: &mut impl MediaOut,
+    ) {
+        let Router {
+            receivers,
+            downtracks,
+            metrics,
+            ..
+        } = self;
+        let Some(d) = downtracks.get_mut(dk) else {
+            return;
+        };
+        let Some(history) = receivers.get(d.receiver).and_then(|r| r.history.as_ref()) else {
+            return;
+        };
+        let ntp = extensions::ntp_now();
+        let (mut sent, mut missed, mut limited) = (0, 0, 0);
+        let wanted = nack.nacks.iter().flat_map(|pair| pair.into_iter());
+        for seq in wanted.take(MAX_RETRANSMITS_PER_NACK) {
+            let mut buf = out.buffer();
+            let Some(header_len) = d.downtrack.retransmit(seq, history, now, ntp, &mut buf) else {
+                out.give_back(buf);
+                missed += 1;
+                continue;
+            };
+            if !d.retransmit_budget.allow(now) {
+                out.give_back(buf);
+                limited += 1;
+                continue;
+            }
+            d.downtrack.count_retransmitted(&buf, header_len, now);
+            if out.send(d.peer, buf, header_len, d.downtrack.is_video(), now) {
+                sent += 1;
+            }
+        }
+        Metrics::add(&metrics.retransmissions, sent);
+        Metrics::add(&metrics.retransmissions_missed, missed);
+        Metrics::add(&metrics.retransmissions_limited, limited);
+    }
+
+    /// The sender reports of these DownTracks, those that have sent anything.
+    pub fn sender_reports(
+        &self,
+        downtracks: impl Iterator<Item = usize>,
+        now: Instant,
+        ntp: u64,
+    ) -> Vec<Box<dyn rtc::rtcp::Packet>> {
+        downtracks
+            .filter_map(|dk| self.downtracks.get(dk))
+            .filter_map(|d| d.downtrack.sender_report(now, ntp))
+            .map(|sr| Box::new(sr) as Box<dyn rtc::rtcp::Packet>)
+            .collect()
+    }
+
+    /// A keyframe is wanted from Receiver `rk`'s publisher: what to do, now or later.
+    pub fn request_keyframe(&mut self, rk: usize, now: Instant, urgent: bool) -> KeyframeRequest {
+        self.receivers
+            .get_mut(rk)
+            .map_or(KeyframeRequest::Nothing, |r| {
+                r.receiver.request_keyframe(now, urgent)
+            })
+    }
+}
+
+/// The counter of packets a DownTrack did not send, by reason.
+fn dropped_counter(dropped: &metrics::Dropped, why: Dropped) -> &std::sync::atomic::AtomicU64 {
+    match why {
+        Dropped::NotNegotiated => &dropped.not_negotiated,
+        Dropped::Refused(Refused::WaitingForKeyframe) => &dropped.waiting_for_keyframe,
+        Dropped::Refused(Refused::TooOld) => &dropped.too_old,
+        Dropped::Refused(Refused::Duplicate) => &dropped.duplicate,
+        Dropped::Refused(Refused::Expired) => &dropped.expired,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::media::downtrack::Negotiated;
+    use crate::media::extensions::{ExtensionIds, SubscriberExtensions, SDES_MID};
+    use crate::media::kind::TrackKind;
+    use crate::media::receiver::Codec;
+    use rtc::rtcp::transport_feedbacks::transport_layer_nack::NackPair;
+    use rtc::shared::marshal::Unmarshal;
+
+    /// What a test's `MediaOut` was given: (peer, the packet as a subscriber parses it).
+    #[derive(Default)]
+    struct Recorded {
+        sent: Vec<(usize, rtp::Packet)>,
+        buffers_out: usize,
+        refuse_peer: Option<usize>,
+    }
+
+    impl MediaOut for Recorded {
+        fn buffer(&mut self) -> BytesMut {
+            self.buffers_out += 1;
+            BytesMut::with_capacity(1500)
+        }
+        fn give_back(&mut self, _buf: BytesMut) {
+            self.buffers_out -= 1;
+        }
+        fn send(
+            &mut self,
+            peer: usize,
+            packet: BytesMut,
+            header_len: usize,
+            _: bool,
+            _: Instant,
+        ) -> bool {
+            self.buffers_out -= 1;
+            if self.refuse_peer == Some(peer) {
+                return false;
+            }
+            let parsed = rtp::Packet::unmarshal(&mut &packet[..]).expect("an RTP packet");
+            assert_eq!(packet.len() - header_len, parsed.payload.len());
+            self.sent.push((peer, parsed));
+            true
+        }
+    }
+
+    fn router() -> Router {
+        Router::new(
+            RouterConfig {
+                pli_interval: Duration::from_millis(500),
+                nack_window: 64,
+                nack_max_age: Duration::from_secs(1),
+                max_retransmits_per_sec: 2,
+                queue: QueueLimits {
+                    audio_age: Duration::from_millis(100),
+                    video_age: Duration::from_millis(200),
+                },
+                fault_drop_every: None,
+            },
+            Arc::new(Metrics::default()),
+        )
+    }
+
+    fn video_meta(publisher: &str) -> TrackMeta {
+        TrackMeta {
+            publisher_id: publisher.into(),
+            track_id: format!("{publisher}-video"),
+            kind: TrackKind::Video,
+            codec: Codec {
+                mime_type: "video/VP8".into(),
+                clock_rate: 90_000,
+                channels: 0,
+                sdp_fmtp_line: String::new(),
+            },
+            extensions: ExtensionIds::default(),
+        }
+    }
+
+    /// A subscriber DownTrack that has its answer and its transport.
+    fn subscribe(
+        r: &mut Router,
+        rk: usize,
+        subscriber: usize,
+        peer: usize,
+        ssrc: u32,
+        mid: &str,
+    ) -> usize {
+        let dk = r.add_downtrack(rk, subscriber, peer, ssrc, true).unwrap();
+        r.downtrack_mut(dk)
+            .unwrap()
+            .downtrack
+            .set_negotiated(Negotiated {
+                payload_type: 96 + subscriber as u8,
+                extensions: SubscriberExtensions::new(
+                    ExtensionIds::from_negotiated([(SDES_MID, 1)]),
+                    Some(1),
+                    mid,
+                ),
+            });
+        dk
+    }
+
+    fn vp8(seq: u16, keyframe: bool) -> rtp::Packet {
+        let mut p = rtp::Packet::default();
+        p.header.ssrc = 1234;
+        p.header.sequence_number = seq;
+        p.header.timestamp = u32::from(seq) * 3000;
+        // VP8 payload descriptor, then a frame header whose lowest bit is 0 on a keyframe.
+        p.payload =
+            bytes::Bytes::from(vec![0x10, u8::from(!keyframe), 0x9d, 0x01, 0x2a, seq as u8]);
+        p
+    }
+
+    #[test]
+    fn one_packet_reaches_every_subscriber_under_its_own_numbers() {
+        let now = Instant::now();
+        let mut r = router();
+        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        let bob = subscribe(&mut r, rk, 1, 10, 0xb0b, "3");
+        let carol = subscribe(&mut r, rk, 2, 20, 0xca401, "7");
+        let mut out = Recorded::default();
+        assert!(!r.fan_out(rk, &vp8(100, true), now, now, &mut out));
+        assert!(!r.fan_out(rk, &vp8(101, false), now, now, &mut out));
+        assert_eq!(out.buffers_out, 0, "every buffer sent or given back");
+        fn to(out: &Recorded, peer: usize) -> Vec<&rtp::Packet> {
+            out.sent
+                .iter()
+                .filter(|(p, _)| *p == peer)
+                .map(|(_, p)| p)
+                .collect()
+        }
+        for (peer, ssrc, pt, mid) in [(10, 0xb0b, 97, b"3"), (20, 0xca401, 98, b"7")] {
+            let got = to(&out, peer);
+            assert_eq!(got.len(), 2);
+            assert!(got
+                .iter()
+                .all(|p| p.header.ssrc == ssrc && p.header.payload_type == pt));
+            assert_eq!(got[0].header.get_extension(1).unwrap().as_ref(), mid);
+            assert_eq!(
+                got[1].header.sequence_number,
+                got[0].header.sequence_number.wrapping_add(1)
+            );
+            assert_eq!(got[0].payload, vp8(100, true).payload);
+        }
+        assert_eq!(r.metrics.snapshot().packets_out, 4);
+        r.remove_downtrack(bob);
+        r.fan_out(rk, &vp8(102, false), now, now, &mut out);
+        assert_eq!(to(&out, 10).len(), 2, "bob no longer receives");
+        assert_eq!(to(&out, 20).len(), 3);
+        assert!(r.downtrack(carol).is_some());
+    }
+
+    #[test]
+    fn a_subscriber_without_a_keyframe_waits_and_asks_for_one() {
+        let now = Instant::now();
+        let mut r = router();
+        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        subscribe(&mut r, rk, 1, 10, 5, "0");
+        let mut out = Recorded::default();
+        assert!(
+            r.fan_out(rk, &vp8(7, false), now, now, &mut out),
+            "wants a keyframe"
+        );
+        assert!(out.sent.is_empty());
+        assert_eq!(out.buffers_out, 0);
+        assert_eq!(r.metrics.snapshot().dropped.waiting_for_keyframe, 1);
+        assert_eq!(r.request_keyframe(rk, now, true), KeyframeRequest::SendNow);
+    }
+
+    #[test]
+    fn a_nack_is_answered_from_the_shared_history_within_the_budget() {
+        let now = Instant::now();
+        let mut r = router();
+        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        let dk = subscribe(&mut r, rk, 1, 10, 5, "0");
+        let mut out = Recorded::default();
+        for seq in 0..10 {
+            r.fan_out(rk, &vp8(seq, seq == 0), now, now, &mut out);
+        }
+        let first = out.sent[0].1.header.sequence_number;
+        let nack = TransportLayerNack {
+            sender_ssrc: 1,
+            media_ssrc: 5,
+            nacks: vec![NackPair {
+                packet_id: first.wrapping_add(2),
+                // The next four too: six wanted, a budget of four (twice the rate).
+                lost_packets: 0b1111,
+            }],
+        };
+        out.sent.clear();
+        r.retransmit(dk, &nack, now, &mut out);
+        assert_eq!(out.sent.len(), 4);
+        assert_eq!(out.sent[0].1.header.sequence_number, first.wrapping_add(2));
+        assert_eq!(out.sent[0].1.payload, vp8(2, false).payload);
+        let m = r.metrics.snapshot();
+        assert_eq!((m.retransmissions, m.retransmissions_limited), (4, 1));
+        assert_eq!(out.buffers_out, 0);
+    }
+
+    #[test]
+    fn removing_a_receiver_takes_its_downtracks_with_it() {
+        let now = Instant::now();
+        let mut r = router();
+        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        subscribe(&mut r, rk, 1, 10, 5, "0");
+        subscribe(&mut r, rk, 2, 20, 6, "0");
+        let gone = r.remove_receiver(rk);
+        assert_eq!(gone.len(), 2);
+        assert!(r.track(&("alice".into(), "alice-video".into())).is_none());
+        let m = r.metrics.snapshot();
+        assert_eq!((m.receivers, m.downtracks), (0, 0));
+        let mut out = Recorded::default();
+        assert!(!r.fan_out(rk, &vp8(1, true), now, now, &mut out));
+        assert!(out.sent.is_empty());
+    }
+}

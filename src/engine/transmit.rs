@@ -1,0 +1,138 @@
+//! The worker's [`MediaOut`]: a forwarded packet is protected for its peer connection in
+//! place, with the keys the stack's DTLS handshake derived, and queued for the socket; until a
+//! connection's keys are proven (or if they never are) it goes through the stack's own SRTP
+//! pipeline instead, drained at the end of the batch.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
+use rtc::sansio::Protocol;
+use rtc::shared::marshal::Unmarshal;
+use slab::Slab;
+use tracing::debug;
+
+use crate::engine::peer::Peer;
+use crate::engine::router::MediaOut;
+use crate::engine::srtp::SrtpError;
+use crate::engine::udp::{self, Udp};
+use crate::metrics::Metrics;
+
+/// Test-only fault injection: every Nth video datagram to subscribers is lost after
+/// encryption, as on a lossy downlink.
+pub struct SendFault {
+    every: Option<u32>,
+    count: u32,
+}
+
+impl SendFault {
+    pub fn new(every: Option<u32>) -> Self {
+        SendFault { every, count: 0 }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.every.is_some()
+    }
+
+    /// Counts a video datagram about to be sent; true if it is to be lost.
+    pub fn drops(&mut self) -> bool {
+        let Some(every) = self.every else {
+            return false;
+        };
+        self.count = self.count.wrapping_add(1);
+        self.count.is_multiple_of(every.max(1))
+    }
+}
+
+/// Everything a send needs, borrowed from the worker for one fan-out or retransmission.
+pub struct Transmit<'a> {
+    pub peers: &'a mut Slab<Peer>,
+    pub udp: &'a mut Udp,
+    pub fault: &'a mut SendFault,
+    /// Peer connections with output for the end of the batch.
+    pub dirty: &'a mut Vec<usize>,
+    pub metrics: &'a Metrics,
+}
+
+impl MediaOut for Transmit<'_> {
+    fn buffer(&mut self) -> BytesMut {
+        self.udp.buffer()
+    }
+
+    fn give_back(&mut self, buf: BytesMut) {
+        self.udp.give_back(buf);
+    }
+
+    fn send(
+        &mut self,
+        peer: usize,
+        mut packet: BytesMut,
+        header_len: usize,
+        video: bool,
+        now: Instant,
+    ) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else {
+            self.udp.give_back(packet);
+            return false;
+        };
+        if let Some((sender, to)) = p.srtp.direct() {
+            let protected = sender.protect(&mut packet, header_len);
+            return queue_protected(
+                protected,
+                packet,
+                to,
+                video,
+                self.udp,
+                self.fault,
+                self.metrics,
+                now,
+            );
+        }
+        // The stack's pipeline takes its own packet type: parsed back from what was written.
+        let parsed = rtp::Packet::unmarshal(&mut &packet[..]);
+        self.udp.give_back(packet);
+        let Ok(parsed) = parsed else {
+            return false;
+        };
+        let written = p.pc.handle_write(TaggedRTCMessage {
+            now,
+            message: RTCMessage::RtpPacket(String::new(), parsed),
+        });
+        if written.is_ok() {
+            p.mark_dirty(peer, self.dirty);
+        }
+        written.is_ok()
+    }
+}
+
+/// Queues a datagram the worker protected (unless the test-only lossy downlink loses it).
+/// True if it went; a protection error is counted and the packet not sent.
+#[allow(clippy::too_many_arguments)]
+fn queue_protected(
+    protected: Result<(), SrtpError>,
+    data: BytesMut,
+    to: SocketAddr,
+    video: bool,
+    udp: &mut Udp,
+    fault: &mut SendFault,
+    metrics: &Metrics,
+    now: Instant,
+) -> bool {
+    if let Err(e) = protected {
+        debug!(%to, error = %e, "protecting a packet");
+        Metrics::add(&metrics.srtp_protect_errors, 1);
+        udp.give_back(data);
+        return false;
+    }
+    if video && fault.drops() {
+        udp.give_back(data);
+    } else {
+        udp.queue.push_back(udp::Outgoing {
+            to,
+            data,
+            queued: now,
+        });
+    }
+    true
+}
