@@ -16,13 +16,17 @@
 //! with. It knows rooms only as the participants a command names.
 
 mod chat;
+mod control;
 pub mod demux;
 pub mod feedback;
 pub mod negotiation;
 mod participant;
 pub mod peer;
+mod peers;
+mod publisher;
 pub mod router;
 pub mod srtp;
+mod subscriber;
 pub mod timers;
 mod transmit;
 pub mod udp;

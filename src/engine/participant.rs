@@ -4,7 +4,7 @@
 //! back what the answer settled.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
 use rtc::peer_connection::RTCPeerConnection;
@@ -18,6 +18,7 @@ use rtc::rtp_transceiver::{
 
 use crate::engine::chat::ChatChannel;
 use crate::engine::negotiation::Negotiation;
+use crate::engine::router::Router;
 use crate::media::downtrack::Negotiated;
 use crate::media::extensions::{self, ExtensionIds, SubscriberExtensions};
 use crate::media::kind::TrackKind;
@@ -47,6 +48,38 @@ pub struct Participant {
 }
 
 impl Participant {
+    /// Why its media path counts as dead while its signaling lives on (a frozen process, a
+    /// network that changed), if it does: it answered the subscriber offer but that connection
+    /// never came up, or every unmuted track it publishes fell silent, for `timeout`. A client
+    /// that never answers only watches signaling: it is left be.
+    pub fn ghost(
+        &self,
+        key: usize,
+        subscriber_connected: bool,
+        router: &Router,
+        now: Instant,
+        timeout: Duration,
+    ) -> Option<&'static str> {
+        if self.lost {
+            return None;
+        }
+        if self.negotiation.was_answered()
+            && !subscriber_connected
+            && now.saturating_duration_since(self.joined_at) > timeout
+        {
+            return Some("media never connected");
+        }
+        let (mut live, mut silent) = (0, 0);
+        for (_, r) in router.published_by(key).filter(|(_, r)| !r.muted) {
+            if now.saturating_duration_since(r.last_packet) > timeout {
+                silent += 1;
+            } else {
+                live += 1;
+            }
+        }
+        (silent > 0 && live == 0).then_some("media stopped")
+    }
+
     pub fn new(id: String, subscriber: usize, now: Instant) -> Self {
         Participant {
             id,

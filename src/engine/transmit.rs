@@ -10,10 +10,9 @@ use bytes::BytesMut;
 use rtc::peer_connection::message::{RTCMessage, TaggedRTCMessage};
 use rtc::sansio::Protocol;
 use rtc::shared::marshal::Unmarshal;
-use slab::Slab;
 use tracing::debug;
 
-use crate::engine::peer::Peer;
+use crate::engine::peers::Peers;
 use crate::engine::router::MediaOut;
 use crate::engine::srtp::SrtpError;
 use crate::engine::udp::{self, Udp};
@@ -47,11 +46,9 @@ impl SendFault {
 
 /// Everything a send needs, borrowed from the worker for one fan-out or retransmission.
 pub struct Transmit<'a> {
-    pub peers: &'a mut Slab<Peer>,
+    pub peers: &'a mut Peers,
     pub udp: &'a mut Udp,
     pub fault: &'a mut SendFault,
-    /// Peer connections with output for the end of the batch.
-    pub dirty: &'a mut Vec<usize>,
     pub metrics: &'a Metrics,
 }
 
@@ -100,7 +97,7 @@ impl MediaOut for Transmit<'_> {
             message: RTCMessage::RtpPacket(String::new(), parsed),
         });
         if written.is_ok() {
-            p.mark_dirty(peer, self.dirty);
+            self.peers.mark_dirty(peer);
         }
         written.is_ok()
     }
