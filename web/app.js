@@ -12,6 +12,7 @@ import { updateLocalControls } from './localmedia.js';
 import { enterCall, wireSession } from './session.js';
 import { wireChat } from './chatpanel.js';
 import { tickLevels, tickStats } from './stats.js';
+import { tickViews } from './views.js';
 import { wireControls } from './controls.js';
 import { startPreview, showLobby, wireLobby } from './lobby.js';
 
@@ -25,6 +26,8 @@ wireStage();
 
 setInterval(tickLevels, 100);
 setInterval(() => { tickStats(); }, 1000);
+setInterval(tickViews, 500);
+document.addEventListener('visibilitychange', tickViews);
 setInterval(() => {
   if (state.phase !== 'lobby') return;
   const levels = meter.sample();

@@ -1,8 +1,9 @@
 // Local devices, audio levels and connection quality.
 
-// The SFU forwards one layer to everyone (no simulcast): 640×360 keeps a 12-person call
-// within what a laptop decodes and a home uplink carries.
-const CAMERA = { width: { ideal: 640 }, height: { ideal: 360 }, frameRate: { ideal: 24, max: 30 } };
+// The camera is sent in three simulcast layers (peers.js) and each viewer gets the one its
+// tile and its network need: 960×540 at the top, which is what browsers need to send three
+// layers at all (fewer at lower resolutions).
+const CAMERA = { width: { ideal: 960 }, height: { ideal: 540 }, frameRate: { ideal: 24, max: 30 } };
 
 /** Camera and microphone, falling back to whichever one works. Resolves to { stream, error }. */
 export async function getLocalMedia({ audio = true, video = true, micId = '', cameraId = '' } = {}) {

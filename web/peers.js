@@ -125,6 +125,27 @@ export async function onSubscriberOffer(session, sdp) {
 // ---- Publisher PC ----
 
 /**
+ * Simulcast layers, lowest first (rid q, h, f: a quarter, half and full size), with the
+ * bitrates a viewer expects of each. A screen is sent sharp first: both its layers at full size,
+ * the lower one at a few frames a second.
+ */
+const CAMERA_LAYERS = [
+  { rid: 'q', scaleResolutionDownBy: 4, maxBitrate: 150_000, maxFramerate: 15 },
+  { rid: 'h', scaleResolutionDownBy: 2, maxBitrate: 450_000, maxFramerate: 24 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 1_300_000, maxFramerate: 30 },
+];
+const SCREEN_LAYERS = [
+  { rid: 'h', scaleResolutionDownBy: 1, maxBitrate: 500_000, maxFramerate: 5 },
+  { rid: 'f', scaleResolutionDownBy: 1, maxBitrate: 2_500_000, maxFramerate: 15 },
+];
+
+function sendEncodings(slotName) {
+  if (slotName === 'video') return CAMERA_LAYERS.map((l) => ({ ...l }));
+  if (slotName === 'screen') return SCREEN_LAYERS.map((l) => ({ ...l }));
+  return undefined;
+}
+
+/**
  * Publishes the local tracks on this session: a transceiver per track (microphone, camera,
  * screen), one offer for all that are new. Called after joining and whenever a track is added.
  */
@@ -149,7 +170,11 @@ export async function publish(session) {
       continue;
     }
     const stream = state.localStream || new MediaStream();
-    const transceiver = session.pub.pc.addTransceiver(track, { direction: 'sendonly', streams: [stream] });
+    if (slotName === 'screen' && 'contentHint' in track) track.contentHint = 'detail';
+    const init = { direction: 'sendonly', streams: [stream] };
+    const encodings = sendEncodings(slotName);
+    if (encodings) init.sendEncodings = encodings;
+    const transceiver = session.pub.pc.addTransceiver(track, init);
     session.pub.slots.set(slotName, { transceiver, publishedId: null });
     added = true;
   }

@@ -1,6 +1,7 @@
 // Sessions: one signaling socket and its two PCs; a reconnect is a new session, started after
 // a backoff. Joining and leaving the call.
 
+import { resetViews } from './views.js';
 import { Signaling, signalingUrl } from './signaling.js';
 import { state, meter } from './state.js';
 import { $, setStatus, toast, initials } from './ui.js';
@@ -111,6 +112,7 @@ function enterReconnecting(reason) {
 
 function onJoined(session, m) {
   session.joined = true;
+  resetViews();
   const rejoin = state.everJoined;
   state.everJoined = true;
   state.phase = 'connected';

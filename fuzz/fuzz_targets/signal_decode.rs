@@ -18,6 +18,7 @@ fn type_of(m: &ClientMessage) -> &'static str {
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Mute { .. } => "mute",
+        ClientMessage::Subscription { .. } => "subscription",
         ClientMessage::Leave => "leave",
         ClientMessage::Ping => "ping",
     }

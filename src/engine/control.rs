@@ -56,6 +56,25 @@ impl Worker {
                     self.send_on_channel(participant, text, now);
                 }
             }
+            Command::Subscription {
+                participant_id,
+                track_id,
+                view,
+            } => {
+                let dk = key(self, &participant_id)
+                    .and_then(|k| self.participants.get(k))
+                    .and_then(|m| {
+                        let track = m.negotiation.find_key(|key| key.1 == track_id)?;
+                        m.negotiation.get(&track).map(|f| f.downtrack)
+                    });
+                if let Some(dk) = dk {
+                    if let Some(layer) = self.router.set_view(dk, view) {
+                        if let Some(rk) = self.router.downtrack(dk).map(|d| d.receiver) {
+                            self.request_keyframes(rk, 1 << layer, now, true);
+                        }
+                    }
+                }
+            }
             Command::PublisherOffer {
                 participant_id,
                 sdp,
@@ -138,12 +157,7 @@ impl Worker {
         let published: Vec<TrackKey> = self
             .router
             .published_by(key)
-            .map(|(_, r)| {
-                (
-                    r.receiver.meta.publisher_id.clone(),
-                    r.receiver.meta.track_id.clone(),
-                )
-            })
+            .map(|(_, r)| (r.meta.publisher_id.clone(), r.meta.track_id.clone()))
             .collect();
         for track in published {
             self.remove_track(&track);
@@ -167,7 +181,7 @@ impl Worker {
             .router
             .track(&track)
             .and_then(|rk| self.router.receiver(rk))
-            .map(|r| r.receiver.meta.kind)
+            .map(|r| r.meta.kind)
         else {
             return;
         };
@@ -184,7 +198,9 @@ impl Worker {
             return;
         };
         let publisher = self.router.receiver(rk).map(|r| r.publisher);
-        self.timers.cancel(TimerKey::Keyframe(rk));
+        for layer in 0..3 {
+            self.timers.cancel(TimerKey::Keyframe(rk, layer));
+        }
         for d in self.router.remove_receiver(rk) {
             self.forget_downtrack(d.subscriber, d.downtrack.ssrc, d.peer);
         }
@@ -193,7 +209,7 @@ impl Worker {
         }
         if let Some(m) = publisher.and_then(|p| self.participants.get_mut(p)) {
             for v in m.receivers_by_ssrc.values_mut() {
-                if *v == Some(rk) {
+                if v.is_some_and(|(k, _)| k == rk) {
                     *v = None;
                 }
             }

@@ -190,6 +190,12 @@ pub(crate) enum Command {
         participant_id: String,
         text: std::sync::Arc<str>,
     },
+    /// How a subscriber shows one of the tracks it receives.
+    Subscription {
+        participant_id: String,
+        track_id: String,
+        view: crate::media::allocator::View,
+    },
     PublisherOffer {
         participant_id: String,
         sdp: String,
@@ -266,6 +272,21 @@ impl WorkerHandle {
         self.command(Command::SendChannelMessage {
             participant_id: participant_id.to_string(),
             text,
+        });
+    }
+
+    /// How a subscriber shows a track it receives (its size, or hidden): the layer it gets
+    /// follows.
+    pub fn subscription(
+        &self,
+        participant_id: &str,
+        track_id: &str,
+        view: crate::media::allocator::View,
+    ) {
+        self.command(Command::Subscription {
+            participant_id: participant_id.to_string(),
+            track_id: track_id.to_string(),
+            view,
         });
     }
 

@@ -170,6 +170,11 @@ impl<F> Negotiation<F> {
             .map(|(k, _)| k.clone())
     }
 
+    /// The forwarded track whose key `pred` picks.
+    pub fn find_key(&self, pred: impl Fn(&TrackKey) -> bool) -> Option<TrackKey> {
+        self.forwarded.keys().find(|k| pred(k)).cloned()
+    }
+
     pub fn values(&self) -> impl Iterator<Item = &F> {
         self.forwarded.values().map(|f| &f.value)
     }

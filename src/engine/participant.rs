@@ -37,9 +37,9 @@ pub struct Participant {
     pub subscriber: usize,
     pub negotiation: Negotiation<Forwarded>,
     pub chat: ChatChannel,
-    /// The publisher's SSRCs: each one's Receiver, or `None` for a track not forwarded (the
-    /// room refused it, or it was unpublished).
-    pub receivers_by_ssrc: HashMap<u32, Option<usize>>,
+    /// The publisher's SSRCs: each one's track and simulcast layer, or `None` for a track not
+    /// forwarded (the room refused it, or it was unpublished).
+    pub receivers_by_ssrc: HashMap<u32, Option<(usize, u8)>>,
     /// Our DownTrack SSRCs on its subscriber PC.
     pub downtracks_by_ssrc: HashMap<u32, usize>,
     pub joined_at: Instant,

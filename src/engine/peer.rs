@@ -202,6 +202,8 @@ impl PeerSettings {
         let registry = match role {
             PcKind::Publisher => {
                 register_twcc(&mut media_engine).map_err(|e| rtc_err("registering TWCC", e))?;
+                register_simulcast(&mut media_engine)
+                    .map_err(|e| rtc_err("registering simulcast", e))?;
                 Registry::new()
                     .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
                     .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
@@ -264,6 +266,23 @@ fn register_twcc(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<(
                 uri: rtc::sdp::extmap::TRANSPORT_CC_URI.to_owned(),
             },
             kind,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// RID-based simulcast from publishers (RFC 8852): each stream names its layer.
+fn register_simulcast(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    for uri in [
+        rtc::sdp::extmap::SDES_RTP_STREAM_ID_URI,
+        rtc::sdp::extmap::SDES_REPAIR_RTP_STREAM_ID_URI,
+    ] {
+        media_engine.register_header_extension(
+            RTCRtpHeaderExtensionCapability {
+                uri: uri.to_owned(),
+            },
+            RtpCodecKind::Video,
             None,
         )?;
     }

@@ -1,7 +1,8 @@
-//! The Router: a worker's Receivers and DownTracks and the fan-out between them.
+//! The Router: a worker's published tracks, their Receivers (one per simulcast layer) and
+//! DownTracks, and the fan-out between them.
 //!
-//! A publisher packet goes to its Receiver, then to every DownTrack of the track in a plain
-//! loop; each DownTrack writes its subscriber's packet into a buffer from the [`MediaOut`] and
+//! A publisher packet goes to the Receiver of its layer, then to every DownTrack of the track in
+//! a plain loop (each takes the packets of the one layer it forwards); each DownTrack writes its subscriber's packet into a buffer from the [`MediaOut`] and
 //! hands it back to be sent. No lock, no channel hop, no allocation per subscriber: the buffers
 //! are recycled by the `MediaOut`. NACKs are answered from one history per published track.
 //! Nothing here knows sockets, keys or peer connections: the worker's `MediaOut` does.
@@ -15,11 +16,13 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use slab::Slab;
 
 use crate::engine::negotiation::TrackKey;
+use crate::media::allocator::{self, LayerInfo, View};
 use crate::media::downtrack::{DownTrack, Dropped, Outcome, QueueLimits};
 use crate::media::extensions;
 use crate::media::forwarder::Refused;
 use crate::media::history::PacketHistory;
 use crate::media::receiver::{KeyframeRequest, Receiver, TrackMeta};
+use crate::media::vp8;
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::TokenBucket;
 
@@ -58,17 +61,60 @@ pub struct RouterConfig {
     pub fault_drop_every: Option<u32>,
 }
 
+/// One published track: what it is, its layers, the DownTracks of it.
 pub struct ReceiverEntry {
-    pub receiver: Receiver,
+    pub meta: TrackMeta,
     /// The publisher (the worker's key for it).
     pub publisher: usize,
+    /// Its streams by simulcast layer, lowest first (one, layer 0, for a track that is not
+    /// simulcast).
+    layers: Vec<Option<Layer>>,
     downtracks: Vec<usize>,
-    /// When its last packet arrived: a publisher whose tracks all fall silent is a ghost.
+    /// When its last packet arrived, on any layer: a publisher whose tracks all fall silent is
+    /// a ghost.
     pub last_packet: Instant,
     /// Its publisher muted it: silence is expected.
     pub muted: bool,
-    /// Video: the recent packets, for every subscriber's retransmissions.
+    /// A layer's size changed since the DownTracks' layers were last chosen.
+    resized: bool,
+    vp8: bool,
+}
+
+/// One stream of a track.
+pub struct Layer {
+    pub receiver: Receiver,
+    /// Video: the stream's recent packets, for every subscriber's retransmissions.
     history: Option<PacketHistory>,
+    pub info: LayerInfo,
+}
+
+impl ReceiverEntry {
+    pub fn layer(&self, layer: u8) -> Option<&Layer> {
+        self.layers.get(usize::from(layer)).and_then(Option::as_ref)
+    }
+
+    pub fn layer_mut(&mut self, layer: u8) -> Option<&mut Layer> {
+        self.layers
+            .get_mut(usize::from(layer))
+            .and_then(Option::as_mut)
+    }
+
+    /// How many layers it has had (the highest index seen, plus one).
+    pub fn layer_count(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// What each layer is, lowest first (`None` for one that never arrived).
+    pub fn layer_infos(&self) -> Vec<Option<LayerInfo>> {
+        self.layers
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.info))
+            .collect()
+    }
+
+    pub fn is_video(&self) -> bool {
+        self.meta.kind == crate::media::kind::TrackKind::Video
+    }
 }
 
 pub struct DownTrackEntry {
@@ -79,6 +125,8 @@ pub struct DownTrackEntry {
     pub subscriber: usize,
     pub peer: usize,
     pub receiver: usize,
+    /// How its subscriber shows the track.
+    pub view: View,
 }
 
 pub struct Router {
@@ -128,31 +176,55 @@ impl Router {
             .filter(move |(_, r)| r.publisher == publisher)
     }
 
-    /// A new published track, whose media arrives with `ssrc`.
+    /// A stream of a published track began: layer `layer`, arriving with `ssrc`. The first
+    /// stream of a track creates it (true in the second value); a later one adds a layer, or
+    /// replaces one whose SSRC changed (a renegotiation).
     pub fn add_receiver(
         &mut self,
         publisher: usize,
         meta: TrackMeta,
+        layer: u8,
         ssrc: u32,
         now: Instant,
-    ) -> usize {
+    ) -> (usize, bool) {
         let key = (meta.publisher_id.clone(), meta.track_id.clone());
-        let mut receiver = Receiver::new(meta, ssrc, self.config.pli_interval);
+        let mut receiver = Receiver::new(meta.clone(), ssrc, self.config.pli_interval);
+        receiver.layer = layer;
         receiver.set_fault_drop_every(self.config.fault_drop_every);
         let history = receiver
             .is_video()
             .then(|| PacketHistory::new(self.config.nack_window, self.config.nack_max_age));
-        let rk = self.receivers.insert(ReceiverEntry {
+        let new = Layer {
             receiver,
-            publisher,
-            downtracks: Vec::new(),
-            last_packet: now,
-            muted: false,
             history,
-        });
-        Metrics::inc(&self.metrics.receivers);
-        self.tracks.insert(key, rk);
-        rk
+            info: LayerInfo::default(),
+        };
+        let (rk, created) = match self.tracks.get(&key) {
+            Some(&rk) => (rk, false),
+            None => {
+                let vp8 = meta.codec.mime_type.eq_ignore_ascii_case("video/vp8");
+                let rk = self.receivers.insert(ReceiverEntry {
+                    meta,
+                    publisher,
+                    layers: Vec::new(),
+                    downtracks: Vec::new(),
+                    last_packet: now,
+                    muted: false,
+                    resized: false,
+                    vp8,
+                });
+                Metrics::inc(&self.metrics.receivers);
+                self.tracks.insert(key, rk);
+                (rk, true)
+            }
+        };
+        let entry = &mut self.receivers[rk];
+        let at = usize::from(layer);
+        if entry.layers.len() <= at {
+            entry.layers.resize_with(at + 1, || None);
+        }
+        entry.layers[at] = Some(new);
+        (rk, created)
     }
 
     /// Removes a Receiver; the DownTracks of it, removed too, are returned for their
@@ -163,7 +235,7 @@ impl Router {
         }
         let entry = self.receivers.remove(rk);
         Metrics::dec(&self.metrics.receivers);
-        let meta = entry.receiver.meta;
+        let meta = entry.meta;
         if self
             .tracks
             .get(&(meta.publisher_id.clone(), meta.track_id.clone()))
@@ -188,7 +260,7 @@ impl Router {
         transport_up: bool,
     ) -> Option<usize> {
         let r = self.receivers.get(rk)?;
-        let video = r.receiver.is_video();
+        let video = r.is_video();
         let max_age = if video {
             self.config.queue.video_age
         } else {
@@ -197,13 +269,16 @@ impl Router {
         let mut downtrack = DownTrack::new(
             ssrc,
             video,
-            r.receiver.meta.codec.clock_rate,
+            r.meta.codec.clock_rate,
             max_age,
             rand::random(),
             rand::random(),
         );
         if video {
             downtrack = downtrack.with_retransmissions(self.config.nack_window);
+        }
+        if r.meta.codec.mime_type.eq_ignore_ascii_case("video/vp8") {
+            downtrack = downtrack.with_vp8();
         }
         if transport_up {
             downtrack.transport_up();
@@ -214,10 +289,49 @@ impl Router {
             subscriber,
             peer,
             receiver: rk,
+            view: View::default(),
         });
         Metrics::inc(&self.metrics.downtracks);
         self.receivers[rk].downtracks.push(dk);
+        self.allocate(dk);
         Some(dk)
+    }
+
+    /// Chooses DownTrack `dk`'s layer for how its subscriber shows the track. The layer whose
+    /// keyframe that takes, when it takes one and the DownTrack can send.
+    pub fn allocate(&mut self, dk: usize) -> Option<u8> {
+        let d = self.downtracks.get_mut(dk)?;
+        let layers = self.receivers.get(d.receiver)?.layer_infos();
+        let target = allocator::layer_for_view(&layers, d.view);
+        let needs_keyframe = d.downtrack.set_layer(target);
+        (needs_keyframe && d.downtrack.is_ready())
+            .then_some(target)
+            .flatten()
+    }
+
+    /// How the subscriber of DownTrack `dk` shows its track now: its layer is chosen again.
+    pub fn set_view(&mut self, dk: usize, view: View) -> Option<u8> {
+        self.downtracks.get_mut(dk)?.view = view;
+        self.allocate(dk)
+    }
+
+    /// Chooses again the layer of every DownTrack of track `rk` (its layers changed): the
+    /// layers whose keyframes that takes.
+    pub fn reallocate(&mut self, rk: usize) -> u8 {
+        let Some(entry) = self.receivers.get_mut(rk) else {
+            return 0;
+        };
+        entry.resized = false;
+        let downtracks = entry.downtracks.clone();
+        downtracks
+            .into_iter()
+            .filter_map(|dk| self.allocate(dk))
+            .fold(0, |bits, layer| bits | keyframe_bit(Some(layer)))
+    }
+
+    /// Whether a layer of track `rk` changed size since its DownTracks' layers were chosen.
+    pub fn resized(&self, rk: usize) -> bool {
+        self.receivers.get(rk).is_some_and(|r| r.resized)
     }
 
     /// Removes one DownTrack; what it was, for its subscriber's bookkeeping.
@@ -237,16 +351,18 @@ impl Router {
         Some(self.downtracks.remove(dk))
     }
 
-    /// The hot path: one publisher packet to every DownTrack of its track. True when a
-    /// DownTrack cannot go on without a keyframe (the caller asks the publisher).
+    /// The hot path: one publisher packet of layer `layer` to every DownTrack of its track.
+    /// The layers a DownTrack needs a keyframe of to go on, one bit each (the caller asks the
+    /// publisher).
     pub fn fan_out(
         &mut self,
         rk: usize,
+        layer: u8,
         packet: &rtp::Packet,
         arrived: Instant,
         now: Instant,
         out: &mut impl MediaOut,
-    ) -> bool {
+    ) -> u8 {
         let Router {
             receivers,
             downtracks,
@@ -254,19 +370,34 @@ impl Router {
             ..
         } = self;
         let Some(entry) = receivers.get_mut(rk) else {
-            return false;
+            return 0;
         };
         Metrics::add(&metrics.packets_in, 1);
         Metrics::add(&metrics.bytes_in, packet.payload.len() as u64);
         entry.last_packet = arrived;
-        let Some(incoming) = entry.receiver.incoming(packet, arrived) else {
-            return false;
+        let Some(stream) = entry
+            .layers
+            .get_mut(usize::from(layer))
+            .and_then(Option::as_mut)
+        else {
+            return 0;
         };
-        if let Some(history) = entry.history.as_mut() {
+        let Some(incoming) = stream.receiver.incoming(packet, arrived) else {
+            return 0;
+        };
+        if let Some(history) = stream.history.as_mut() {
             history.insert(packet, &incoming.carried, arrived);
         }
+        if incoming.is_keyframe && entry.vp8 {
+            if let Some(size) = vp8::keyframe_size(&packet.payload) {
+                if stream.info.size != Some(size) {
+                    stream.info.size = Some(size);
+                    entry.resized = true;
+                }
+            }
+        }
         let ntp = extensions::ntp_now();
-        let mut wants_keyframe = false;
+        let mut wants_keyframe = 0u8;
         for &dk in &entry.downtracks {
             let Some(d) = downtracks.get_mut(dk) else {
                 continue;
@@ -280,13 +411,23 @@ impl Router {
                         Metrics::add(&metrics.bytes_out, packet.payload.len() as u64);
                     }
                 }
+                Outcome::Skip {
+                    wants_keyframe: wants,
+                } => {
+                    out.give_back(buf);
+                    if wants {
+                        wants_keyframe |= keyframe_bit(d.downtrack.keyframe_layer());
+                    }
+                }
                 Outcome::Drop {
                     why,
                     wants_keyframe: wants,
                 } => {
                     out.give_back(buf);
                     Metrics::add(dropped_counter(&metrics.dropped, why), 1);
-                    wants_keyframe |= wants;
+                    if wants {
+                        wants_keyframe |= keyframe_bit(d.downtrack.keyframe_layer());
+                    }
                 }
             }
         }
@@ -311,15 +452,17 @@ impl Router {
         let Some(d) = downtracks.get_mut(dk) else {
             return;
         };
-        let Some(history) = receivers.get(d.receiver).and_then(|r| r.history.as_ref()) else {
+        let Some(track) = receivers.get(d.receiver) else {
             return;
         };
+        let history_of = |layer: u8| track.layer(layer).and_then(|l| l.history.as_ref());
         let ntp = extensions::ntp_now();
         let (mut sent, mut missed, mut limited) = (0, 0, 0);
         let wanted = nack.nacks.iter().flat_map(|pair| pair.into_iter());
         for seq in wanted.take(MAX_RETRANSMITS_PER_NACK) {
             let mut buf = out.buffer();
-            let Some(header_len) = d.downtrack.retransmit(seq, history, now, ntp, &mut buf) else {
+            let Some(header_len) = d.downtrack.retransmit(seq, history_of, now, ntp, &mut buf)
+            else {
                 out.give_back(buf);
                 missed += 1;
                 continue;
@@ -353,14 +496,27 @@ impl Router {
             .collect()
     }
 
-    /// A keyframe is wanted from Receiver `rk`'s publisher: what to do, now or later.
-    pub fn request_keyframe(&mut self, rk: usize, now: Instant, urgent: bool) -> KeyframeRequest {
+    /// A keyframe of layer `layer` of track `rk` is wanted from its publisher: what to do, now
+    /// or later.
+    pub fn request_keyframe(
+        &mut self,
+        rk: usize,
+        layer: u8,
+        now: Instant,
+        urgent: bool,
+    ) -> KeyframeRequest {
         self.receivers
             .get_mut(rk)
-            .map_or(KeyframeRequest::Nothing, |r| {
-                r.receiver.request_keyframe(now, urgent)
+            .and_then(|r| r.layer_mut(layer))
+            .map_or(KeyframeRequest::Nothing, |l| {
+                l.receiver.request_keyframe(now, urgent)
             })
     }
+}
+
+/// One bit for a layer (none for none).
+fn keyframe_bit(layer: Option<u8>) -> u8 {
+    layer.filter(|&l| l < 8).map_or(0, |l| 1 << l)
 }
 
 /// The counter of packets a DownTrack did not send, by reason.
@@ -490,12 +646,12 @@ mod tests {
     fn one_packet_reaches_every_subscriber_under_its_own_numbers() {
         let now = Instant::now();
         let mut r = router();
-        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        let (rk, _) = r.add_receiver(0, video_meta("alice"), 0, 1234, now);
         let bob = subscribe(&mut r, rk, 1, 10, 0xb0b, "3");
         let carol = subscribe(&mut r, rk, 2, 20, 0xca401, "7");
         let mut out = Recorded::default();
-        assert!(!r.fan_out(rk, &vp8(100, true), now, now, &mut out));
-        assert!(!r.fan_out(rk, &vp8(101, false), now, now, &mut out));
+        assert_eq!(r.fan_out(rk, 0, &vp8(100, true), now, now, &mut out), 0);
+        assert_eq!(r.fan_out(rk, 0, &vp8(101, false), now, now, &mut out), 0);
         assert_eq!(out.buffers_out, 0, "every buffer sent or given back");
         fn to(out: &Recorded, peer: usize) -> Vec<&rtp::Packet> {
             out.sent
@@ -519,7 +675,7 @@ mod tests {
         }
         assert_eq!(r.metrics.snapshot().packets_out, 4);
         r.remove_downtrack(bob);
-        r.fan_out(rk, &vp8(102, false), now, now, &mut out);
+        r.fan_out(rk, 0, &vp8(102, false), now, now, &mut out);
         assert_eq!(to(&out, 10).len(), 2, "bob no longer receives");
         assert_eq!(to(&out, 20).len(), 3);
         assert!(r.downtrack(carol).is_some());
@@ -529,28 +685,32 @@ mod tests {
     fn a_subscriber_without_a_keyframe_waits_and_asks_for_one() {
         let now = Instant::now();
         let mut r = router();
-        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        let (rk, _) = r.add_receiver(0, video_meta("alice"), 0, 1234, now);
         subscribe(&mut r, rk, 1, 10, 5, "0");
         let mut out = Recorded::default();
-        assert!(
-            r.fan_out(rk, &vp8(7, false), now, now, &mut out),
-            "wants a keyframe"
+        assert_eq!(
+            r.fan_out(rk, 0, &vp8(7, false), now, now, &mut out),
+            1,
+            "wants a keyframe of layer 0"
         );
         assert!(out.sent.is_empty());
         assert_eq!(out.buffers_out, 0);
         assert_eq!(r.metrics.snapshot().dropped.waiting_for_keyframe, 1);
-        assert_eq!(r.request_keyframe(rk, now, true), KeyframeRequest::SendNow);
+        assert_eq!(
+            r.request_keyframe(rk, 0, now, true),
+            KeyframeRequest::SendNow
+        );
     }
 
     #[test]
     fn a_nack_is_answered_from_the_shared_history_within_the_budget() {
         let now = Instant::now();
         let mut r = router();
-        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        let (rk, _) = r.add_receiver(0, video_meta("alice"), 0, 1234, now);
         let dk = subscribe(&mut r, rk, 1, 10, 5, "0");
         let mut out = Recorded::default();
         for seq in 0..10 {
-            r.fan_out(rk, &vp8(seq, seq == 0), now, now, &mut out);
+            r.fan_out(rk, 0, &vp8(seq, seq == 0), now, now, &mut out);
         }
         let first = out.sent[0].1.header.sequence_number;
         let nack = TransportLayerNack {
@@ -576,7 +736,7 @@ mod tests {
     fn removing_a_receiver_takes_its_downtracks_with_it() {
         let now = Instant::now();
         let mut r = router();
-        let rk = r.add_receiver(0, video_meta("alice"), 1234, now);
+        let (rk, _) = r.add_receiver(0, video_meta("alice"), 0, 1234, now);
         subscribe(&mut r, rk, 1, 10, 5, "0");
         subscribe(&mut r, rk, 2, 20, 6, "0");
         let gone = r.remove_receiver(rk);
@@ -585,7 +745,7 @@ mod tests {
         let m = r.metrics.snapshot();
         assert_eq!((m.receivers, m.downtracks), (0, 0));
         let mut out = Recorded::default();
-        assert!(!r.fan_out(rk, &vp8(1, true), now, now, &mut out));
+        assert_eq!(r.fan_out(rk, 0, &vp8(1, true), now, now, &mut out), 0);
         assert!(out.sent.is_empty());
     }
 }

@@ -57,7 +57,7 @@ fn forward(
     let Some(rk) = router.track(&track) else {
         return;
     };
-    let Some(meta) = router.receiver(rk).map(|r| &r.receiver.meta) else {
+    let Some(meta) = router.receiver(rk).map(|r| &r.meta) else {
         return;
     };
     let kind = meta.kind;
@@ -94,7 +94,7 @@ pub fn answered(m: &mut Participant, p: &mut Peer, router: &mut Router) -> Vec<u
         let Some(codec) = router
             .downtrack(f.downtrack)
             .and_then(|d| router.receiver(d.receiver))
-            .map(|r| r.receiver.meta.codec.clone())
+            .map(|r| r.meta.codec.clone())
         else {
             continue;
         };

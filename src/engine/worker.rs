@@ -87,8 +87,8 @@ pub(crate) fn run(setup: Setup) {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(super) enum TimerKey {
     Peer(usize),
-    /// A Receiver's deferred keyframe request.
-    Keyframe(usize),
+    /// A deferred keyframe request for a layer of a track.
+    Keyframe(usize, u8),
     Housekeeping,
     SenderReports,
 }
@@ -342,13 +342,14 @@ impl Worker {
                         self.pump(peer, now);
                     }
                 }
-                TimerKey::Keyframe(rk) => {
+                TimerKey::Keyframe(rk, layer) => {
                     if self
                         .router
                         .receiver_mut(rk)
-                        .is_some_and(|r| r.receiver.keyframe_due(now))
+                        .and_then(|r| r.layer_mut(layer))
+                        .is_some_and(|l| l.receiver.keyframe_due(now))
                     {
-                        self.send_pli(rk, now);
+                        self.send_pli(rk, layer, now);
                     }
                 }
                 TimerKey::SenderReports => {
@@ -447,9 +448,14 @@ impl Worker {
             RTCPeerConnectionEvent::OnConnectionStateChangeEvent(state) => {
                 self.on_connection_state(peer, state, now)
             }
-            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => {
-                self.on_track(peer, init.receiver_id, init.track_id, init.ssrc, now)
-            }
+            RTCPeerConnectionEvent::OnTrack(RTCTrackEvent::OnOpen(init)) => self.on_track(
+                peer,
+                init.receiver_id,
+                init.track_id,
+                init.rid,
+                init.ssrc,
+                now,
+            ),
             RTCPeerConnectionEvent::OnDataChannel(event) => self.on_data_channel(peer, event, now),
             _ => {}
         }
@@ -505,11 +511,14 @@ impl Worker {
     }
 
     /// A publisher's track began: a Receiver for it, and the news for the room.
+    /// A publisher's stream began: a track (or a layer of one) for the Router, and the news
+    /// of a new track for the room.
     fn on_track(
         &mut self,
         peer: usize,
         receiver_id: RTCRtpReceiverId,
         msid_track_id: String,
+        rid: Option<String>,
         ssrc: u32,
         now: Instant,
     ) {
@@ -520,29 +529,29 @@ impl Worker {
         let Some(m) = self.participants.get_mut(owner) else {
             return;
         };
-        let Some(meta) = publisher::track_meta(&mut p.pc, receiver_id, ssrc, msid_track_id, &m.id)
-        else {
+        let Some((meta, layer)) = publisher::track_meta(
+            &mut p.pc,
+            receiver_id,
+            ssrc,
+            rid.as_deref(),
+            msid_track_id,
+            &m.id,
+        ) else {
             return;
         };
-        let key = (meta.publisher_id.clone(), meta.track_id.clone());
-        // A renegotiation announces the tracks it keeps again: they are published already.
-        if let Some(rk) = self.router.track(&key) {
-            m.receivers_by_ssrc.insert(ssrc, Some(rk));
-            if let Some(entry) = self.router.receiver_mut(rk) {
-                entry.receiver.media_ssrc = ssrc;
-            }
-            return;
+        let (track_id, kind) = (meta.track_id.clone(), meta.kind);
+        // A renegotiation announces the streams it keeps again: the track is published
+        // already, and the stream may come with a new SSRC.
+        let (rk, created) = self.router.add_receiver(owner, meta, layer, ssrc, now);
+        m.receivers_by_ssrc.retain(|_, v| *v != Some((rk, layer)));
+        m.receivers_by_ssrc.insert(ssrc, Some((rk, layer)));
+        if created {
+            self.emit(owner, EngineEvent::TrackOpened { track_id, kind });
+        } else {
+            // Another layer of a track: its subscribers may want it.
+            let wanted = self.router.reallocate(rk);
+            self.request_keyframes(rk, wanted, now, true);
         }
-        let kind = meta.kind;
-        let rk = self.router.add_receiver(owner, meta, ssrc, now);
-        m.receivers_by_ssrc.insert(ssrc, Some(rk));
-        self.emit(
-            owner,
-            EngineEvent::TrackOpened {
-                track_id: key.1,
-                kind,
-            },
-        );
     }
 
     fn on_data_channel(&mut self, peer: usize, event: RTCDataChannelEvent, now: Instant) {
@@ -580,20 +589,25 @@ impl Worker {
         };
         match message.message {
             RTCMessage::RtpPacket(_, packet) => {
-                let rk = self
+                let stream = self
                     .participants
                     .get(owner)
                     .and_then(|m| m.receivers_by_ssrc.get(&packet.header.ssrc).copied())
                     .flatten();
-                if let Some(rk) = rk {
+                if let Some((rk, layer)) = stream {
                     let mut out = Transmit {
                         peers: &mut self.peers,
                         udp: &mut self.udp,
                         fault: &mut self.send_fault,
                         metrics: &self.metrics,
                     };
-                    if self.router.fan_out(rk, &packet, message.now, now, &mut out) {
-                        self.request_keyframe(rk, now, false);
+                    let wanted =
+                        self.router
+                            .fan_out(rk, layer, &packet, message.now, now, &mut out);
+                    self.request_keyframes(rk, wanted, now, false);
+                    if self.router.resized(rk) {
+                        let switches = self.router.reallocate(rk);
+                        self.request_keyframes(rk, switches, now, true);
                     }
                 }
             }
@@ -681,24 +695,36 @@ impl Worker {
     }
 
     pub(super) fn downtrack_wants_keyframe(&mut self, dk: usize, now: Instant, urgent: bool) {
-        if let Some(rk) = self.router.downtrack(dk).map(|d| d.receiver) {
-            self.request_keyframe(rk, now, urgent);
+        let Some(d) = self.router.downtrack(dk) else {
+            return;
+        };
+        if let Some(layer) = d.downtrack.keyframe_layer() {
+            self.request_keyframe(d.receiver, layer, now, urgent);
         }
     }
 
-    fn request_keyframe(&mut self, rk: usize, now: Instant, urgent: bool) {
-        match self.router.request_keyframe(rk, now, urgent) {
-            KeyframeRequest::SendNow => self.send_pli(rk, now),
-            KeyframeRequest::At(at) => self.timers.set(TimerKey::Keyframe(rk), Some(at)),
+    /// Keyframes of the layers of track `rk` whose bits are set in `layers`.
+    pub(super) fn request_keyframes(&mut self, rk: usize, layers: u8, now: Instant, urgent: bool) {
+        for layer in (0..8).filter(|l| layers & (1 << l) != 0) {
+            self.request_keyframe(rk, layer, now, urgent);
+        }
+    }
+
+    fn request_keyframe(&mut self, rk: usize, layer: u8, now: Instant, urgent: bool) {
+        match self.router.request_keyframe(rk, layer, now, urgent) {
+            KeyframeRequest::SendNow => self.send_pli(rk, layer, now),
+            KeyframeRequest::At(at) => self.timers.set(TimerKey::Keyframe(rk, layer), Some(at)),
             KeyframeRequest::Nothing => {}
         }
     }
 
-    fn send_pli(&mut self, rk: usize, now: Instant) {
+    fn send_pli(&mut self, rk: usize, layer: u8, now: Instant) {
         let Some(entry) = self.router.receiver(rk) else {
             return;
         };
-        let media_ssrc = entry.receiver.media_ssrc;
+        let Some(media_ssrc) = entry.layer(layer).map(|l| l.receiver.media_ssrc) else {
+            return;
+        };
         let Some(peer) = self
             .participants
             .get(entry.publisher)

@@ -26,6 +26,7 @@ const FILES: &[(&str, &str)] = &[
     ("stats.js", include_str!("../../web/stats.js")),
     ("tiles.js", include_str!("../../web/tiles.js")),
     ("ui.js", include_str!("../../web/ui.js")),
+    ("views.js", include_str!("../../web/views.js")),
 ];
 
 /// `GET /`: the page.

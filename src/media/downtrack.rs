@@ -9,6 +9,9 @@
 //! cannot know the payload type, and a client may route an unknown SSRC to the wrong
 //! receiver. What waited too long before it could be sent is dropped: a conference prefers a
 //! dropped packet and a keyframe to seconds of delay.
+//!
+//! Of a simulcast track it forwards one layer ([`LayerSelector`]), switching on a keyframe of
+//! the new one; its SSRC, sequence numbers, timestamps and (VP8) picture ids run on unbroken.
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +20,9 @@ use bytes::BytesMut;
 use crate::media::extensions::{Carried, SubscriberExtensions};
 use crate::media::forwarder::{Decision, Forwarder, Refused, Rewritten};
 use crate::media::history::{PacketHistory, Sent, SentLog};
+use crate::media::layers::{Admit, LayerSelector};
 use crate::media::receiver::Incoming;
+use crate::media::vp8::{self, PictureIds};
 
 /// How long a packet may wait before it is sent to one subscriber.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +44,9 @@ pub enum Dropped {
 pub enum Outcome {
     /// The packet is in the buffer: a header of this many bytes, then the payload.
     Send { header_len: usize },
+    /// Not its layer (or it is paused): not a loss, nothing to count. It may want a keyframe
+    /// of the layer it waits to switch to.
+    Skip { wants_keyframe: bool },
     Drop {
         why: Dropped,
         /// The DownTrack cannot go on without a keyframe.
@@ -65,6 +73,9 @@ pub struct DownTrack {
     /// Video only: what each recent sequence number carried, to answer NACKs.
     sent_log: Option<SentLog>,
     report: SendCounters,
+    layers: LayerSelector,
+    /// VP8: picture ids and TL0PICIDX kept continuous across layer switches.
+    pictures: Option<PictureIds>,
 }
 
 /// What a sender report tells the subscriber (RFC 3550 §6.4.1): the counters wrap, as the
@@ -105,7 +116,31 @@ impl DownTrack {
             clock_rate,
             sent_log: None,
             report: SendCounters::default(),
+            layers: LayerSelector::new(Some(0)),
+            pictures: None,
         }
+    }
+
+    /// The track is VP8: picture ids are rewritten to run on across layer switches.
+    pub fn with_vp8(mut self) -> Self {
+        self.pictures = Some(PictureIds::default());
+        self
+    }
+
+    /// Forwards simulcast layer `target` from now on (`None`: nothing, paused). True when that
+    /// takes a keyframe of `target`, which the caller asks the publisher for.
+    pub fn set_layer(&mut self, target: Option<u8>) -> bool {
+        self.layers.set_target(target)
+    }
+
+    /// The layer forwarded now, and the one wanted.
+    pub fn layers(&self) -> LayerSelector {
+        self.layers
+    }
+
+    /// The layer whose keyframe the DownTrack needs to go on.
+    pub fn keyframe_layer(&self) -> Option<u8> {
+        self.layers.keyframe_layer()
     }
 
     /// Remembers the last `window` packets sent, so that NACKs for them can be answered.
@@ -142,8 +177,19 @@ impl DownTrack {
         self.forwarder.restart();
     }
 
+    /// The track's layers changed (a publisher renegotiated): start again on a keyframe of
+    /// the target.
+    pub fn restart_layers(&mut self) {
+        self.layers.restart();
+    }
+
     pub fn is_video(&self) -> bool {
         self.video
+    }
+
+    /// Its subscriber accepted the m-line and its transport is up: what it forwards arrives.
+    pub fn is_ready(&self) -> bool {
+        self.negotiated.is_some() && self.transport_ready
     }
 
     pub fn is_sending(&self) -> bool {
@@ -159,10 +205,45 @@ impl DownTrack {
         ntp_now: u64,
         buf: &mut BytesMut,
     ) -> Outcome {
+        if self.negotiated.is_none() || !self.transport_ready {
+            return Outcome::Drop {
+                why: Dropped::NotNegotiated,
+                wants_keyframe: false,
+            };
+        }
+        match self.layers.admit(incoming.layer, incoming.is_keyframe) {
+            Admit::Skip => {
+                let waiting = self.layers.switch_pending() == Some(incoming.layer);
+                if waiting && self.layers.current().is_none() {
+                    // Nothing to show until that keyframe: the same wait as a restart's.
+                    return Outcome::Drop {
+                        why: Dropped::Refused(Refused::WaitingForKeyframe),
+                        wants_keyframe: true,
+                    };
+                }
+                return Outcome::Skip {
+                    wants_keyframe: waiting,
+                };
+            }
+            Admit::Switch => {
+                if let Some(p) = self.pictures.as_mut() {
+                    p.switch();
+                }
+            }
+            Admit::Forward => {}
+        }
         let ssrc = self.ssrc;
         let (rewritten, negotiated) = match self.decide(incoming, now) {
             Ok(decided) => decided,
-            Err(refused) => return refused,
+            Err(refused) => {
+                if matches!(refused, Outcome::Drop { .. }) && self.forwarder.is_waiting() {
+                    // Whatever restarts the run restarts the layer's picture numbering too.
+                    if let Some(p) = self.pictures.as_mut() {
+                        p.switch();
+                    }
+                }
+                return refused;
+            }
         };
         let header_len = write_header(
             buf,
@@ -175,6 +256,23 @@ impl DownTrack {
             ntp_now,
         );
         buf.extend_from_slice(&incoming.packet.payload);
+        let picture = self.pictures.as_mut().and_then(|ids| {
+            let payload = &mut buf[header_len..];
+            let d = vp8::Descriptor::parse(payload)?;
+            let (picture, tl0) = ids.map(&d);
+            vp8::rewrite(payload, &d, picture, tl0);
+            Some((picture, tl0))
+        });
+        if let Some(log) = self.sent_log.as_mut() {
+            log.record(Sent {
+                sequence_number: rewritten.sequence_number,
+                timestamp: rewritten.timestamp,
+                layer: incoming.layer,
+                source_sequence_number: incoming.packet.header.sequence_number,
+                source_timestamp: incoming.packet.header.timestamp,
+                picture,
+            });
+        }
         Outcome::Send { header_len }
     }
 
@@ -210,14 +308,6 @@ impl DownTrack {
                 })
             }
         };
-        if let Some(log) = self.sent_log.as_mut() {
-            log.record(Sent {
-                sequence_number: rewritten.sequence_number,
-                timestamp: rewritten.timestamp,
-                source_sequence_number: source.sequence_number,
-                source_timestamp: source.timestamp,
-            });
-        }
         self.report
             .count(rewritten.timestamp, incoming.packet.payload.len(), now);
         Ok((rewritten, negotiated))
@@ -227,16 +317,17 @@ impl DownTrack {
     /// subscriber NACKed it and the publisher's packet is still in `history`; the header's
     /// length, or `None`. The caller counts it as sent with
     /// [`DownTrack::count_retransmitted`] if it goes.
-    pub fn retransmit(
+    pub fn retransmit<'h>(
         &mut self,
         sequence_number: u16,
-        history: &PacketHistory,
+        history_of: impl Fn(u8) -> Option<&'h PacketHistory>,
         now: Instant,
         ntp_now: u64,
         buf: &mut BytesMut,
     ) -> Option<usize> {
         let negotiated = self.negotiated.as_ref().filter(|_| self.transport_ready)?;
         let sent = self.sent_log.as_ref()?.get(sequence_number)?;
+        let history = history_of(sent.layer)?;
         let kept = history.get(sent.source_sequence_number, sent.source_timestamp, now)?;
         let header_len = write_header(
             buf,
@@ -249,6 +340,12 @@ impl DownTrack {
             ntp_now,
         );
         buf.extend_from_slice(&kept.packet.payload);
+        if let Some((picture, tl0)) = sent.picture {
+            let payload = &mut buf[header_len..];
+            if let Some(d) = vp8::Descriptor::parse(payload) {
+                vp8::rewrite(payload, &d, picture, tl0);
+            }
+        }
         Some(header_len)
     }
 
@@ -330,6 +427,7 @@ mod tests {
     fn incoming(p: &rtp::Packet, keyframe: bool, arrived: Instant) -> Incoming<'_> {
         Incoming {
             packet: p,
+            layer: 0,
             is_keyframe: keyframe,
             carried: Carried::default(),
             arrived,
@@ -373,7 +471,7 @@ mod tests {
         now: Instant,
     ) -> Option<rtp::Packet> {
         let mut buf = BytesMut::new();
-        dt.retransmit(seq, history, now, 0, &mut buf)?;
+        dt.retransmit(seq, |_| Some(history), now, 0, &mut buf)?;
         let mut wire = &buf[..];
         Some(
             <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut wire)

@@ -67,8 +67,12 @@ impl PacketHistory {
 pub struct Sent {
     pub sequence_number: u16,
     pub timestamp: u32,
+    /// The simulcast layer it came from, and its number and timestamp there.
+    pub layer: u8,
     pub source_sequence_number: u16,
     pub source_timestamp: u32,
+    /// The VP8 picture id and TL0PICIDX it was sent with, when rewritten.
+    pub picture: Option<(u16, u8)>,
 }
 
 /// A DownTrack's last sequence numbers and the publisher packets they carried.
@@ -148,6 +152,7 @@ mod tests {
                 timestamp: u32::from(i) * 10,
                 source_sequence_number: 100 + i,
                 source_timestamp: u32::from(i),
+                ..Sent::default()
             });
         }
         let newest = 65_530u16.wrapping_add(19);

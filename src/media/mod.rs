@@ -1,10 +1,13 @@
 //! The data plane: RTP from publishers to subscribers.
 
+pub mod allocator;
 pub mod downtrack;
 pub mod extensions;
 pub mod forwarder;
 pub mod history;
 pub mod keyframe;
 pub mod kind;
+pub mod layers;
 pub mod receiver;
 pub mod sequence;
+pub mod vp8;

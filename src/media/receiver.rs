@@ -34,6 +34,8 @@ pub struct TrackMeta {
 #[derive(Debug)]
 pub struct Incoming<'a> {
     pub packet: &'a rtp::Packet,
+    /// The simulcast layer of the stream it came on (0 for a track that is not simulcast).
+    pub layer: u8,
     pub is_keyframe: bool,
     pub carried: Carried,
     /// When the worker read it from the socket.
@@ -56,6 +58,8 @@ pub const URGENT_PLI_GAP: Duration = Duration::from_millis(100);
 
 pub struct Receiver {
     pub meta: TrackMeta,
+    /// Which simulcast layer this stream is (0, lowest, for a track that is not simulcast).
+    pub layer: u8,
     video_codec: Option<VideoCodec>,
     /// The publisher's SSRC for this track (the media SSRC of our PLIs).
     pub media_ssrc: u32,
@@ -78,6 +82,7 @@ impl Receiver {
         };
         Receiver {
             meta,
+            layer: 0,
             video_codec,
             media_ssrc,
             pli_interval,
@@ -123,6 +128,7 @@ impl Receiver {
         }
         Some(Incoming {
             packet,
+            layer: self.layer,
             is_keyframe,
             carried: Carried::read(&packet.header, &self.meta.extensions),
             arrived,

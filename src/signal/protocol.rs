@@ -59,8 +59,23 @@ pub enum ClientMessage {
         track_id: String,
         muted: bool,
     },
+    /// How this client shows a track it receives: its size in device pixels (0 × 0 unknown),
+    /// or not at all.
+    Subscription {
+        track_id: String,
+        #[serde(default = "yes")]
+        enabled: bool,
+        #[serde(default)]
+        width: u32,
+        #[serde(default)]
+        height: u32,
+    },
     Leave,
     Ping,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Every `type` a client may send, for telling `unknown_type` from `bad_request`.
@@ -70,6 +85,7 @@ pub const CLIENT_TYPES: &[&str] = &[
     "answer",
     "candidate",
     "mute",
+    "subscription",
     "leave",
     "ping",
 ];

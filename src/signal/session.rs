@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tracing::{debug, info, warn};
 
 use crate::engine::{EngineEvent, IceCandidate, PcKind, SdpRefusal, WorkerHandle};
+use crate::media::allocator::View;
 use crate::metrics::Metrics;
 use crate::ratelimit::TokenBucket;
 use crate::room::{
@@ -36,6 +37,9 @@ pub const CLOSE_POLICY: u16 = 1008;
 pub const CLOSE_TOO_LARGE: u16 = 1009;
 pub const CLOSE_INTERNAL: u16 = 1011;
 pub const CLOSE_UNAUTHORIZED: u16 = 4001;
+
+/// The largest view size taken from a client, per side.
+const MAX_VIEW_PIXELS: u32 = 16_384;
 
 /// Close reason for a client that leaves too much unread.
 pub const NOT_READING: &str = "not reading";
@@ -228,6 +232,23 @@ impl Session {
                 if let Some(j) = &self.joined {
                     j.worker
                         .candidate(&j.participant.id, pc, candidate.map(IceCandidate::from));
+                }
+                Flow::Continue
+            }
+            ClientMessage::Subscription {
+                track_id,
+                enabled,
+                width,
+                height,
+            } => {
+                if let Some(j) = &self.joined {
+                    // A size past any screen is a size nobody shows: treat it as the largest.
+                    let view = View {
+                        enabled,
+                        width: width.min(MAX_VIEW_PIXELS),
+                        height: height.min(MAX_VIEW_PIXELS),
+                    };
+                    j.worker.subscription(&j.participant.id, &track_id, view);
                 }
                 Flow::Continue
             }
@@ -610,6 +631,7 @@ pub fn type_name(message: &ClientMessage) -> &'static str {
         ClientMessage::Answer { .. } => "answer",
         ClientMessage::Candidate { .. } => "candidate",
         ClientMessage::Mute { .. } => "mute",
+        ClientMessage::Subscription { .. } => "subscription",
         ClientMessage::Leave => "leave",
         ClientMessage::Ping => "ping",
     }

@@ -2,7 +2,7 @@
 // (puppeteer-core over WebDriver BiDi), both with fake camera and microphone.
 
 import { spawn } from 'node:child_process';
-import { mkdtempSync, mkdirSync, rmSync, readFileSync, existsSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, readFileSync, existsSync, readdirSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -66,11 +66,8 @@ export function startServer({ port = 0 } = {}) {
   });
 }
 
-const WEB_FILES = [
-  'app.js', 'state.js', 'ui.js', 'session.js', 'peers.js', 'tiles.js', 'stage.js', 'people.js', 'chatpanel.js',
-  'controls.js', 'stats.js', 'localmedia.js', 'lobby.js', 'signaling.js', 'layout.js', 'chat.js', 'media.js',
-  'style.css', 'index.html',
-];
+// Every file of the web client, read from web/ itself so a new module needs no change here.
+const WEB_FILES = readdirSync(join(root, 'web')).filter((f) => /\.(js|css|html)$/.test(f));
 
 /** The web/ file (path and content type) a client URL stands for, or null. */
 function webFileFor(href) {
@@ -109,7 +106,7 @@ export async function launchBrowser({ autoplay = true, fakeUi = true, viewport =
     ],
   });
   if (process.env.SWITCHBOARD_WEB_FROM_DISK) {
-    await context.route(/\/(app|state|ui|session|peers|tiles|stage|people|chatpanel|controls|stats|localmedia|lobby|signaling|layout|chat|media)\.js$|\/style\.css$|\/(\?.*)?$/, (route) => {
+    await context.route(/\/[a-z]+\.js$|\/style\.css$|\/(\?.*)?$/, (route) => {
       const file = webFileFor(route.request().url());
       if (!file) return route.continue();
       return route.fulfill({ body: readFileSync(file.path), contentType: file.type });
