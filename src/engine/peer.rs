@@ -27,7 +27,7 @@ use rtc::rtp_transceiver::rtp_sender::{
     TYPE_RTCP_FB_TRANSPORT_CC,
 };
 
-use crate::engine::feedback::FeedbackInterceptor;
+use crate::engine::feedback::{FeedbackInterceptor, UplinkReports};
 use crate::engine::srtp::Writer;
 use crate::engine::udp;
 use crate::engine::EngineError;
@@ -205,14 +205,18 @@ impl PeerSettings {
                 register_simulcast(&mut media_engine)
                     .map_err(|e| rtc_err("registering simulcast", e))?;
                 Registry::new()
+                    // First in, last out: it sees what the others generate.
+                    .with(
+                        Slot::from(500usize),
+                        UplinkReports::new(self.metrics.clone()),
+                    )
                     .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
                     .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
                     .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             }
             PcKind::Subscriber => Registry::new(),
         };
-        // Last in the chain: it sees the outbound NACKs the generator made, and lets inbound
-        // keyframe requests and NACKs through to the worker.
+        // Last in the chain inbound: it lets keyframe requests and NACKs through to the worker.
         let registry = registry.with(
             Slot::from(14_000usize),
             FeedbackInterceptor::new(self.metrics.clone()),

@@ -26,6 +26,9 @@ use crate::media::vp8;
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::TokenBucket;
 
+/// A layer with no packet for this long is not arriving.
+const LAYER_IDLE: Duration = Duration::from_millis(600);
+
 /// Most sequence numbers answered from one NACK packet: a forged one may name thousands.
 const MAX_RETRANSMITS_PER_NACK: usize = 256;
 
@@ -83,6 +86,10 @@ pub struct ReceiverEntry {
 /// One stream of a track.
 pub struct Layer {
     pub receiver: Receiver,
+    /// When its last packet arrived: a layer the publisher stopped sending (its encoder cut
+    /// it for CPU or bandwidth, or `layers` paused it) is not forwarded.
+    last_packet: Instant,
+    active: bool,
     /// Video: the stream's recent packets, for every subscriber's retransmissions.
     history: Option<PacketHistory>,
     pub info: LayerInfo,
@@ -104,12 +111,27 @@ impl ReceiverEntry {
         self.layers.len()
     }
 
-    /// What each layer is, lowest first (`None` for one that never arrived).
+    /// What each layer is, lowest first (`None` for one that is not arriving). When none is
+    /// arriving (the publisher stopped, or muted its camera), every layer it had counts: what
+    /// resumes first is not known.
     pub fn layer_infos(&self) -> Vec<Option<LayerInfo>> {
+        let arriving = |l: &&Layer| l.active;
+        let any = self.layers.iter().flatten().any(|l| arriving(&l));
         self.layers
             .iter()
-            .map(|l| l.as_ref().map(|l| l.info))
+            .map(|l| l.as_ref().filter(|l| !any || arriving(l)).map(|l| l.info))
             .collect()
+    }
+
+    /// Marks each layer arriving or not as of `now`; true when that changed for any.
+    fn refresh_activity(&mut self, now: Instant) -> bool {
+        let mut changed = false;
+        for layer in self.layers.iter_mut().flatten() {
+            let active = now.saturating_duration_since(layer.last_packet) < LAYER_IDLE;
+            changed |= active != layer.active;
+            layer.active = active;
+        }
+        changed
     }
 
     pub fn is_video(&self) -> bool {
@@ -196,6 +218,8 @@ impl Router {
             .then(|| PacketHistory::new(self.config.nack_window, self.config.nack_max_age));
         let new = Layer {
             receiver,
+            last_packet: now,
+            active: true,
             history,
             info: LayerInfo::default(),
         };
@@ -304,6 +328,7 @@ impl Router {
         let layers = self.receivers.get(d.receiver)?.layer_infos();
         let target = allocator::layer_for_view(&layers, d.view);
         let needs_keyframe = d.downtrack.set_layer(target);
+        tracing::debug!(dk, ?target, view = ?d.view, "layer chosen");
         (needs_keyframe && d.downtrack.is_ready())
             .then_some(target)
             .flatten()
@@ -327,6 +352,16 @@ impl Router {
             .into_iter()
             .filter_map(|dk| self.allocate(dk))
             .fold(0, |bits, layer| bits | keyframe_bit(Some(layer)))
+    }
+
+    /// The tracks of more than one layer where a layer stopped arriving since the last look:
+    /// their DownTracks' layers are to be chosen again.
+    pub fn stalled_layers(&mut self, now: Instant) -> Vec<usize> {
+        self.receivers
+            .iter_mut()
+            .filter(|(_, r)| r.layers.len() > 1)
+            .filter_map(|(rk, r)| r.refresh_activity(now).then_some(rk))
+            .collect()
     }
 
     /// Whether a layer of track `rk` changed size since its DownTracks' layers were chosen.
@@ -382,6 +417,11 @@ impl Router {
         else {
             return 0;
         };
+        stream.last_packet = arrived;
+        if !stream.active {
+            stream.active = true;
+            entry.resized = true;
+        }
         let Some(incoming) = stream.receiver.incoming(packet, arrived) else {
             return 0;
         };

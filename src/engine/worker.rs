@@ -61,6 +61,9 @@ const FLUSH_AFTER_QUEUED: usize = 512;
 const MAX_SEND_WAIT: Duration = Duration::from_millis(200);
 /// How often ghosts are looked for and stale routes forgotten: bounds how late a ghost goes.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(2);
+/// How often the worker looks for simulcast layers that stopped: bounds how long a subscriber
+/// of one sees it frozen.
+const LAYERS_EVERY: Duration = Duration::from_millis(250);
 /// How often each subscriber gets a sender report per stream (what browsers send too).
 const SENDER_REPORT_EVERY: Duration = Duration::from_secs(1);
 
@@ -91,6 +94,8 @@ pub(super) enum TimerKey {
     Keyframe(usize, u8),
     Housekeeping,
     SenderReports,
+    /// A look at which simulcast layers still arrive.
+    Layers,
 }
 
 pub(super) struct Worker {
@@ -119,6 +124,7 @@ impl Worker {
         let now = Instant::now();
         timers.set(TimerKey::Housekeeping, Some(now + HOUSEKEEPING_EVERY));
         timers.set(TimerKey::SenderReports, Some(now + SENDER_REPORT_EVERY));
+        timers.set(TimerKey::Layers, Some(now + LAYERS_EVERY));
         let config = setup.config;
         let router = Router::new(
             RouterConfig {
@@ -357,6 +363,13 @@ impl Worker {
                     self.timers
                         .set(TimerKey::SenderReports, Some(now + SENDER_REPORT_EVERY));
                 }
+                TimerKey::Layers => {
+                    for rk in self.router.stalled_layers(now) {
+                        let switches = self.router.reallocate(rk);
+                        self.request_keyframes(rk, switches, now, true);
+                    }
+                    self.timers.set(TimerKey::Layers, Some(now + LAYERS_EVERY));
+                }
                 TimerKey::Housekeeping => {
                     self.peers.expire_routes(now);
                     self.find_ghosts(now);
@@ -540,6 +553,7 @@ impl Worker {
             return;
         };
         let (track_id, kind) = (meta.track_id.clone(), meta.kind);
+        debug!(participant = %m.id, track = %track_id, ?rid, layer, ssrc, "stream began");
         // A renegotiation announces the streams it keeps again: the track is published
         // already, and the stream may come with a new SSRC.
         let (rk, created) = self.router.add_receiver(owner, meta, layer, ssrc, now);

@@ -55,9 +55,16 @@ pub fn layer_for_view(layers: &[Option<LayerInfo>], view: View) -> Option<u8> {
             && f64::from(size.1) >= f64::from(view.height) * COVERS
     };
     if present.iter().all(|(_, l)| l.size.is_some()) {
+        // The smallest that covers; of layers that size (a screen sent sharp at two frame
+        // rates), the higher.
+        let area = |l: &LayerInfo| {
+            l.size
+                .map_or(u64::MAX, |(w, h)| u64::from(w) * u64::from(h))
+        };
         return present
             .iter()
-            .find(|(_, l)| l.size.is_some_and(covers))
+            .filter(|(_, l)| l.size.is_some_and(covers))
+            .min_by_key(|(i, l)| (area(l), std::cmp::Reverse(*i)))
             .map_or(Some(top), |(i, _)| Some(*i));
     }
     // Sizes unknown: assume each layer below the top halves it.
@@ -113,6 +120,14 @@ mod tests {
             ..view(640, 360)
         };
         assert_eq!(layer_for_view(&layers, hidden), None);
+    }
+
+    #[test]
+    fn of_two_layers_the_same_size_the_higher() {
+        // A screen: both layers full size, the lower at a few frames a second.
+        let screen = [sized(1280, 720), sized(1280, 720)];
+        assert_eq!(layer_for_view(&screen, view(640, 360)), Some(1));
+        assert_eq!(layer_for_view(&screen, View::default()), Some(1));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The data plane: RTP from publishers to subscribers.
 
 pub mod allocator;
+pub mod bwe;
 pub mod downtrack;
 pub mod extensions;
 pub mod forwarder;

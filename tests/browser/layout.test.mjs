@@ -29,6 +29,18 @@ const NAMES = ['Ada', 'Grace', 'Linus', 'Margaret', 'Ken', 'Barbara', 'Dennis', 
 async function measure(page) {
   await page.bringToFront();
   await sleep(450);
+  // On a busy machine the tiles may still be moving: measure until two looks agree.
+  let last = await measureNow(page);
+  for (let i = 0; i < 20; i += 1) {
+    await sleep(150);
+    const now = await measureNow(page);
+    if (Math.round(now.tileArea) === Math.round(last.tileArea) && now.tiles === last.tiles) return now;
+    last = now;
+  }
+  return last;
+}
+
+function measureNow(page) {
   return page.evaluate(() => {
     const stage = document.getElementById('stage').getBoundingClientRect();
     const clip = (r) => {
