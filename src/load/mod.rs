@@ -6,5 +6,6 @@ pub mod payload;
 pub mod peer;
 pub mod report;
 pub mod run;
+pub mod wire;
 
 pub use run::{run, LoadConfig};
