@@ -6,6 +6,7 @@ pub mod payload;
 pub mod peer;
 pub mod report;
 pub mod run;
+pub mod seen;
 pub mod wire;
 
 pub use run::{run, LoadConfig};
