@@ -2,6 +2,8 @@
 
 pub mod client;
 pub mod clip;
+pub mod error;
+pub mod feedback;
 pub mod payload;
 pub mod peer;
 pub mod report;
