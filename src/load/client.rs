@@ -26,32 +26,15 @@ use webrtc::peer_connection::{
     RTCSessionDescription,
 };
 
-/// The label of the server's chat data channel (`docs/protocol.md`).
-const CHAT_LABEL: &str = "chat";
-
-use crate::engine::feedback::is_keyframe_request;
+pub use crate::load::error::ClientError;
+use crate::load::feedback::is_keyframe_request;
 use crate::load::payload::{read_stamp, unix_micros, vp8_prefix, write_stamp, Stamp};
 use crate::load::peer::{candidate_from_init, candidate_to_init, Pc, PcFactory};
-use crate::media::sequence::{Seen, SeenWindow};
+use crate::load::seen::{Seen, SeenCounters};
+use crate::load::wire::{
+    ChatRelay, ChatSend, ClientMessage, ParticipantState, PcKind, ServerMessage, CHAT_LABEL,
+};
 use crate::metrics::Metrics;
-use crate::signal::protocol::{ChatRelay, ParticipantState, PcKind, ServerMessage};
-
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("connecting to {url}: {source}")]
-    Connect {
-        url: String,
-        source: tokio_tungstenite::tungstenite::Error,
-    },
-    #[error("the server closed the signaling socket")]
-    Closed,
-    #[error("timed out waiting for {0}")]
-    Timeout(&'static str),
-    #[error("server refused: {code}: {message}")]
-    Refused { code: String, message: String },
-    #[error("WebRTC: {0}")]
-    Rtc(String),
-}
 
 /// What one subscriber saw of one remote track.
 ///
@@ -89,7 +72,7 @@ pub struct RemoteTrackStats {
     last_transit: Option<f64>,
     clock_rate: u32,
     freeze_threshold: Duration,
-    seen: SeenWindow,
+    seen: SeenCounters,
     /// With [`Client::record_arrivals`]: (publisher counter, RTP sequence number) of every
     /// packet, in arrival order.
     pub arrivals: Option<Vec<(u32, u16)>>,
@@ -166,7 +149,7 @@ impl RemoteTrackStats {
                 self.extension_samples.push((stamp.counter, extensions));
             }
         }
-        match self.seen.insert(u64::from(stamp.counter)) {
+        match self.seen.insert(stamp.counter) {
             Seen::Duplicate => {
                 self.duplicates += 1;
                 return;
@@ -326,20 +309,15 @@ struct SubscriberEvents {
     pc: PcKind,
 }
 
-fn to_json(message: &serde_json::Value) -> String {
-    message.to_string()
-}
-
 #[async_trait::async_trait]
 impl PeerConnectionEventHandler for SubscriberEvents {
     async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
         if let Ok(init) = event.candidate.to_json() {
-            let msg = serde_json::json!({
-                "type": "candidate",
-                "pc": self.pc,
-                "candidate": candidate_from_init(init),
-            });
-            let _ = self.outgoing.send(to_json(&msg));
+            let message = ClientMessage::Candidate {
+                pc: self.pc,
+                candidate: Some(candidate_from_init(init)),
+            };
+            let _ = self.outgoing.send(message.encode());
         }
     }
 
@@ -410,7 +388,7 @@ impl PeerConnectionEventHandler for SubscriberEvents {
                     let Ok(text) = std::str::from_utf8(&message.data) else {
                         continue;
                     };
-                    if let Ok(relay) = serde_json::from_str::<ChatRelay>(text) {
+                    if let Some(relay) = ChatRelay::decode(text) {
                         if let Ok(mut chat) = shared.chat.lock() {
                             chat.push(relay);
                         }
@@ -469,11 +447,7 @@ impl Client {
             }
             let _ = sink.close().await;
         });
-        let mut join = serde_json::json!({"type": "join", "room": room, "name": name});
-        if let Some(token) = token {
-            join["token"] = token.into();
-        }
-        let _ = outgoing.send(to_json(&join));
+        let _ = outgoing.send(ClientMessage::Join { room, name, token }.encode());
         // Read until joined (or an error) before handing the socket to the reader task.
         let joined = tokio::time::timeout(Duration::from_secs(10), async {
             while let Some(frame) = stream.next().await {
@@ -483,16 +457,10 @@ impl Client {
                     }
                     continue;
                 };
-                match serde_json::from_str::<ServerMessage>(&text) {
-                    Ok(m @ ServerMessage::Joined { .. }) => return Ok(m),
-                    Ok(ServerMessage::Error { code, message, .. }) => {
-                        return Err(ClientError::Refused {
-                            code: serde_json::to_value(code)
-                                .ok()
-                                .and_then(|v| v.as_str().map(str::to_string))
-                                .unwrap_or_default(),
-                            message,
-                        })
+                match ServerMessage::decode(&text) {
+                    Some(m @ ServerMessage::Joined { .. }) => return Ok(m),
+                    Some(ServerMessage::Error { code, message, .. }) => {
+                        return Err(ClientError::Refused { code, message })
                     }
                     _ => {}
                 }
@@ -554,6 +522,7 @@ impl Client {
         let _ = self.outgoing.send(text.into());
     }
 
+    /// Sends a JSON value as a text frame (tests use it to send what the client would not).
     pub fn send_json(&self, value: serde_json::Value) {
         self.send_raw(value.to_string());
     }
@@ -595,11 +564,7 @@ impl Client {
             shared: self.shared.clone(),
             pc: PcKind::Publisher,
         });
-        let pc = self
-            .factory
-            .build(handler)
-            .await
-            .map_err(|e| ClientError::Rtc(e.to_string()))?;
+        let pc = self.factory.build(handler).await?;
         let mut senders = Vec::new();
         if options.audio {
             let codec = RTCRtpCodec {
@@ -630,11 +595,12 @@ impl Client {
         *self.publisher.lock().await = Some(pc.clone());
         self.offer_publisher(&pc).await?;
         for kind in &options.start_muted {
-            self.send_json(serde_json::json!({
-                "type": "mute",
-                "track_id": format!("{}-{kind}", self.id),
-                "muted": true,
-            }));
+            let track_id = format!("{}-{kind}", self.id);
+            let mute = ClientMessage::Mute {
+                track_id: &track_id,
+                muted: true,
+            };
+            self.send_raw(mute.encode());
         }
         // The reader applies the answer; media starts once the transport is up (SRTP has no
         // keys before), like a browser's encoder output.
@@ -742,7 +708,11 @@ impl Client {
         pc.set_local_description(offer)
             .await
             .map_err(|e| ClientError::Rtc(e.to_string()))?;
-        self.send_json(serde_json::json!({"type": "offer", "pc": "publisher", "sdp": sdp}));
+        let offer = ClientMessage::Offer {
+            pc: PcKind::Publisher,
+            sdp: &sdp,
+        };
+        self.send_raw(offer.encode());
         Ok(())
     }
 
@@ -908,8 +878,7 @@ impl Client {
 
     /// Sends a chat message once the chat channel is open.
     pub async fn chat(&self, text: &str) -> Result<(), ClientError> {
-        self.chat_raw(&serde_json::json!({ "text": text }).to_string())
-            .await
+        self.chat_raw(&ChatSend { text }.encode()).await
     }
 
     pub async fn chat_raw(&self, raw: &str) -> Result<(), ClientError> {
@@ -946,7 +915,7 @@ impl Client {
 
     /// Sends `leave` and closes everything.
     pub async fn leave(self) {
-        self.send_json(serde_json::json!({"type": "leave"}));
+        self.send_raw(ClientMessage::Leave.encode());
         tokio::time::sleep(Duration::from_millis(50)).await;
         self.close().await;
     }
@@ -998,7 +967,7 @@ async fn read_loop(
             }
             continue;
         };
-        let Ok(message) = serde_json::from_str::<ServerMessage>(&text) else {
+        let Some(message) = ServerMessage::decode(&text) else {
             continue;
         };
         match message {
@@ -1039,9 +1008,11 @@ async fn read_loop(
                 if !shared.answer_delay.is_zero() {
                     tokio::time::sleep(shared.answer_delay).await;
                 }
-                let _ = outgoing.send(to_json(
-                    &serde_json::json!({"type": "answer", "pc": "subscriber", "sdp": sdp}),
-                ));
+                let answer = ClientMessage::Answer {
+                    pc: PcKind::Subscriber,
+                    sdp: &sdp,
+                };
+                let _ = outgoing.send(answer.encode());
             }
             ServerMessage::Answer {
                 pc: PcKind::Publisher,

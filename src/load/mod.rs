@@ -11,4 +11,5 @@ pub mod run;
 pub mod seen;
 pub mod wire;
 
+pub use error::{ClientError, LoadError};
 pub use run::{run, LoadConfig};

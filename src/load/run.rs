@@ -125,13 +125,7 @@ impl Default for LoadConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("bad load shape: {0}")]
-    Shape(String),
-    #[error("loading the clip: {0}")]
-    Clip(String),
-}
+pub use crate::load::error::LoadError;
 
 struct Planned {
     room: String,
