@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::load::client::{Client, PublishOptions};
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
 use switchboard::load::wire::ServerMessage;
 
 async fn server() -> switchboard::Server {

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use switchboard::load::client::{Client, PublishOptions};
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
 use switchboard::load::wire::ServerMessage;
 use switchboard::Config;
 use tokio_tungstenite::tungstenite::Message;

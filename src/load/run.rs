@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use tokio::task::JoinSet;
 
-use crate::load::client::{new_latency_histogram, Client, PublishOptions, RemoteTrackStats};
+use crate::load::client::Client;
 use crate::load::clip::Clip;
+use crate::load::publish::PublishOptions;
+use crate::load::received::{new_latency_histogram, RemoteTrackStats, DEFAULT_FREEZE_THRESHOLD};
 use crate::load::report::{
     LatencySummary, MemorySample, ParticipantReport, ProcessSample, Report, ServerReport, Shape,
     Thresholds, TrackReport,
@@ -105,7 +107,7 @@ impl Default for LoadConfig {
             subscribers: 0,
             duration: Duration::from_secs(10),
             settle: Duration::from_secs(2),
-            freeze_threshold: crate::load::client::DEFAULT_FREEZE_THRESHOLD,
+            freeze_threshold: DEFAULT_FREEZE_THRESHOLD,
             ramp: 10.0,
             no_video: false,
             no_audio: false,
