@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{all_freed, start_server, wait_metrics, WAIT};
 use rand::{Rng, SeedableRng};
 use switchboard::load::client::Client;
-use switchboard::signal::protocol::ChatRelay;
+use switchboard::load::wire::ChatRelay;
 
 const ROOM: &str = "chat-order";
 const SENDERS: usize = 3;

@@ -6,7 +6,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use switchboard::load::client::{Client, PublishOptions};
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_participants_each_receive_exactly_the_other_two() {
@@ -321,7 +322,7 @@ async fn forwarded_packets_carry_the_subscribers_mid_and_the_publishers_audio_le
             if track.kind == "audio" {
                 let level_id = id_of(AUDIO_LEVEL_URI);
                 let level = extensions.iter().find(|(id, _)| *id == level_id);
-                let expected = 0x80 | switchboard::load::client::audio_level_of(*counter);
+                let expected = 0x80 | switchboard::load::senders::audio_level_of(*counter);
                 assert_eq!(
                     level.map(|(_, v)| v.first().copied()),
                     Some(Some(expected)),

@@ -7,7 +7,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use switchboard::load::client::{Client, JoinOptions, PublishOptions};
+use switchboard::load::client::{Client, JoinOptions};
+use switchboard::load::publish::PublishOptions;
 
 /// Ports of the UDP sockets a process holds (from /proc).
 fn udp_ports_of(pid: u32) -> Vec<u16> {

@@ -6,8 +6,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use switchboard::load::client::{Client, PublishOptions};
-use switchboard::signal::protocol::ServerMessage;
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
+use switchboard::load::wire::ServerMessage;
 
 async fn server() -> switchboard::Server {
     start_server_with(switchboard::Config {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use switchboard::load::client::Client;
-use switchboard::signal::protocol::ServerMessage;
+use switchboard::load::wire::ServerMessage;
 use switchboard::{Config, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{all_freed, start_server, wait_metrics};
 use rand::{Rng, SeedableRng};
-use switchboard::load::client::{Client, PublishOptions};
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
 
 /// New rounds start until this much time has passed; the test ends well under a minute.
 const BUDGET: Duration = Duration::from_secs(20);

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use rand::Rng;
-use switchboard::load::client::{Client, PublishOptions};
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
 
 /// A malformed datagram of one of the shapes the media port sees: random bytes, and things
 /// that look like STUN, DTLS or RTP at first glance.

@@ -314,3 +314,30 @@ async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
     assert!(m.sender_reports > 0, "{m:?}");
     assert!(report.failures.is_empty(), "{:?}", report.failures);
 }
+
+/// The synthetic VP8 the load tester sends must read as the server reads it: keyframes where
+/// the publisher says so, and nothing else (the client has its own reader in its unit tests;
+/// this holds its prefix against the server's).
+#[test]
+fn the_synthetic_vp8_reads_as_the_server_reads_it() {
+    use switchboard::load::payload::{read_stamp, vp8_prefix, write_stamp, Stamp};
+    use switchboard::media::keyframe::vp8_is_keyframe;
+    let stamp = Stamp {
+        sent_at_micros: 123_456_789,
+        publisher_id: "p0123".into(),
+        counter: 42,
+    };
+    let mut keyframe = Vec::new();
+    vp8_prefix(&mut keyframe, true, true);
+    write_stamp(&mut keyframe, &stamp, 200);
+    assert!(vp8_is_keyframe(&keyframe));
+    assert_eq!(read_stamp(&keyframe), Some(stamp.clone()));
+    let mut delta = Vec::new();
+    vp8_prefix(&mut delta, true, false);
+    write_stamp(&mut delta, &stamp, 0);
+    assert!(!vp8_is_keyframe(&delta));
+    let mut middle = Vec::new();
+    vp8_prefix(&mut middle, false, true);
+    write_stamp(&mut middle, &stamp, 0);
+    assert!(!vp8_is_keyframe(&middle));
+}

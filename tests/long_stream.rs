@@ -13,7 +13,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use common::*;
-use switchboard::load::client::{Client, Flood, PublishOptions};
+use switchboard::load::client::Client;
+use switchboard::load::publish::{Flood, PublishOptions};
 use switchboard::Config;
 
 const PACKETS: u64 = 140_000;

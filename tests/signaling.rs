@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
-use switchboard::load::client::{Client, PublishOptions};
-use switchboard::signal::protocol::{ErrorCode, ServerMessage};
+use switchboard::load::client::Client;
+use switchboard::load::publish::PublishOptions;
+use switchboard::load::wire::ServerMessage;
 use switchboard::Config;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -367,7 +368,7 @@ async fn every_error_a_client_can_provoke_leaves_the_connection_and_the_room_alo
     // The room is full (two participants): a third is refused.
     let refused = Client::join(&url, "errs", "third").await;
     assert!(
-        matches!(refused, Err(switchboard::load::client::ClientError::Refused { ref code, .. }) if code == "room_full"),
+        matches!(refused, Err(switchboard::load::ClientError::Refused { ref code, .. }) if code == "room_full"),
         "{:?}",
         refused.err()
     );
@@ -400,7 +401,6 @@ async fn every_error_a_client_can_provoke_leaves_the_connection_and_the_room_alo
         .unwrap();
     send_ping_pong(&watcher).await;
     watcher.leave().await;
-    let _ = ErrorCode::Internal;
     server.shutdown().await.unwrap();
 }
 
@@ -630,7 +630,7 @@ a=msid:s t\r\na=candidate:1 1 udp 2130706431 host.invalid 9999 typ host\r\n";
         .await
         .unwrap();
     assert!(
-        matches!(&refused, ServerMessage::Error { code, .. } if *code == ErrorCode::InvalidSdp),
+        matches!(&refused, ServerMessage::Error { code, .. } if code == "invalid_sdp"),
         "{refused:?}"
     );
     publisher.publish(PublishOptions::default()).await.unwrap();

@@ -71,7 +71,18 @@ pub fn vp8_prefix(out: &mut Vec<u8>, first_of_frame: bool, keyframe: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::keyframe::vp8_is_keyframe;
+
+    /// RFC 7741 as a receiver reads the simplest payload: a one-byte descriptor with the S bit
+    /// and partition 0 starts a frame, and the frame tag's P bit is 0 on a key frame.
+    /// (`tests/load.rs` also checks the prefix against the server's own reader.)
+    fn vp8_is_keyframe(payload: &[u8]) -> bool {
+        match payload {
+            [descriptor, tag, ..] if descriptor & 0x80 == 0 => {
+                descriptor & 0x10 != 0 && descriptor & 0x07 == 0 && tag & 0x01 == 0
+            }
+            _ => false,
+        }
+    }
 
     #[test]
     fn stamps_round_trip_behind_a_vp8_prefix() {

@@ -12,9 +12,10 @@ use webrtc::peer_connection::{
     RTCConfigurationBuilder, Registry, SettingEngine, SettingEngineBuilder,
 };
 
-use crate::engine::feedback::FeedbackInterceptor;
+use crate::load::error::ClientError;
+use crate::load::feedback::ClientFeedback;
+use crate::load::wire::{Candidate, TrackKind};
 use crate::metrics::Metrics;
-use crate::Error;
 
 /// The boxed peer connection type the rest of the code holds.
 pub type Pc = Arc<PcHandle>;
@@ -47,7 +48,10 @@ impl PcFactory {
     }
 
     /// Builds one peer connection on an ephemeral port.
-    pub async fn build(&self, handler: Arc<dyn PeerConnectionEventHandler>) -> Result<Pc, Error> {
+    pub async fn build(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+    ) -> Result<Pc, ClientError> {
         let pc = self
             .build_on(SocketAddr::new(self.bind_ip, 0), handler)
             .await?;
@@ -58,18 +62,18 @@ impl PcFactory {
         &self,
         addr: SocketAddr,
         handler: Arc<dyn PeerConnectionEventHandler>,
-    ) -> Result<impl PeerConnection, Error> {
+    ) -> Result<impl PeerConnection, ClientError> {
         let mut media_engine = MediaEngine::default();
         media_engine
             .register_default_codecs()
-            .map_err(|e| Error::Rtc(format!("registering codecs: {e}")))?;
+            .map_err(|e| ClientError::Rtc(format!("registering codecs: {e}")))?;
         let registry = interceptors(&mut media_engine)
-            .map_err(|e| Error::Rtc(format!("registering interceptors: {e}")))?
+            .map_err(|e| ClientError::Rtc(format!("registering interceptors: {e}")))?
             // Last in the chain: it sees inbound feedback after the NACK responder and the
             // outbound NACKs the generator made.
             .with(
                 interceptor::Slot::from(14_000usize),
-                FeedbackInterceptor::new(self.metrics.clone()),
+                ClientFeedback::new(self.metrics.clone()),
             );
         let configuration = RTCConfigurationBuilder::new().build();
         PeerConnectionBuilder::new()
@@ -82,7 +86,7 @@ impl PcFactory {
             .with_udp_addrs(vec![addr])
             .build()
             .await
-            .map_err(|e| Error::Rtc(format!("building a peer connection on {addr}: {e}")))
+            .map_err(|e| ClientError::Rtc(format!("building a peer connection on {addr}: {e}")))
     }
 }
 
@@ -214,16 +218,42 @@ fn interceptors(media_engine: &mut MediaEngine) -> webrtc::error::Result<Registr
             .build(),
     );
     configure_simulcast_extension_headers(media_engine)?;
-    register_forwarded_extensions(media_engine)?;
+    register_header_extensions(media_engine)?;
     let registry = configure_twcc(registry, media_engine)?;
     Ok(configure_rtcp_reports(registry))
 }
 
-/// The header extensions the server negotiates, as a browser would offer them.
-fn register_forwarded_extensions(media_engine: &mut MediaEngine) -> webrtc::error::Result<()> {
-    use crate::media::kind::TrackKind;
+/// The header extensions this client offers and accepts, as a browser does: the stream's
+/// `sdes:mid` on both kinds (RFC 8843; the stack's simulcast set has it for video only), the
+/// audio level (RFC 6464), abs-send-time on both kinds, and on video the orientation
+/// (3GPP TS 26.114) and playout delay. `docs/protocol.md` says the server forwards these when
+/// both sides negotiated them.
+pub const HEADER_EXTENSIONS: [(&str, TrackKind); 7] = [
+    ("urn:ietf:params:rtp-hdrext:sdes:mid", TrackKind::Audio),
+    ("urn:ietf:params:rtp-hdrext:sdes:mid", TrackKind::Video),
+    (
+        "urn:ietf:params:rtp-hdrext:ssrc-audio-level",
+        TrackKind::Audio,
+    ),
+    (
+        "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        TrackKind::Audio,
+    ),
+    (
+        "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time",
+        TrackKind::Video,
+    ),
+    ("urn:3gpp:video-orientation", TrackKind::Video),
+    (
+        "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay",
+        TrackKind::Video,
+    ),
+];
+
+/// Registers [`HEADER_EXTENSIONS`].
+fn register_header_extensions(media_engine: &mut MediaEngine) -> webrtc::error::Result<()> {
     use rtc::rtp_transceiver::rtp_sender::{RTCRtpHeaderExtensionCapability, RtpCodecKind};
-    for (uri, kind) in crate::media::extensions::NEGOTIATED {
+    for (uri, kind) in HEADER_EXTENSIONS {
         let kind = match kind {
             TrackKind::Audio => RtpCodecKind::Audio,
             TrackKind::Video => RtpCodecKind::Video,
@@ -239,10 +269,9 @@ fn register_forwarded_extensions(media_engine: &mut MediaEngine) -> webrtc::erro
     Ok(())
 }
 
-pub fn candidate_from_init(
-    init: webrtc::peer_connection::RTCIceCandidateInit,
-) -> crate::signal::protocol::Candidate {
-    crate::signal::protocol::Candidate {
+/// The stack's candidate as the protocol carries it.
+pub fn candidate_from_init(init: webrtc::peer_connection::RTCIceCandidateInit) -> Candidate {
+    Candidate {
         candidate: init.candidate,
         sdp_mid: init.sdp_mid,
         sdp_mline_index: init.sdp_mline_index,
@@ -250,9 +279,8 @@ pub fn candidate_from_init(
     }
 }
 
-pub fn candidate_to_init(
-    c: crate::signal::protocol::Candidate,
-) -> webrtc::peer_connection::RTCIceCandidateInit {
+/// A candidate from the protocol, for the stack.
+pub fn candidate_to_init(c: Candidate) -> webrtc::peer_connection::RTCIceCandidateInit {
     webrtc::peer_connection::RTCIceCandidateInit {
         candidate: c.candidate,
         sdp_mid: c.sdp_mid,

@@ -1,0 +1,283 @@
+//! The synthetic media senders: paced VP8-like video, a flood of one-packet frames, a real
+//! VP8 clip, and Opus-sized audio with its level; each stamped (`payload.rs`) and each
+//! sending a keyframe when the server asks for one.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_local::{TrackLocal, TrackLocalEvent};
+
+use crate::load::clip::Clip;
+use crate::load::feedback::is_keyframe_request;
+use crate::load::payload::{unix_micros, vp8_prefix, write_stamp, Stamp};
+use crate::load::publish::{Flood, PublishOptions, PublishStats};
+
+/// Paces VP8-like frames at the configured bitrate and frame rate, split into packets of
+/// at most 1100 bytes; keyframes at the interval and on PLI.
+pub(crate) async fn send_video(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    publisher_id: String,
+    options: PublishOptions,
+    stats: Arc<PublishStats>,
+) {
+    const MAX_PAYLOAD: usize = 1100;
+    let (keyframe_wanted, feedback) = watch_keyframe_requests(&track, &stats);
+    let frame_rate = options.frame_rate.max(1);
+    let frame_bytes = (options.video_bitrate_bps / 8 / frame_rate).max(200) as usize;
+    let ts_step = 90_000 / frame_rate;
+    let mut interval = tokio::time::interval(Duration::from_secs(1) / frame_rate);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stream = RtpStream::new(ssrc, payload_type);
+    let mut timestamp: u32 = rand::random();
+    let counter = AtomicU32::new(0);
+    let mut last_keyframe = Instant::now();
+    let mut payload = Vec::with_capacity(MAX_PAYLOAD + 64);
+    loop {
+        interval.tick().await;
+        let keyframe = keyframe_wanted.swap(false, Ordering::AcqRel)
+            || last_keyframe.elapsed() >= options.keyframe_interval;
+        if keyframe {
+            last_keyframe = Instant::now();
+            stats.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        // Keyframes are bigger, as real ones are.
+        let size = if keyframe {
+            frame_bytes * 3
+        } else {
+            frame_bytes
+        };
+        let packets = size.div_ceil(MAX_PAYLOAD).max(1);
+        for i in 0..packets {
+            payload.clear();
+            vp8_prefix(&mut payload, i == 0, keyframe);
+            let stamp = Stamp {
+                sent_at_micros: unix_micros(),
+                publisher_id: publisher_id.clone(),
+                counter: counter.fetch_add(1, Ordering::Relaxed),
+            };
+            write_stamp(&mut payload, &stamp, size.min(MAX_PAYLOAD));
+            let packet = stream.packet(
+                timestamp,
+                i + 1 == packets,
+                bytes::Bytes::copy_from_slice(&payload),
+            );
+            if track.write_rtp(packet).await.is_err() {
+                feedback.abort();
+                return;
+            }
+            stats.video_packets.fetch_add(1, Ordering::Relaxed);
+        }
+        timestamp = timestamp.wrapping_add(ts_step);
+    }
+}
+
+/// Sends `flood.packets` one-packet frames at `flood.per_second`, in batches every 5 ms.
+pub(crate) async fn send_flood(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    publisher_id: String,
+    flood: Flood,
+    stats: Arc<PublishStats>,
+) {
+    const TICK: Duration = Duration::from_millis(5);
+    let (keyframe_wanted, feedback) = watch_keyframe_requests(&track, &stats);
+    let per_tick = (u64::from(flood.per_second) * TICK.as_millis() as u64 / 1000).max(1);
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut stream = RtpStream::new(ssrc, payload_type);
+    let mut timestamp: u32 = rand::random();
+    let mut payload = Vec::with_capacity(flood.payload_bytes + 64);
+    let mut counter = 0u64;
+    while counter < flood.packets {
+        interval.tick().await;
+        for _ in 0..per_tick.min(flood.packets - counter) {
+            let keyframe = keyframe_wanted.swap(false, Ordering::AcqRel);
+            if keyframe {
+                stats.keyframes.fetch_add(1, Ordering::Relaxed);
+            }
+            payload.clear();
+            vp8_prefix(&mut payload, true, keyframe);
+            let stamp = Stamp {
+                sent_at_micros: unix_micros(),
+                publisher_id: publisher_id.clone(),
+                counter: counter as u32,
+            };
+            write_stamp(&mut payload, &stamp, flood.payload_bytes);
+            let packet = stream.packet(timestamp, true, bytes::Bytes::copy_from_slice(&payload));
+            if track.write_rtp(packet).await.is_err() {
+                feedback.abort();
+                return;
+            }
+            stats.video_packets.fetch_add(1, Ordering::Relaxed);
+            counter += 1;
+            timestamp = timestamp.wrapping_add(90);
+        }
+    }
+    feedback.abort();
+}
+
+/// The sequence numbering of one sent RTP stream.
+struct RtpStream {
+    ssrc: u32,
+    payload_type: u8,
+    sequence_number: u16,
+}
+
+impl RtpStream {
+    fn new(ssrc: u32, payload_type: u8) -> Self {
+        RtpStream {
+            ssrc,
+            payload_type,
+            sequence_number: rand::random(),
+        }
+    }
+
+    /// The next packet of the stream.
+    fn packet(&mut self, timestamp: u32, marker: bool, payload: bytes::Bytes) -> rtp::Packet {
+        let sequence_number = self.sequence_number;
+        self.sequence_number = sequence_number.wrapping_add(1);
+        rtp::Packet {
+            header: rtp::header::Header {
+                version: 2,
+                marker,
+                payload_type: self.payload_type,
+                sequence_number,
+                timestamp,
+                ssrc: self.ssrc,
+                ..Default::default()
+            },
+            payload,
+        }
+    }
+}
+
+/// Watches a sent track's RTCP for keyframe requests.
+fn watch_keyframe_requests(
+    track: &Arc<TrackLocalStaticRTP>,
+    stats: &Arc<PublishStats>,
+) -> (Arc<AtomicBool>, JoinHandle<()>) {
+    let wanted = Arc::new(AtomicBool::new(true));
+    let task = {
+        let track = track.clone();
+        let wanted = wanted.clone();
+        let stats = stats.clone();
+        tokio::spawn(async move {
+            while let Some(event) = track.poll().await {
+                if let TrackLocalEvent::OnRtcpPacket(packets) = event {
+                    if packets.iter().any(|p| is_keyframe_request(p.as_ref())) {
+                        stats.plis_received.fetch_add(1, Ordering::Relaxed);
+                        wanted.store(true, Ordering::Release);
+                    }
+                }
+            }
+        })
+    };
+    (wanted, task)
+}
+
+/// Sends a real VP8 clip at its frame rate, looping; a keyframe request skips ahead to the
+/// clip's next keyframe.
+pub(crate) async fn send_clip(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    clip: Arc<Clip>,
+    stats: Arc<PublishStats>,
+) {
+    use rtp::packetizer::Payloader;
+    const MTU: usize = 1100;
+    let (keyframe_wanted, feedback) = watch_keyframe_requests(&track, &stats);
+    let mut payloader = rtp::codec::vp8::Vp8Payloader::default();
+    payloader.enable_picture_id = true;
+    let frame_rate = clip.frame_rate.max(1);
+    let ts_step = 90_000 / frame_rate;
+    let mut interval = tokio::time::interval(Duration::from_secs(1) / frame_rate);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stream = RtpStream::new(ssrc, payload_type);
+    let mut timestamp: u32 = rand::random();
+    let mut index = 0usize;
+    loop {
+        interval.tick().await;
+        if keyframe_wanted.swap(false, Ordering::AcqRel) {
+            index = clip.next_keyframe(index);
+        }
+        let Some(frame) = clip.frames.get(index) else {
+            break;
+        };
+        if frame.keyframe {
+            stats.keyframes.fetch_add(1, Ordering::Relaxed);
+        }
+        let Ok(payloads) = payloader.payload(MTU, &frame.data) else {
+            break;
+        };
+        let count = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            let packet = stream.packet(timestamp, i + 1 == count, payload);
+            if track.write_rtp(packet).await.is_err() {
+                feedback.abort();
+                return;
+            }
+            stats.video_packets.fetch_add(1, Ordering::Relaxed);
+        }
+        timestamp = timestamp.wrapping_add(ts_step);
+        index = (index + 1) % clip.frames.len();
+    }
+    feedback.abort();
+}
+
+/// The audio level (−dBov, 0 to 127) the synthetic publisher sends with packet `counter`.
+pub fn audio_level_of(counter: u32) -> u8 {
+    (counter % 128) as u8
+}
+
+/// One Opus-sized packet every 20 ms, with its audio level.
+pub(crate) async fn send_audio(
+    track: Arc<TrackLocalStaticRTP>,
+    ssrc: u32,
+    payload_type: u8,
+    publisher_id: String,
+    stats: Arc<PublishStats>,
+) {
+    let mut interval = tokio::time::interval(Duration::from_millis(20));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut stream = RtpStream::new(ssrc, payload_type);
+    let mut timestamp: u32 = rand::random();
+    let mut counter = 0u32;
+    let mut payload = Vec::with_capacity(160);
+    loop {
+        interval.tick().await;
+        payload.clear();
+        // An Opus TOC byte for a 20 ms frame, then the stamp.
+        payload.push(0x78);
+        let stamp = Stamp {
+            sent_at_micros: unix_micros(),
+            publisher_id: publisher_id.clone(),
+            counter,
+        };
+        counter = counter.wrapping_add(1);
+        write_stamp(&mut payload, &stamp, 120);
+        let packet = stream.packet(timestamp, false, bytes::Bytes::copy_from_slice(&payload));
+        timestamp = timestamp.wrapping_add(960);
+        // The level a subscriber should see forwarded (RFC 6464), derived from the counter.
+        let level = rtp::extension::HeaderExtension::AudioLevel(
+            rtp::extension::audio_level_extension::AudioLevelExtension {
+                level: audio_level_of(stamp.counter),
+                voice: true,
+            },
+        );
+        if track
+            .write_rtp_with_extensions(packet, &[level])
+            .await
+            .is_err()
+        {
+            return;
+        }
+        stats.audio_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
