@@ -85,7 +85,7 @@ fn fan_out(c: &mut Criterion) {
                 let now = Instant::now();
                 if let Some(incoming) = receiver.incoming(&p, now) {
                     for d in &mut downtracks {
-                        if let Outcome::Send { .. } = d.forward(&incoming, now, 0, &mut buf) {
+                        if let Outcome::Send(_) = d.forward(&incoming, now, 0, &mut buf) {
                             std::hint::black_box(&buf);
                         }
                     }
@@ -122,9 +122,10 @@ fn to_wire(c: &mut Criterion) {
                 let now = Instant::now();
                 if let Some(incoming) = receiver.incoming(&p, now) {
                     for (d, sender) in downtracks.iter_mut().zip(&mut senders) {
-                        if let Outcome::Send { header_len } = d.forward(&incoming, now, 0, &mut buf)
-                        {
-                            sender.protect(&mut buf, header_len).expect("protected");
+                        if let Outcome::Send(shape) = d.forward(&incoming, now, 0, &mut buf) {
+                            sender
+                                .protect(&mut buf, shape.header_len)
+                                .expect("protected");
                             std::hint::black_box(&buf);
                         }
                     }

@@ -7,14 +7,19 @@
 # Figures land in $OUT/*.json and in a summary table on stdout.
 #
 #   SERVER_BIN=path   server binary to measure (default: this tree's release build); the
-#                     load tester is always this tree's, so two servers meet the same tester
+#                     load tester is this tree's, so two servers meet the same tester
+#   TESTER_BIN=path   the load tester to use instead (then nothing is built)
 #   SERVE_ARGS="..."  extra server flags (an older build may not know --udp-port)
 #   SUBSCRIBERS="..." subscriber counts of the one-room shape
 #   DURATION=15       seconds of media per run
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked --bin switchboard
-TESTER=target/release/switchboard
+if [ -n "${TESTER_BIN:-}" ]; then
+  TESTER=$TESTER_BIN
+else
+  cargo build --release --locked --bin switchboard
+  TESTER=target/release/switchboard
+fi
 SERVER_BIN=${SERVER_BIN:-$TESTER}
 SERVE_ARGS=${SERVE_ARGS---udp-port 0 --max-sockets-per-ip 1000}
 OUT=${OUT:-artifacts/capacity}

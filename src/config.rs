@@ -221,6 +221,29 @@ pub struct Config {
     )]
     pub max_retransmits_per_sec: u32,
 
+    /// Each subscriber's downlink estimate before its first feedback, bits a second: the
+    /// layers its first tracks start on (the estimate then follows the feedback, and probes
+    /// for more when a larger layer is wanted).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BWE_START_BITRATE",
+        default_value_t = 1_500_000
+    )]
+    pub bwe_start_bitrate: u64,
+
+    /// The most a subscriber's downlink estimate may reach, bits a second.
+    #[arg(
+        long,
+        env = "SWITCHBOARD_BWE_MAX_BITRATE",
+        default_value_t = 20_000_000
+    )]
+    pub bwe_max_bitrate: u64,
+
+    /// No bandwidth estimate per subscriber: layers are chosen by the size a client shows
+    /// them at only (as a server without congestion control would).
+    #[arg(long, env = "SWITCHBOARD_NO_BWE")]
+    pub no_bwe: bool,
+
     /// Least time between two keyframe requests (PLI) sent to one publisher, in milliseconds.
     /// A subscriber that has nothing to show yet does not wait for it.
     #[arg(long, env = "SWITCHBOARD_PLI_INTERVAL_MS", default_value_t = 500)]
@@ -345,6 +368,9 @@ impl Default for Config {
             audio_queue_ms: 100,
             media_timeout: Duration::from_secs(15),
             pli_interval_ms: 500,
+            bwe_start_bitrate: 1_500_000,
+            bwe_max_bitrate: 20_000_000,
+            no_bwe: false,
             nack_window: 256,
             nack_max_age_ms: 1000,
             max_retransmits_per_sec: 300,
@@ -411,6 +437,10 @@ impl Config {
             max_retransmits_per_sec: self.max_retransmits_per_sec,
             queue: self.queue_limits(),
             max_chat_bytes: self.max_chat_bytes,
+            bwe: (!self.no_bwe).then(|| crate::engine::BweSettings {
+                start: self.bwe_start_bitrate as f64,
+                max: (self.bwe_max_bitrate as f64).max(crate::engine::BweSettings::MIN),
+            }),
             max_candidates: self.max_candidates,
             media_timeout: self.media_timeout,
             fault_drop_every: self.fault_drop_every_nth_packet,

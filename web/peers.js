@@ -257,3 +257,33 @@ export function scheduleMuteRetry(session) {
     }
   }, 500);
 }
+
+/**
+ * The server says which simulcast layers of a track anyone needs (`layers`): the others stop
+ * being encoded and sent until a later `layers` asks for them again.
+ */
+export async function setActiveLayers(session, trackId, active) {
+  if (!current(session) || !session.pub) return;
+  for (const slot of session.pub.slots.values()) {
+    if (slot.publishedId !== trackId) continue;
+    const sender = slot.transceiver.sender;
+    const params = sender.getParameters();
+    if (!params.encodings || params.encodings.length < 2) return;
+    let changed = false;
+    for (const encoding of params.encodings) {
+      const on = active.includes(encoding.rid);
+      if (encoding.active !== on) {
+        encoding.active = on;
+        changed = true;
+      }
+    }
+    if (changed) {
+      try {
+        await sender.setParameters(params);
+      } catch (err) {
+        // A renegotiation in flight may refuse it; the next `layers` tries again.
+        console.warn('setting the active layers', err);
+      }
+    }
+  }
+}

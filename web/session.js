@@ -9,7 +9,7 @@ import { addPerson, removePerson, clearPeople, renderPerson } from './tiles.js';
 import { renderPeople } from './people.js';
 import { scheduleLayout } from './stage.js';
 import { setLocalStream, acquireMedia, removeLocalScreenTile } from './localmedia.js';
-import { addRemoteCandidate, dropRemoteTrack, onSubscriberOffer, publish, scheduleMuteRetry } from './peers.js';
+import { addRemoteCandidate, dropRemoteTrack, onSubscriberOffer, publish, scheduleMuteRetry, setActiveLayers } from './peers.js';
 import { appendChat, chatNote } from './chatpanel.js';
 import { renderPanels, updateCallControls } from './controls.js';
 import { showLobby } from './lobby.js';
@@ -183,6 +183,23 @@ function wireSignaling(session) {
     if (track) track.muted = m.muted;
     renderPerson(m.participant_id);
   });
+  on('layers', (m) => {
+    setActiveLayers(session, m.track_id, m.active);
+  });
+  on('speakers', (m) => {
+    // The server hears every publisher's audio level: its word wins over the page's own
+    // meters from now on.
+    state.serverSpeakers = new Map(m.speakers.map((s) => [s.participant_id, s.level]));
+  });
+  on('track_paused', (m) => {
+    // The server paused a track this page receives: the link cannot carry even its lowest
+    // layer. The tile says so rather than freeze.
+    const person = state.people.get(m.participant_id);
+    if (!person) return;
+    const track = person.tracks.get(m.track_id);
+    if (track) track.paused = m.paused;
+    renderPerson(m.participant_id);
+  });
   on('error', (m) => {
     if (m.request_type === 'mute') {
       // The server may not know a track until its first packets: try again shortly.
@@ -273,6 +290,7 @@ function teardown() {
   state.me = null;
   state.pinned = null;
   state.activeSpeaker = null;
+  state.serverSpeakers = null;
   state.audioBlocked = false;
   $('audio-prompt').hidden = true;
   $('banner').hidden = true;

@@ -32,6 +32,8 @@ export const state = {
   view: 'grid',
   pinned: null,
   activeSpeaker: null,
+  // Who speaks, as the server says (participant id → level); null until it first says.
+  serverSpeakers: null,
   localSpeaking: false,
   unread: 0,
   chatFollow: true,

@@ -24,11 +24,19 @@ export function tickLevels() {
   const levels = meter.running ? meter.sample() : new Map();
   const now = Date.now();
   let best = null;
+  const fromServer = state.serverSpeakers;
   for (const [id, person] of state.people) {
-    const level = Math.max(levels.get(id) || 0, person.statsLevel || 0);
-    person.level = level;
     const audio = trackInfo(person, 'audio');
-    if (level > SPEAKING_LEVEL && audio && !audio.muted) person.lastLoud = now;
+    if (fromServer) {
+      // The server's speakers (it holds them over pauses itself).
+      person.level = fromServer.get(id) || 0;
+      if (fromServer.has(id)) person.lastLoud = now;
+      else person.lastLoud = 0;
+    } else {
+      // No word from the server yet: the page's own meters.
+      person.level = Math.max(levels.get(id) || 0, person.statsLevel || 0);
+      if (person.level > SPEAKING_LEVEL && audio && !audio.muted) person.lastLoud = now;
+    }
     const speaking = isSpeaking(person);
     person.tile.classList.toggle('speaking', speaking);
     if (speaking && (!best || person.level > best.level)) best = person;

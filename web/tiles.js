@@ -137,6 +137,7 @@ export function renderPerson(id) {
   person.badges.replaceChildren();
   if (!audio || audio.muted) person.badges.append(badge(audio ? 'mic muted' : 'no mic', 'mic'));
   if (!video || video.muted) person.badges.append(badge(video ? 'camera off' : 'no camera', 'cam'));
+  if (video && !video.muted && video.paused) person.badges.append(badge('paused: low bandwidth', 'bandwidth'));
   if (person.screen && person.screen.tile) {
     person.screen.tile.classList.toggle('video-off', !person.screen.track);
   }

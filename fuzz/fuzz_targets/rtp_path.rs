@@ -137,9 +137,9 @@ fuzz_target!(|data: &[u8]| {
         );
         let mut buf = bytes::BytesMut::new();
         match downtrack.forward(&incoming, now, 0x1234_5678_9abc_def0, &mut buf) {
-            Outcome::Send { header_len } => {
+            Outcome::Send(shape) => {
                 let out = rtp::Packet::unmarshal(&mut &buf[..]).expect("a forwarded packet parses");
-                assert_eq!(buf.len() - header_len, packet.payload.len());
+                assert_eq!(buf.len() - shape.header_len, packet.payload.len());
                 assert_eq!(out.header.ssrc, 0xabcd);
                 assert_eq!(out.header.payload_type, 102);
                 assert_eq!(out.header.marker, packet.header.marker);

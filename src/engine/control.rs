@@ -2,6 +2,7 @@
 //! sends, acted on in the order it was sent. Participants come and go, tracks are forwarded and
 //! removed, offers and answers are applied, chat is delivered on the data channel.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::warn;
@@ -18,7 +19,10 @@ impl Worker {
         let now = Instant::now();
         let key = |worker: &Self, id: &str| worker.by_id.get(id).copied();
         match command {
-            Command::AddParticipant { participant_id } => self.add_participant(participant_id, now),
+            Command::AddParticipant {
+                participant_id,
+                room,
+            } => self.add_participant(participant_id, room, now),
             Command::RemoveParticipant { participant_id } => {
                 self.remove_participant(&participant_id, now)
             }
@@ -113,13 +117,13 @@ impl Worker {
         self.timers.cancel(TimerKey::Peer(peer));
     }
 
-    fn add_participant(&mut self, id: String, now: Instant) {
+    fn add_participant(&mut self, id: String, room: Arc<str>, now: Instant) {
         if self.by_id.contains_key(&id) {
             return;
         }
         let key = self
             .participants
-            .insert(Participant::new(id.clone(), usize::MAX, now));
+            .insert(Participant::new(id.clone(), room, usize::MAX, now));
         let peer = match self.peers.create(key, PcKind::Subscriber, now) {
             Ok(peer) => peer,
             Err(e) => {

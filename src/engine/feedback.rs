@@ -1,8 +1,8 @@
 //! Two interceptors at the two ends of a server peer connection's chain.
 //!
 //! [`FeedbackInterceptor`], nearest the application: marks inbound RTCP compounds holding a
-//! keyframe request (PLI or FIR) or a NACK for delivery to the application, and counts the NACKs
-//! received.
+//! keyframe request (PLI or FIR), a NACK or bandwidth feedback (transport-wide, REMB) for
+//! delivery to the application, and counts the NACKs received.
 //!
 //! [`UplinkReports`], nearest the network (inbound packets reach it first, and what the stack's
 //! own interceptors generate passes it last): counts the NACKs the stack sends to publishers,
@@ -25,7 +25,9 @@ use std::time::Instant;
 use interceptor::{Attribute, Interceptor, Packet, StreamInfo, TaggedPacket};
 use rtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use rtc::rtcp::payload_feedbacks::receiver_estimated_maximum_bitrate::ReceiverEstimatedMaximumBitrate;
 use rtc::rtcp::receiver_report::ReceiverReport;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
 use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use rtc::sansio::Protocol;
 use rtc::shared::error::Error;
@@ -60,6 +62,16 @@ fn count_nacks(packet: &Packet) -> u64 {
     }
 }
 
+/// What the worker acts on: keyframe requests, NACKs, and the feedback its bandwidth
+/// estimate runs on.
+fn for_the_worker(packet: &dyn rtc::rtcp::Packet) -> bool {
+    let any = packet.as_any();
+    is_keyframe_request(packet)
+        || any.is::<TransportLayerNack>()
+        || any.is::<TransportLayerCc>()
+        || any.is::<ReceiverEstimatedMaximumBitrate>()
+}
+
 /// True when an RTCP packet asks for a keyframe.
 pub fn is_keyframe_request(packet: &dyn rtc::rtcp::Packet) -> bool {
     let any = packet.as_any();
@@ -79,10 +91,7 @@ impl Protocol<TaggedPacket, TaggedPacket, ()> for FeedbackInterceptor {
             count_nacks(&msg.message.packet),
         );
         if let Packet::Rtcp(packets) = &msg.message.packet {
-            if packets
-                .iter()
-                .any(|p| is_keyframe_request(p.as_ref()) || p.as_any().is::<TransportLayerNack>())
-            {
+            if packets.iter().any(|p| for_the_worker(p.as_ref())) {
                 msg.message.add(Attribute::DeliverToApplication);
             }
         }

@@ -15,7 +15,9 @@
 //! participant goes out as an [`EngineEvent`] through the [`EventSink`] the engine was started
 //! with. It knows rooms only as the participants a command names.
 
+mod bandwidth;
 mod chat;
+mod congestion;
 mod control;
 pub mod demux;
 pub mod feedback;
@@ -25,6 +27,7 @@ pub mod peer;
 mod peers;
 mod publisher;
 pub mod router;
+mod speakers;
 pub mod srtp;
 mod subscriber;
 pub mod timers;
@@ -95,6 +98,8 @@ pub struct EngineConfig {
     pub max_retransmits_per_sec: u32,
     pub queue: QueueLimits,
     pub max_chat_bytes: usize,
+    /// A bandwidth estimate per subscriber (`None`: off).
+    pub bwe: Option<BweSettings>,
     /// Most remote candidates one peer connection takes.
     pub max_candidates: usize,
     /// A participant whose media is absent this long is removed (see `Worker::find_ghosts`).
@@ -104,6 +109,8 @@ pub struct EngineConfig {
     /// Test-only fault injection: every Nth video RTP datagram sent to subscribers is lost.
     pub fault_drop_sent_video_every: Option<u32>,
 }
+
+pub use congestion::BweSettings;
 
 /// An ICE candidate as a client gives it (`RTCIceCandidateInit`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +155,27 @@ pub enum EngineEvent {
     MediaLost { reason: &'static str },
     /// Its media could not start at all.
     Failed { message: String },
+    /// The simulcast layers (rids) of a track it publishes that anyone needs now.
+    Layers {
+        track_id: String,
+        active: Vec<String>,
+    },
+    /// Who speaks in its room now, loudest first (empty: nobody).
+    Speakers { speakers: Arc<[Speaker]> },
+    /// A track it receives was paused because not even its lowest layer fits the
+    /// participant's bandwidth, or resumed.
+    TrackPaused {
+        publisher_id: String,
+        track_id: String,
+        paused: bool,
+    },
+}
+
+/// One participant speaking, and how loud (0–100).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Speaker {
+    pub participant_id: String,
+    pub level: u8,
 }
 
 /// Where the engine's events go (the signaling layer). Called on a worker thread: it must
@@ -168,6 +196,8 @@ pub(crate) enum Inbox {
 pub(crate) enum Command {
     AddParticipant {
         participant_id: String,
+        /// Its room: who hears who speaks.
+        room: Arc<str>,
     },
     RemoveParticipant {
         participant_id: String,
@@ -226,9 +256,10 @@ impl WorkerHandle {
     }
 
     /// A participant joined: it gets its subscriber peer connection and the chat channel.
-    pub fn add_participant(&self, participant_id: &str) {
+    pub fn add_participant(&self, participant_id: &str, room: &Arc<str>) {
         self.command(Command::AddParticipant {
             participant_id: participant_id.to_string(),
+            room: room.clone(),
         });
     }
 
@@ -369,6 +400,7 @@ impl Engine {
             srtp,
             metrics.clone(),
             sctp_max_message_for_chat(config.max_chat_bytes),
+            config.bwe,
         )?);
         let channels: Vec<_> = (0..workers).map(|_| mpsc::unbounded_channel()).collect();
         let handles: Vec<WorkerHandle> = channels

@@ -4,6 +4,7 @@
 //! back what the answer settled.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rtc::media_stream::MediaStreamTrack;
@@ -33,6 +34,7 @@ pub struct Forwarded {
 
 pub struct Participant {
     pub id: String,
+    pub room: Arc<str>,
     pub publisher: Option<usize>,
     pub subscriber: usize,
     pub negotiation: Negotiation<Forwarded>,
@@ -50,18 +52,26 @@ pub struct Participant {
 impl Participant {
     /// Why its media path counts as dead while its signaling lives on (a frozen process, a
     /// network that changed), if it does: it answered the subscriber offer but that connection
-    /// never came up, or every unmuted track it publishes fell silent, for `timeout`. A client
-    /// that never answers only watches signaling: it is left be.
+    /// never came up, or its publisher connection (made at `publisher_unconnected_since`) never
+    /// did, or every unmuted track it publishes fell silent, for `timeout`. A client that never
+    /// answers only watches signaling: it is left be.
+    #[allow(clippy::too_many_arguments)]
     pub fn ghost(
         &self,
         key: usize,
         subscriber_connected: bool,
+        publisher_unconnected_since: Option<Instant>,
         router: &Router,
         now: Instant,
         timeout: Duration,
     ) -> Option<&'static str> {
         if self.lost {
             return None;
+        }
+        if publisher_unconnected_since
+            .is_some_and(|since| now.saturating_duration_since(since) > timeout)
+        {
+            return Some("publisher connection never connected");
         }
         if self.negotiation.was_answered()
             && !subscriber_connected
@@ -80,9 +90,10 @@ impl Participant {
         (silent > 0 && live == 0).then_some("media stopped")
     }
 
-    pub fn new(id: String, subscriber: usize, now: Instant) -> Self {
+    pub fn new(id: String, room: Arc<str>, subscriber: usize, now: Instant) -> Self {
         Participant {
             id,
+            room,
             publisher: None,
             subscriber,
             negotiation: Negotiation::default(),
@@ -158,10 +169,14 @@ pub fn negotiated_for(
         })
         .or_else(|| codecs.iter().find(same_mime))?;
     let negotiated_extensions = &params.rtp_parameters.header_extensions;
-    let mid_id = negotiated_extensions
-        .iter()
-        .find(|e| e.uri == extensions::SDES_MID)
-        .map(|e| e.id);
+    let id_of = |uri: &str| {
+        negotiated_extensions
+            .iter()
+            .find(|e| e.uri == uri)
+            .map(|e| e.id)
+    };
+    let mid_id = id_of(extensions::SDES_MID);
+    let transport_cc_id = id_of(extensions::TRANSPORT_CC);
     Some(Negotiated {
         payload_type: found.payload_type,
         extensions: SubscriberExtensions::new(
@@ -170,6 +185,7 @@ pub fn negotiated_for(
             ),
             mid_id,
             &mid,
-        ),
+        )
+        .with_transport_cc(transport_cc_id),
     })
 }

@@ -23,10 +23,11 @@ use rtc::peer_connection::transport::{
 };
 use rtc::peer_connection::{RTCPeerConnection, RTCPeerConnectionBuilder};
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_NACK,
-    TYPE_RTCP_FB_TRANSPORT_CC,
+    RTCPFeedback, RTCRtpHeaderExtensionCapability, RtpCodecKind, TYPE_RTCP_FB_GOOG_REMB,
+    TYPE_RTCP_FB_NACK, TYPE_RTCP_FB_TRANSPORT_CC,
 };
 
+use crate::engine::congestion::{BweSettings, Congestion};
 use crate::engine::feedback::{FeedbackInterceptor, UplinkReports};
 use crate::engine::srtp::Writer;
 use crate::engine::udp;
@@ -54,6 +55,12 @@ pub struct Peer {
     pub early_checks: Vec<udp::Incoming>,
     /// Who protects the media it forwards (subscriber connections).
     pub srtp: Writer,
+    /// Its downlink's estimate (subscriber connections, unless estimation is off).
+    pub congestion: Option<Congestion>,
+    /// When it was made, and whether it ever connected: one that never comes up is given up
+    /// after a while.
+    pub created: Instant,
+    pub ever_connected: bool,
 }
 
 impl Peer {
@@ -63,6 +70,8 @@ impl Peer {
         role: PcKind,
         ufrag: String,
         srtp: Writer,
+        congestion: Option<Congestion>,
+        created: Instant,
     ) -> Self {
         Peer {
             pc,
@@ -74,6 +83,9 @@ impl Peer {
             remote_candidates: 0,
             early_checks: Vec::new(),
             srtp,
+            congestion,
+            created,
+            ever_connected: false,
         }
     }
 
@@ -122,6 +134,8 @@ pub struct PeerSettings {
     /// The data channel's largest message (SDP `max-message-size`): each subscriber PC keeps
     /// a reassembly buffer that large, so it is sized for chat, not the stack's 64 KiB.
     pub sctp_max_message_bytes: u32,
+    /// A bandwidth estimate per subscriber connection (`None`: off).
+    pub bwe: Option<BweSettings>,
 }
 
 /// The largest chat message on the data channel for texts of up to `max_chat_bytes`: JSON may
@@ -141,6 +155,7 @@ impl PeerSettings {
         srtp_profiles: Vec<SrtpProtectionProfile>,
         metrics: Arc<Metrics>,
         sctp_max_message_bytes: u32,
+        bwe: Option<BweSettings>,
     ) -> Result<Self, EngineError> {
         let provider = rtc::crypto::default_provider()
             .map_err(|e| EngineError::Rtc(format!("crypto provider: {e}")))?;
@@ -158,6 +173,7 @@ impl PeerSettings {
             certificate,
             metrics,
             sctp_max_message_bytes,
+            bwe,
         })
     }
 
@@ -170,7 +186,9 @@ impl PeerSettings {
     ///   publisher's own bandwidth estimate runs on it);
     /// - subscriber (sends): none of the stack's. The worker answers NACKs from one history
     ///   per published track and writes the sender reports itself: a send buffer per
-    ///   subscriber would copy every header and hold ~45 KiB per video stream.
+    ///   subscriber would copy every header and hold ~45 KiB per video stream. With a
+    ///   bandwidth estimate it offers transport-wide feedback (and REMB, for clients without
+    ///   it); the worker numbers what it sends and reads the feedback ([`Congestion`]).
     ///
     /// `crypto` replaces the default crypto provider (a subscriber's [`KeyTap`]).
     ///
@@ -186,9 +204,11 @@ impl PeerSettings {
         let rtc_err =
             |what: &str, e: rtc::shared::error::Error| EngineError::Rtc(format!("{what}: {e}"));
         let mut media_engine = MediaEngine::default();
-        media_engine
-            .register_default_codecs()
-            .map_err(|e| rtc_err("registering codecs", e))?;
+        match role {
+            PcKind::Publisher => register_publisher_codecs(&mut media_engine),
+            PcKind::Subscriber => media_engine.register_default_codecs(),
+        }
+        .map_err(|e| rtc_err("registering codecs", e))?;
         register_extensions(&mut media_engine).map_err(|e| rtc_err("registering extensions", e))?;
         for parameter in ["", "pli"] {
             media_engine.register_feedback(
@@ -210,11 +230,28 @@ impl PeerSettings {
                         Slot::from(500usize),
                         UplinkReports::new(self.metrics.clone()),
                     )
-                    .with(Slot::NackGenerator, NackGeneratorBuilder::new().build())
+                    .with(
+                        Slot::NackGenerator,
+                        NackGeneratorBuilder::new()
+                            .with_max_nacks_per_packet(MAX_NACKS_PER_PACKET)
+                            .build(),
+                    )
                     .with(Slot::TwccReceiver, TwccReceiverBuilder::new().build())
                     .with(Slot::ReceiverReport, ReceiverReportBuilder::new().build())
             }
-            PcKind::Subscriber => Registry::new(),
+            PcKind::Subscriber => {
+                if self.bwe.is_some() {
+                    register_twcc(&mut media_engine).map_err(|e| rtc_err("registering TWCC", e))?;
+                    media_engine.register_feedback(
+                        RTCPFeedback {
+                            typ: TYPE_RTCP_FB_GOOG_REMB.to_owned(),
+                            parameter: String::new(),
+                        },
+                        RtpCodecKind::Video,
+                    );
+                }
+                Registry::new()
+            }
         };
         // Last in the chain inbound: it lets keyframe requests and NACKs through to the worker.
         let registry = registry.with(
@@ -253,6 +290,70 @@ impl PeerSettings {
             .map_err(|e| rtc_err("ending candidates", e))?;
         Ok(pc)
     }
+}
+
+/// Most times one packet lost on a publisher's uplink is asked for again (every 100 ms): a
+/// packet that does not come after that is past its frame's use.
+const MAX_NACKS_PER_PACKET: u16 = 2;
+
+/// What publishers may send: the stack's default codecs without RTX (RFC 4588). Browsers then
+/// retransmit a NACKed packet as it was, on its own SSRC, with its own sequence number and RID:
+/// the NACK generator sees the loss repaired and stops asking (it never sees into an RTX
+/// packet, and kept asking 8–9 times for each), and a simulcast layer's repairs reach its
+/// subscribers (the stack unwraps RTX only for streams signalled with `ssrc-group:FID`, which
+/// RID-based simulcast does not use).
+fn register_publisher_codecs(media_engine: &mut MediaEngine) -> rtc::shared::error::Result<()> {
+    use rtc::peer_connection::configuration::media_engine::{
+        MIME_TYPE_AV1, MIME_TYPE_H264, MIME_TYPE_OPUS, MIME_TYPE_VP8, MIME_TYPE_VP9,
+    };
+    use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodec, RTCRtpCodecParameters};
+    // NACK and PLI are registered for every video codec with the rest of the feedback.
+    let video_feedback = vec![RTCPFeedback {
+        typ: "ccm".to_owned(),
+        parameter: "fir".to_owned(),
+    }];
+    media_engine.register_codec(
+        RTCRtpCodecParameters {
+            rtp_codec: RTCRtpCodec {
+                mime_type: MIME_TYPE_OPUS.to_owned(),
+                clock_rate: 48_000,
+                channels: 2,
+                sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+                rtcp_feedback: Vec::new(),
+            },
+            payload_type: 111,
+        },
+        RtpCodecKind::Audio,
+    )?;
+    let h264 = |mode: u8, profile: &str| {
+        format!("level-asymmetry-allowed=1;packetization-mode={mode};profile-level-id={profile}")
+    };
+    for (payload_type, mime_type, fmtp) in [
+        (96, MIME_TYPE_VP8, String::new()),
+        (98, MIME_TYPE_VP9, "profile-id=0".to_owned()),
+        (100, MIME_TYPE_VP9, "profile-id=1".to_owned()),
+        (102, MIME_TYPE_H264, h264(1, "42001f")),
+        (127, MIME_TYPE_H264, h264(0, "42001f")),
+        (125, MIME_TYPE_H264, h264(1, "42e01f")),
+        (108, MIME_TYPE_H264, h264(0, "42e01f")),
+        (123, MIME_TYPE_H264, h264(1, "640032")),
+        (41, MIME_TYPE_AV1, "profile-id=0".to_owned()),
+    ] {
+        media_engine.register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: RTCRtpCodec {
+                    mime_type: mime_type.to_owned(),
+                    clock_rate: 90_000,
+                    channels: 0,
+                    sdp_fmtp_line: fmtp,
+                    rtcp_feedback: video_feedback.clone(),
+                },
+                payload_type,
+            },
+            RtpCodecKind::Video,
+        )?;
+    }
+    Ok(())
 }
 
 /// Transport-wide congestion control feedback towards publishers.
@@ -353,6 +454,7 @@ mod tests {
             parse_srtp_profiles("aes128gcm,aes128cm").unwrap(),
             Arc::new(Metrics::default()),
             sctp_max_message_for_chat(4096),
+            None,
         )
         .unwrap();
         let mut pc = settings

@@ -13,6 +13,7 @@ use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 use slab::Slab;
 use tracing::debug;
 
+use crate::engine::congestion::Congestion;
 use crate::engine::demux::{self, Demux, Route};
 use crate::engine::peer::{Peer, PeerSettings};
 use crate::engine::srtp::{KeyTap, Writer};
@@ -95,9 +96,19 @@ impl Peers {
             Some(tap) => Writer::Proving { tap, tries: 0 },
             None => Writer::Stack,
         };
-        let key = self
-            .slab
-            .insert(Peer::new(pc, owner, role, ufrag.clone(), srtp));
+        let congestion = match role {
+            PcKind::Subscriber => self.settings.bwe.map(Congestion::new),
+            PcKind::Publisher => None,
+        };
+        let key = self.slab.insert(Peer::new(
+            pc,
+            owner,
+            role,
+            ufrag.clone(),
+            srtp,
+            congestion,
+            now,
+        ));
         self.demux.add_peer(&ufrag, key);
         Metrics::inc(&self.metrics.peer_connections);
         Ok(key)

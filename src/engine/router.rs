@@ -16,12 +16,13 @@ use rtc::rtcp::transport_feedbacks::transport_layer_nack::TransportLayerNack;
 use slab::Slab;
 
 use crate::engine::negotiation::TrackKey;
-use crate::media::allocator::{self, LayerInfo, View};
-use crate::media::downtrack::{DownTrack, Dropped, Outcome, QueueLimits};
+use crate::media::allocator::{self, Demand, Hysteresis, LayerInfo, View};
+use crate::media::downtrack::{DownTrack, Dropped, Outcome, QueueLimits, Shape};
 use crate::media::extensions;
 use crate::media::forwarder::Refused;
 use crate::media::history::PacketHistory;
 use crate::media::receiver::{KeyframeRequest, Receiver, TrackMeta};
+use crate::media::speech::SpeechMeter;
 use crate::media::vp8;
 use crate::metrics::{self, Metrics};
 use crate::ratelimit::TokenBucket;
@@ -39,16 +40,9 @@ pub trait MediaOut {
     fn buffer(&mut self) -> BytesMut;
     /// Takes back a buffer that was not sent.
     fn give_back(&mut self, buf: BytesMut);
-    /// Sends `packet` (plain RTP: a header of `header_len` bytes, then the payload) on peer
-    /// connection `peer`; false if it could not go.
-    fn send(
-        &mut self,
-        peer: usize,
-        packet: BytesMut,
-        header_len: usize,
-        video: bool,
-        now: Instant,
-    ) -> bool;
+    /// Sends `packet` (plain RTP, laid out as `shape` says) on peer connection `peer`; false
+    /// if it could not go.
+    fn send(&mut self, peer: usize, packet: BytesMut, shape: Shape, now: Instant) -> bool;
 }
 
 /// The limits the Router works within.
@@ -81,6 +75,12 @@ pub struct ReceiverEntry {
     /// A layer's size changed since the DownTracks' layers were last chosen.
     resized: bool,
     vp8: bool,
+    /// Audio: how loud its publisher speaks.
+    pub speech: SpeechMeter,
+    /// The simulcast layers its publisher was last asked to send (their rids), and since when
+    /// fewer would do.
+    pub layers_asked: Option<Vec<String>>,
+    fewer_since: Option<Instant>,
 }
 
 /// One stream of a track.
@@ -93,7 +93,23 @@ pub struct Layer {
     /// Video: the stream's recent packets, for every subscriber's retransmissions.
     history: Option<PacketHistory>,
     pub info: LayerInfo,
+    /// The publisher's name for it (RID-based simulcast).
+    pub rid: Option<String>,
+    /// Bytes that arrived since the last [`Router::measure_layers`], and the bitrate, bits a
+    /// second, smoothed over about a second.
+    bytes: u64,
+    pub bitrate: f64,
 }
+
+/// How long fewer simulcast layers must have done before the publisher is asked to stop the
+/// others.
+const LAYERS_OFF_AFTER: Duration = Duration::from_secs(3);
+
+/// What a forwarded packet weighs beyond its payload (RTP header and extensions, SRTP tag),
+/// in the same measure as the bandwidth estimate's.
+const PACKET_OVERHEAD: u64 = 40;
+/// The weight of each new measurement of a layer's bitrate (every `LAYERS_EVERY`).
+const BITRATE_SMOOTHING: f64 = 0.25;
 
 impl ReceiverEntry {
     pub fn layer(&self, layer: u8) -> Option<&Layer> {
@@ -123,6 +139,20 @@ impl ReceiverEntry {
             .collect()
     }
 
+    /// Each layer's bitrate, lowest first (`None`: not arriving).
+    fn layer_rates(&self) -> Vec<Option<f64>> {
+        self.layers
+            .iter()
+            .map(|l| l.as_ref().filter(|l| l.active).map(|l| l.bitrate))
+            .collect()
+    }
+
+    /// A screen share is served before cameras (the web client's track ids say which is
+    /// which; see `docs/protocol.md`).
+    fn priority(&self) -> u8 {
+        u8::from(!self.meta.track_id.starts_with("screen"))
+    }
+
     /// Marks each layer arriving or not as of `now`; true when that changed for any.
     fn refresh_activity(&mut self, now: Instant) -> bool {
         let mut changed = false;
@@ -149,6 +179,22 @@ pub struct DownTrackEntry {
     pub receiver: usize,
     /// How its subscriber shows the track.
     pub view: View,
+    /// The highest layer its subscriber's bandwidth allows (`None` inside: none, paused);
+    /// `None`: no estimate, only the view limits it.
+    pub ceiling: Option<Option<u8>>,
+    hysteresis: Hysteresis,
+}
+
+/// One subscriber's layers chosen within its bandwidth ([`Router::allocate_within`]).
+#[derive(Debug, Default)]
+pub struct Allocation {
+    /// The (track, layer) keyframes the choice takes.
+    pub keyframes: Vec<(usize, u8)>,
+    /// What the subscriber would receive with no limit, bits a second: more than the estimate
+    /// is worth probing for.
+    pub wanted: f64,
+    /// Tracks paused, or resumed, for bandwidth by this choice: (DownTrack, paused).
+    pub paused_changed: Vec<(usize, bool)>,
 }
 
 pub struct Router {
@@ -222,6 +268,9 @@ impl Router {
             active: true,
             history,
             info: LayerInfo::default(),
+            rid: None,
+            bytes: 0,
+            bitrate: 0.0,
         };
         let (rk, created) = match self.tracks.get(&key) {
             Some(&rk) => (rk, false),
@@ -236,6 +285,9 @@ impl Router {
                     muted: false,
                     resized: false,
                     vp8,
+                    speech: SpeechMeter::default(),
+                    layers_asked: None,
+                    fewer_since: None,
                 });
                 Metrics::inc(&self.metrics.receivers);
                 self.tracks.insert(key, rk);
@@ -314,6 +366,8 @@ impl Router {
             peer,
             receiver: rk,
             view: View::default(),
+            ceiling: None,
+            hysteresis: Hysteresis::default(),
         });
         Metrics::inc(&self.metrics.downtracks);
         self.receivers[rk].downtracks.push(dk);
@@ -326,12 +380,218 @@ impl Router {
     pub fn allocate(&mut self, dk: usize) -> Option<u8> {
         let d = self.downtracks.get_mut(dk)?;
         let layers = self.receivers.get(d.receiver)?.layer_infos();
-        let target = allocator::layer_for_view(&layers, d.view);
+        let mut target = allocator::layer_for_view(&layers, d.view);
+        if let Some(ceiling) = d.ceiling {
+            target = target.zip(ceiling).map(|(t, c)| t.min(c));
+        }
         let needs_keyframe = d.downtrack.set_layer(target);
-        tracing::debug!(dk, ?target, view = ?d.view, "layer chosen");
+        if needs_keyframe {
+            tracing::debug!(dk, ?target, view = ?d.view, ceiling = ?d.ceiling, "layer chosen");
+        }
         (needs_keyframe && d.downtrack.is_ready())
             .then_some(target)
             .flatten()
+    }
+
+    /// Chooses the layers of one subscriber's DownTracks `dks` within `budget` bits a second
+    /// (see [`allocator::allocate`]); down at once, up after the estimate held
+    /// ([`Hysteresis`]).
+    pub fn allocate_within(&mut self, dks: &[usize], budget: f64, now: Instant) -> Allocation {
+        let mut video = Vec::with_capacity(dks.len());
+        let mut demands = Vec::with_capacity(dks.len());
+        let mut audio = 0;
+        let mut wanted = 0.0;
+        for &dk in dks {
+            let Some(d) = self.downtracks.get(dk) else {
+                continue;
+            };
+            let Some(r) = self.receivers.get(d.receiver) else {
+                continue;
+            };
+            if !r.is_video() {
+                audio += 1;
+                wanted += allocator::AUDIO_RESERVE;
+                continue;
+            }
+            let layers = r.layer_rates();
+            let view_layer = allocator::layer_for_view(&r.layer_infos(), d.view);
+            wanted += view_layer
+                .and_then(|l| layers.get(usize::from(l)).copied().flatten())
+                .unwrap_or(0.0);
+            video.push(dk);
+            demands.push(Demand {
+                layers,
+                wanted: view_layer,
+                priority: r.priority(),
+            });
+        }
+        let allowed = allocator::allocate(budget, audio, &demands);
+        // What it has now may stay while the budget is a little short: estimates wobble, and
+        // a switch costs a keyframe.
+        let lenient = allocator::allocate(budget * (1.0 + allocator::KEEP_MARGIN), audio, &demands);
+        let mut allocation = Allocation {
+            wanted,
+            ..Allocation::default()
+        };
+        for (((dk, allowed), lenient), demand) in
+            video.into_iter().zip(allowed).zip(lenient).zip(&demands)
+        {
+            let Some(d) = self.downtracks.get_mut(dk) else {
+                continue;
+            };
+            let allowed = match d.ceiling {
+                Some(current) if allowed < current && current <= lenient => current,
+                _ => allowed,
+            };
+            // Before any estimate, it had what its view asks for.
+            let current = d.ceiling.unwrap_or(demand.wanted);
+            let ceiling = d
+                .hysteresis
+                .settle(current, allowed, lowest_arriving(demand), now);
+            let was_paused = d.ceiling == Some(None) && d.view.enabled;
+            let paused = ceiling.is_none() && demand.wanted.is_some();
+            if paused != was_paused {
+                allocation.paused_changed.push((dk, paused));
+            }
+            d.ceiling = Some(ceiling);
+            let receiver = d.receiver;
+            if let Some(layer) = self.allocate(dk) {
+                allocation.keyframes.push((receiver, layer));
+            }
+        }
+        allocation
+    }
+
+    /// Names layer `layer` of track `rk` as its publisher does.
+    pub fn set_rid(&mut self, rk: usize, layer: u8, rid: Option<String>) {
+        if let Some(l) = self.receivers.get_mut(rk).and_then(|r| r.layer_mut(layer)) {
+            l.rid = rid;
+        }
+    }
+
+    /// Simulcast tracks whose publisher is to send other layers than it was last asked (see
+    /// [`Router::layers_needed`]): (track, the rids to send). More layers are asked for at
+    /// once; fewer only once fewer have done for `LAYERS_OFF_AFTER`, so a subscriber that
+    /// moves up again soon finds its layer running.
+    pub fn layers_to_ask(&mut self, now: Instant) -> Vec<(usize, Vec<String>)> {
+        let mut asks = Vec::new();
+        let keys: Vec<usize> = self
+            .receivers
+            .iter()
+            .filter(|(_, r)| r.layers.len() > 1)
+            .map(|(rk, _)| rk)
+            .collect();
+        for rk in keys {
+            let Some(needed) = self.layers_needed(rk) else {
+                continue;
+            };
+            let r = &mut self.receivers[rk];
+            let asked = r.layers_asked.as_ref();
+            if asked == Some(&needed) {
+                r.fewer_since = None;
+                continue;
+            }
+            let fewer = asked.is_some_and(|a| needed.iter().all(|n| a.contains(n)));
+            if fewer {
+                let since = *r.fewer_since.get_or_insert(now);
+                if now.saturating_duration_since(since) < LAYERS_OFF_AFTER {
+                    continue;
+                }
+            }
+            r.fewer_since = None;
+            r.layers_asked = Some(needed.clone());
+            asks.push((rk, needed));
+        }
+        asks
+    }
+
+    /// The layers of simulcast track `rk` its subscribers need: up to the highest any of them
+    /// shows it at (counting layers the publisher stopped), and every layer below (cheap, and
+    /// where a subscriber goes down at once); the lowest even when nobody watches. `None` when
+    /// the track's layers have no names.
+    ///
+    /// Views only, not bandwidth: a layer that is not sent has no bitrate to weigh against a
+    /// subscriber's estimate, so a subscriber held down by its estimate could never have it
+    /// back.
+    pub fn layers_needed(&self, rk: usize) -> Option<Vec<String>> {
+        let r = self.receivers.get(rk)?;
+        let all: Vec<Option<LayerInfo>> = r
+            .layers
+            .iter()
+            .map(|l| l.as_ref().map(|l| l.info))
+            .collect();
+        let highest = r
+            .downtracks
+            .iter()
+            .filter_map(|&dk| self.downtracks.get(dk))
+            .filter_map(|d| allocator::layer_for_view(&all, d.view))
+            .max();
+        let rids: Vec<String> = r
+            .layers
+            .iter()
+            // The lowest always: a track that falls silent reads as its publisher gone, and a
+            // new subscriber starts on something at once.
+            .take(highest.map_or(1, |h| usize::from(h) + 1))
+            .filter_map(|l| l.as_ref().and_then(|l| l.rid.clone()))
+            .collect();
+        r.layers
+            .iter()
+            .flatten()
+            .any(|l| l.rid.is_some())
+            .then_some(rids)
+    }
+
+    /// Every layer's bitrate from the bytes that arrived since the last call.
+    pub fn measure_layers(&mut self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        if seconds <= 0.0 {
+            return;
+        }
+        for (_, r) in self.receivers.iter_mut() {
+            for layer in r.layers.iter_mut().flatten() {
+                let sample = std::mem::take(&mut layer.bytes) as f64 * 8.0 / seconds;
+                layer.bitrate = if layer.bitrate == 0.0 {
+                    sample
+                } else {
+                    layer.bitrate + BITRATE_SMOOTHING * (sample - layer.bitrate)
+                };
+            }
+        }
+    }
+
+    /// Writes up to `bytes` of padding into the stream of one of `dks` that can take it, to
+    /// probe its subscriber's downlink; the bytes sent.
+    pub fn pad(
+        &mut self,
+        dks: &[usize],
+        bytes: usize,
+        now: Instant,
+        out: &mut impl MediaOut,
+    ) -> usize {
+        let ntp = extensions::ntp_now();
+        let mut sent = 0;
+        for &dk in dks {
+            let Some(d) = self.downtracks.get_mut(dk) else {
+                continue;
+            };
+            while sent < bytes {
+                let mut buf = out.buffer();
+                let Some(shape) = d.downtrack.pad(now, ntp, &mut buf) else {
+                    out.give_back(buf);
+                    break;
+                };
+                let len = buf.len();
+                if !out.send(d.peer, buf, shape, now) {
+                    return sent;
+                }
+                Metrics::add(&self.metrics.padding_packets, 1);
+                sent += len;
+            }
+            if sent >= bytes {
+                break;
+            }
+        }
+        sent
     }
 
     /// How the subscriber of DownTrack `dk` shows its track now: its layer is chosen again.
@@ -418,6 +678,7 @@ impl Router {
             return 0;
         };
         stream.last_packet = arrived;
+        stream.bytes += packet.payload.len() as u64 + PACKET_OVERHEAD;
         if !stream.active {
             stream.active = true;
             entry.resized = true;
@@ -427,6 +688,10 @@ impl Router {
         };
         if let Some(history) = stream.history.as_mut() {
             history.insert(packet, &incoming.carried, arrived);
+        } else if let Some(level) = incoming.carried.get(extensions::AUDIO_LEVEL) {
+            if let Some(&first) = level.first() {
+                entry.speech.observe(first);
+            }
         }
         if incoming.is_keyframe && entry.vp8 {
             if let Some(size) = vp8::keyframe_size(&packet.payload) {
@@ -444,9 +709,8 @@ impl Router {
             };
             let mut buf = out.buffer();
             match d.downtrack.forward(&incoming, now, ntp, &mut buf) {
-                Outcome::Send { header_len } => {
-                    let video = d.downtrack.is_video();
-                    if out.send(d.peer, buf, header_len, video, now) {
+                Outcome::Send(shape) => {
+                    if out.send(d.peer, buf, shape, now) {
                         Metrics::add(&metrics.packets_out, 1);
                         Metrics::add(&metrics.bytes_out, packet.payload.len() as u64);
                     }
@@ -501,8 +765,7 @@ impl Router {
         let wanted = nack.nacks.iter().flat_map(|pair| pair.into_iter());
         for seq in wanted.take(MAX_RETRANSMITS_PER_NACK) {
             let mut buf = out.buffer();
-            let Some(header_len) = d.downtrack.retransmit(seq, history_of, now, ntp, &mut buf)
-            else {
+            let Some(shape) = d.downtrack.retransmit(seq, history_of, now, ntp, &mut buf) else {
                 out.give_back(buf);
                 missed += 1;
                 continue;
@@ -512,8 +775,8 @@ impl Router {
                 limited += 1;
                 continue;
             }
-            d.downtrack.count_retransmitted(&buf, header_len, now);
-            if out.send(d.peer, buf, header_len, d.downtrack.is_video(), now) {
+            d.downtrack.count_retransmitted(&buf, shape.header_len, now);
+            if out.send(d.peer, buf, shape, now) {
                 sent += 1;
             }
         }
@@ -552,6 +815,17 @@ impl Router {
                 l.receiver.request_keyframe(now, urgent)
             })
     }
+}
+
+/// The lowest layer of a track that arrives, up to the one its view wants.
+fn lowest_arriving(demand: &Demand) -> Option<u8> {
+    let wanted = demand.wanted?;
+    demand
+        .layers
+        .iter()
+        .take(usize::from(wanted) + 1)
+        .position(Option::is_some)
+        .map(|l| l as u8)
 }
 
 /// One bit for a layer (none for none).
@@ -596,20 +870,21 @@ mod tests {
         fn give_back(&mut self, _buf: BytesMut) {
             self.buffers_out -= 1;
         }
-        fn send(
-            &mut self,
-            peer: usize,
-            packet: BytesMut,
-            header_len: usize,
-            _: bool,
-            _: Instant,
-        ) -> bool {
+        fn send(&mut self, peer: usize, packet: BytesMut, shape: Shape, _: Instant) -> bool {
             self.buffers_out -= 1;
             if self.refuse_peer == Some(peer) {
                 return false;
             }
             let parsed = rtp::Packet::unmarshal(&mut &packet[..]).expect("an RTP packet");
-            assert_eq!(packet.len() - header_len, parsed.payload.len());
+            let padding = if parsed.header.padding {
+                usize::from(packet[packet.len() - 1])
+            } else {
+                0
+            };
+            assert_eq!(
+                packet.len() - shape.header_len,
+                parsed.payload.len() + padding
+            );
             self.sent.push((peer, parsed));
             true
         }
@@ -787,5 +1062,194 @@ mod tests {
         let mut out = Recorded::default();
         assert_eq!(r.fan_out(rk, 0, &vp8(1, true), now, now, &mut out), 0);
         assert!(out.sent.is_empty());
+    }
+
+    /// A three-layer track (150 k, 450 k, 1.3 Mbit/s) and one subscriber of it.
+    fn simulcast_subscriber(now: Instant) -> (Router, usize, usize) {
+        let mut r = router();
+        let mut rk = 0;
+        for (layer, rate) in [150_000.0, 450_000.0, 1_300_000.0].into_iter().enumerate() {
+            rk = r
+                .add_receiver(
+                    0,
+                    video_meta("alice"),
+                    layer as u8,
+                    1000 + layer as u32,
+                    now,
+                )
+                .0;
+            r.receiver_mut(rk)
+                .unwrap()
+                .layer_mut(layer as u8)
+                .unwrap()
+                .bitrate = rate;
+        }
+        let dk = subscribe(&mut r, rk, 1, 10, 5, "0");
+        (r, rk, dk)
+    }
+
+    fn ceiling(r: &Router, dk: usize) -> Option<Option<u8>> {
+        r.downtrack(dk).unwrap().ceiling
+    }
+
+    #[test]
+    fn a_subscriber_gets_what_its_estimate_allows_down_at_once_up_after_a_hold() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (mut r, rk, dk) = simulcast_subscriber(t0);
+        let a = r.allocate_within(&[dk], 700_000.0, at(0));
+        assert_eq!(ceiling(&r, dk), Some(Some(1)));
+        assert_eq!(a.keyframes, vec![(rk, 1)], "the middle layer's keyframe");
+        assert!(a.wanted > 1_000_000.0, "it would take the full layer");
+        // The estimate falls under the lowest layer: the lowest at once, paused (and said so)
+        // only if that lasts.
+        let a = r.allocate_within(&[dk], 100_000.0, at(250));
+        assert_eq!(ceiling(&r, dk), Some(Some(0)));
+        assert!(a.paused_changed.is_empty());
+        let a = r.allocate_within(&[dk], 100_000.0, at(2_300));
+        assert_eq!(ceiling(&r, dk), Some(None));
+        assert_eq!(a.paused_changed, vec![(dk, true)]);
+        // Back up: the lowest layer at once (it shows nothing meanwhile), and resumed.
+        let a = r.allocate_within(&[dk], 300_000.0, at(2_500));
+        assert_eq!(ceiling(&r, dk), Some(Some(0)));
+        assert_eq!(a.paused_changed, vec![(dk, false)]);
+        // Plenty: held for three seconds first.
+        r.allocate_within(&[dk], 5_000_000.0, at(2_750));
+        assert_eq!(ceiling(&r, dk), Some(Some(0)));
+        r.allocate_within(&[dk], 5_000_000.0, at(5_000));
+        assert_eq!(ceiling(&r, dk), Some(Some(0)));
+        let a = r.allocate_within(&[dk], 5_000_000.0, at(5_800));
+        assert_eq!(ceiling(&r, dk), Some(Some(2)));
+        assert_eq!(a.keyframes, vec![(rk, 2)]);
+        // A little short of what it has: it keeps it.
+        r.allocate_within(&[dk], 1_300_000.0, at(6_000));
+        assert_eq!(ceiling(&r, dk), Some(Some(2)));
+        // A view smaller than the top layer caps it whatever the estimate.
+        r.downtrack_mut(dk).unwrap().view = View {
+            width: 0,
+            height: 0,
+            enabled: false,
+        };
+        let a = r.allocate_within(&[dk], 5_000_000.0, at(6_250));
+        assert_eq!(a.wanted, 0.0, "a hidden track wants nothing");
+    }
+
+    #[test]
+    fn padding_continues_the_numbering_between_frames() {
+        let now = Instant::now();
+        let mut r = router();
+        let (rk, _) = r.add_receiver(0, video_meta("alice"), 0, 1234, now);
+        let dk = subscribe(&mut r, rk, 1, 10, 5, "0");
+        let mut out = Recorded::default();
+        // No stream yet: nothing to pad.
+        assert_eq!(r.pad(&[dk], 1000, now, &mut out), 0);
+        for seq in 0..20 {
+            let mut p = vp8(seq, seq == 0);
+            p.header.marker = true;
+            r.fan_out(rk, 0, &p, now, now, &mut out);
+        }
+        let last = out.sent.last().unwrap().1.header.clone();
+        let sent = r.pad(&[dk], 1000, now, &mut out);
+        assert!(sent >= 1000, "{sent}");
+        let padding: Vec<_> = out.sent[20..].iter().map(|(_, p)| p.clone()).collect();
+        assert_eq!(padding.len(), 4, "255 bytes of padding each");
+        for (i, p) in padding.iter().enumerate() {
+            assert!(p.header.padding && p.payload.is_empty());
+            assert_eq!(
+                p.header.sequence_number,
+                last.sequence_number.wrapping_add(1 + i as u16)
+            );
+            assert_eq!(p.header.timestamp, last.timestamp);
+            assert_eq!(p.header.ssrc, 5);
+        }
+        let mut next = vp8(20, false);
+        next.header.marker = true;
+        r.fan_out(rk, 0, &next, now, now, &mut out);
+        assert_eq!(
+            out.sent.last().unwrap().1.header.sequence_number,
+            last.sequence_number.wrapping_add(5)
+        );
+        assert_eq!(r.metrics.snapshot().padding_packets, 4);
+        assert_eq!(out.buffers_out, 0);
+    }
+
+    #[test]
+    fn the_publisher_is_asked_for_the_layers_someone_shows_and_stops_the_rest_after_a_while() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let (mut r, rk, dk) = simulcast_subscriber(t0);
+        for (layer, rid) in ["q", "h", "f"].into_iter().enumerate() {
+            r.set_rid(rk, layer as u8, Some(rid.into()));
+        }
+        // Sizes from keyframes: 320×180, 640×360, 1280×720.
+        for (layer, width) in [320u32, 640, 1280].into_iter().enumerate() {
+            r.receiver_mut(rk)
+                .unwrap()
+                .layer_mut(layer as u8)
+                .unwrap()
+                .info
+                .size = Some((width, width * 9 / 16));
+        }
+        let rids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // Unknown view: the top, so everything.
+        assert_eq!(r.layers_to_ask(at(0)), vec![(rk, rids(&["q", "h", "f"]))]);
+        assert!(r.layers_to_ask(at(100)).is_empty(), "told once");
+        // A small tile: fewer layers, but only once that has lasted.
+        r.downtrack_mut(dk).unwrap().view = View {
+            enabled: true,
+            width: 300,
+            height: 170,
+        };
+        assert!(r.layers_to_ask(at(200)).is_empty());
+        assert!(r.layers_to_ask(at(2_000)).is_empty());
+        assert_eq!(r.layers_to_ask(at(3_300)), vec![(rk, rids(&["q"]))]);
+        // Larger again: more at once.
+        r.downtrack_mut(dk).unwrap().view = View {
+            enabled: true,
+            width: 600,
+            height: 340,
+        };
+        assert_eq!(r.layers_to_ask(at(3_400)), vec![(rk, rids(&["q", "h"]))]);
+        // Hidden: the lowest stays on.
+        r.downtrack_mut(dk).unwrap().view = View {
+            enabled: false,
+            width: 0,
+            height: 0,
+        };
+        assert!(r.layers_to_ask(at(3_500)).is_empty());
+        assert_eq!(r.layers_to_ask(at(6_600)), vec![(rk, rids(&["q"]))]);
+    }
+
+    #[test]
+    fn an_audio_track_measures_its_speech_from_the_level_extension() {
+        let now = Instant::now();
+        let mut r = router();
+        let mut meta = video_meta("alice");
+        meta.kind = TrackKind::Audio;
+        meta.track_id = "alice-audio".into();
+        meta.codec = Codec {
+            mime_type: "audio/opus".into(),
+            clock_rate: 48_000,
+            channels: 2,
+            sdp_fmtp_line: String::new(),
+        };
+        meta.extensions =
+            ExtensionIds::from_negotiated([(crate::media::extensions::AUDIO_LEVEL, 1)]);
+        let (rk, _) = r.add_receiver(0, meta, 0, 77, now);
+        let mut out = Recorded::default();
+        for seq in 0..10u16 {
+            let mut p = rtp::Packet::default();
+            p.header.ssrc = 77;
+            p.header.sequence_number = seq;
+            p.header.extension = true;
+            p.header.extension_profile = 0xbede;
+            p.header
+                .set_extension(1, bytes::Bytes::from_static(&[0x80 | 20]))
+                .unwrap();
+            p.payload = bytes::Bytes::from_static(&[1, 2, 3]);
+            r.fan_out(rk, 0, &p, now, now, &mut out);
+        }
+        let level = r.receiver_mut(rk).unwrap().speech.take(now);
+        assert!(level.is_some_and(|l| l > 0.8), "{level:?}");
     }
 }

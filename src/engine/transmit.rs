@@ -16,6 +16,7 @@ use crate::engine::peers::Peers;
 use crate::engine::router::MediaOut;
 use crate::engine::srtp::SrtpError;
 use crate::engine::udp::{self, Udp};
+use crate::media::downtrack::Shape;
 use crate::metrics::Metrics;
 
 /// Test-only fault injection: every Nth video datagram to subscribers is lost after
@@ -61,25 +62,25 @@ impl MediaOut for Transmit<'_> {
         self.udp.give_back(buf);
     }
 
-    fn send(
-        &mut self,
-        peer: usize,
-        mut packet: BytesMut,
-        header_len: usize,
-        video: bool,
-        now: Instant,
-    ) -> bool {
+    fn send(&mut self, peer: usize, mut packet: BytesMut, shape: Shape, now: Instant) -> bool {
         let Some(p) = self.peers.get_mut(peer) else {
             self.udp.give_back(packet);
             return false;
         };
+        // Numbered as it leaves, in the order it leaves: the estimate compares send times.
+        if let (Some(at), Some(congestion)) = (shape.transport_cc_at, p.congestion.as_mut()) {
+            let seq = congestion.on_sent(packet.len(), now);
+            if let Some(place) = packet.get_mut(at..at + 2) {
+                place.copy_from_slice(&seq.to_be_bytes());
+            }
+        }
         if let Some((sender, to)) = p.srtp.direct() {
-            let protected = sender.protect(&mut packet, header_len);
+            let protected = sender.protect(&mut packet, shape.header_len);
             return queue_protected(
                 protected,
                 packet,
                 to,
-                video,
+                shape.video,
                 self.udp,
                 self.fault,
                 self.metrics,

@@ -28,6 +28,7 @@ use crate::engine::participant::Participant;
 use crate::engine::peers::Peers;
 use crate::engine::publisher;
 use crate::engine::router::{Router, RouterConfig};
+use crate::engine::speakers::SPEAKERS_EVERY;
 use crate::engine::srtp::Observed;
 use crate::engine::timers::Timers;
 use crate::engine::transmit::{SendFault, Transmit};
@@ -94,8 +95,13 @@ pub(super) enum TimerKey {
     Keyframe(usize, u8),
     Housekeeping,
     SenderReports,
-    /// A look at which simulcast layers still arrive.
+    /// A look at which simulcast layers still arrive, and every subscriber's layers within
+    /// its bandwidth.
     Layers,
+    /// The next padding of a probe on a subscriber connection.
+    Probe(usize),
+    /// Who speaks in each room.
+    Speakers,
 }
 
 pub(super) struct Worker {
@@ -115,6 +121,10 @@ pub(super) struct Worker {
     pub(super) offers_due: bool,
     pub(super) received: Vec<udp::Incoming>,
     pub(super) send_fault: SendFault,
+    /// When the layers' bitrates were last measured.
+    pub(super) layers_measured_at: Instant,
+    /// The speakers each room was last told, levels in tenths.
+    pub(super) speakers_sent: HashMap<Arc<str>, Vec<(String, u8)>>,
 }
 
 impl Worker {
@@ -125,6 +135,7 @@ impl Worker {
         timers.set(TimerKey::Housekeeping, Some(now + HOUSEKEEPING_EVERY));
         timers.set(TimerKey::SenderReports, Some(now + SENDER_REPORT_EVERY));
         timers.set(TimerKey::Layers, Some(now + LAYERS_EVERY));
+        timers.set(TimerKey::Speakers, Some(now + SPEAKERS_EVERY));
         let config = setup.config;
         let router = Router::new(
             RouterConfig {
@@ -152,6 +163,8 @@ impl Worker {
             inbox: setup.inbox,
             others: setup.others,
             send_fault: SendFault::new(config.fault_drop_sent_video_every),
+            layers_measured_at: now,
+            speakers_sent: HashMap::new(),
             config,
             metrics: setup.metrics,
             events: setup.events,
@@ -368,7 +381,16 @@ impl Worker {
                         let switches = self.router.reallocate(rk);
                         self.request_keyframes(rk, switches, now, true);
                     }
+                    self.allocate_bandwidth(now);
                     self.timers.set(TimerKey::Layers, Some(now + LAYERS_EVERY));
+                }
+                TimerKey::Speakers => {
+                    self.announce_speakers(now);
+                    self.timers
+                        .set(TimerKey::Speakers, Some(now + SPEAKERS_EVERY));
+                }
+                TimerKey::Probe(peer) => {
+                    self.probe_step(peer, now);
                 }
                 TimerKey::Housekeeping => {
                     self.peers.expire_routes(now);
@@ -391,8 +413,20 @@ impl Worker {
             .iter()
             .filter_map(|(key, m)| {
                 let connected = self.peers.get(m.subscriber).is_some_and(|p| p.connected);
-                m.ghost(key, connected, &self.router, now, timeout)
-                    .map(|reason| (key, reason))
+                let publisher_unconnected_since = m
+                    .publisher
+                    .and_then(|k| self.peers.get(k))
+                    .filter(|p| !p.ever_connected)
+                    .map(|p| p.created);
+                m.ghost(
+                    key,
+                    connected,
+                    publisher_unconnected_since,
+                    &self.router,
+                    now,
+                    timeout,
+                )
+                .map(|reason| (key, reason))
             })
             .collect();
         for (key, reason) in lost {
@@ -490,6 +524,7 @@ impl Worker {
         match state {
             RTCPeerConnectionState::Connected => {
                 p.connected = true;
+                p.ever_connected = true;
                 if role == PcKind::Subscriber {
                     // Offers held back while it connected may go now.
                     self.offers_due = true;
@@ -557,6 +592,7 @@ impl Worker {
         // A renegotiation announces the streams it keeps again: the track is published
         // already, and the stream may come with a new SSRC.
         let (rk, created) = self.router.add_receiver(owner, meta, layer, ssrc, now);
+        self.router.set_rid(rk, layer, rid);
         m.receivers_by_ssrc.retain(|_, v| *v != Some((rk, layer)));
         m.receivers_by_ssrc.insert(ssrc, Some((rk, layer)));
         if created {
@@ -626,6 +662,7 @@ impl Worker {
                 }
             }
             RTCMessage::RtcpPacket(_, packets) => {
+                self.on_bandwidth_feedback(peer, &packets, now);
                 for nack in packets
                     .iter()
                     .filter_map(|p| p.as_any().downcast_ref::<TransportLayerNack>())
@@ -639,10 +676,9 @@ impl Worker {
                             .participants
                             .get(owner)
                             .and_then(|m| m.downtracks_by_ssrc.get(&ssrc).copied());
+                        // What is forwarded meanwhile goes on: the subscriber may still
+                        // decode some of it, and its decoder knows what it can use.
                         if let Some(dk) = dk {
-                            if let Some(d) = self.router.downtrack_mut(dk) {
-                                d.downtrack.resync();
-                            }
                             self.downtrack_wants_keyframe(dk, now, false);
                         }
                     }

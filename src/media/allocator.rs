@@ -3,6 +3,12 @@
 //! A layer is never larger than the track is shown: the client says how large it shows each
 //! track (`subscription` in `docs/protocol.md`), and the smallest layer that covers that size is
 //! enough. A track the client does not show (`enabled: false`) gets nothing.
+//!
+//! Nor does a subscriber get more than its bandwidth estimate allows ([`allocate`]): audio
+//! first and never paused, then every video track's lowest layer by priority (screen share,
+//! then the rest), then the upgrades, again by priority; a track that does not fit even at its
+//! lowest layer is paused. Going down happens at once; going up is for the caller to hold back
+//! until the estimate has been steady ([`Hysteresis`]).
 
 /// How a subscriber shows one track, in device pixels; 0 × 0 is unknown (any size).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +84,138 @@ pub fn layer_for_view(layers: &[Option<LayerInfo>], view: View) -> Option<u8> {
         .map_or(Some(top), |(i, _)| Some(*i))
 }
 
+/// One video track a subscriber receives, as the allocator sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Demand {
+    /// Each layer's bitrate, bits a second, lowest first (`None`: not arriving).
+    pub layers: Vec<Option<f64>>,
+    /// The layer its view asks for ([`layer_for_view`]); `None`: not shown.
+    pub wanted: Option<u8>,
+    /// Lower is served first: 0 a screen share, 1 the rest.
+    pub priority: u8,
+}
+
+/// A subscriber keeps the layers it has while the budget is short of them by less than this
+/// fraction.
+pub const KEEP_MARGIN: f64 = 0.15;
+
+/// What audio costs a subscriber per track before any video is given a layer.
+pub const AUDIO_RESERVE: f64 = 48_000.0;
+
+/// The layer of each demand within `budget` bits a second, after `audio_tracks` are served.
+pub fn allocate(budget: f64, audio_tracks: usize, demands: &[Demand]) -> Vec<Option<u8>> {
+    let mut left = budget - AUDIO_RESERVE * audio_tracks as f64;
+    let mut chosen: Vec<Option<u8>> = vec![None; demands.len()];
+    let mut order: Vec<usize> = (0..demands.len()).collect();
+    order.sort_by_key(|&i| demands[i].priority);
+    // Every shown track its lowest arriving layer, while it fits.
+    for &i in &order {
+        let d = &demands[i];
+        let Some(wanted) = d.wanted else {
+            continue;
+        };
+        let lowest = d
+            .layers
+            .iter()
+            .enumerate()
+            .take(usize::from(wanted) + 1)
+            .find_map(|(l, rate)| rate.map(|r| (l as u8, r)));
+        if let Some((layer, rate)) = lowest {
+            if rate <= left {
+                left -= rate;
+                chosen[i] = Some(layer);
+            }
+        }
+    }
+    // Then upgrades, one layer at a time, the most important track first.
+    loop {
+        let mut upgraded = false;
+        for &i in &order {
+            let d = &demands[i];
+            let (Some(current), Some(wanted)) = (chosen[i], d.wanted) else {
+                continue;
+            };
+            let next = (current + 1..=wanted).find_map(|l| {
+                d.layers
+                    .get(usize::from(l))
+                    .copied()
+                    .flatten()
+                    .map(|r| (l, r))
+            });
+            let Some((layer, rate)) = next else {
+                continue;
+            };
+            let now_rate = d.layers[usize::from(current)].unwrap_or(0.0);
+            if rate - now_rate <= left {
+                left -= rate - now_rate;
+                chosen[i] = Some(layer);
+                upgraded = true;
+            }
+        }
+        if !upgraded {
+            return chosen;
+        }
+    }
+}
+
+/// How long the estimate must allow a higher layer before a subscriber goes up: a higher layer
+/// that does not fit costs a freeze, a lower one that lingers only some sharpness.
+pub const HOLD_BEFORE_UP: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Per subscriber and track: the allocation it can have now against the one it has, with the
+/// hold on the way up.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Hysteresis {
+    /// Since when a higher layer than the current one would have fitted.
+    up_since: Option<std::time::Instant>,
+    /// Since when not even the lowest layer has fitted.
+    short_since: Option<std::time::Instant>,
+}
+
+/// How long not even a track's lowest layer must fit before it is paused: pausing blanks the
+/// tile, so one wobble of the estimate (a burst of delay) must not do it; a probe meanwhile
+/// may show the room is there.
+pub const PAUSE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Hysteresis {
+    /// The layer to forward, given the one it forwards (`current`) and the one the budget
+    /// allows now (`allowed`).
+    pub fn settle(
+        &mut self,
+        current: Option<u8>,
+        allowed: Option<u8>,
+        lowest: Option<u8>,
+        now: std::time::Instant,
+    ) -> Option<u8> {
+        if allowed.is_none() && current.is_some() && lowest.is_some() {
+            let since = *self.short_since.get_or_insert(now);
+            self.up_since = None;
+            return if now.saturating_duration_since(since) >= PAUSE_AFTER {
+                None
+            } else {
+                lowest
+            };
+        }
+        self.short_since = None;
+        let up = match (current, allowed) {
+            (Some(c), Some(a)) => a > c,
+            (None, Some(_)) => current.is_some(),
+            _ => false,
+        };
+        if !up {
+            self.up_since = None;
+            return allowed;
+        }
+        let since = *self.up_since.get_or_insert(now);
+        if now.saturating_duration_since(since) >= HOLD_BEFORE_UP {
+            self.up_since = None;
+            allowed
+        } else {
+            current
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +285,107 @@ mod tests {
             layer_for_view(&[Some(LayerInfo::default())], view(100, 100)),
             Some(0)
         );
+    }
+
+    fn demand(layers: &[f64], wanted: u8, priority: u8) -> Demand {
+        Demand {
+            layers: layers.iter().map(|&r| Some(r)).collect(),
+            wanted: Some(wanted),
+            priority,
+        }
+    }
+
+    const CAMERA: [f64; 3] = [150_000.0, 450_000.0, 1_300_000.0];
+
+    #[test]
+    fn audio_first_then_every_track_at_its_lowest_then_the_most_important_up() {
+        let camera = demand(&CAMERA, 2, 1);
+        let screen = demand(&[500_000.0, 2_500_000.0], 1, 0);
+        // Plenty: everyone at what they want.
+        assert_eq!(
+            allocate(10_000_000.0, 2, &[camera.clone(), screen.clone()]),
+            vec![Some(2), Some(1)]
+        );
+        // 1.2 Mbit/s: audio 96 k, both lowest (650 k), then the screen cannot go up (2 M more),
+        // the camera can: +300 k to its middle layer.
+        assert_eq!(
+            allocate(1_200_000.0, 2, &[camera.clone(), screen.clone()]),
+            vec![Some(1), Some(0)]
+        );
+        // 600 kbit/s: the screen's lowest fits, the camera's does not after it: paused.
+        assert_eq!(
+            allocate(600_000.0, 2, &[camera.clone(), screen.clone()]),
+            vec![None, Some(0)]
+        );
+        // Nothing wanted, nothing given; a track it cannot show gets nothing either.
+        let hidden = Demand {
+            wanted: None,
+            ..camera.clone()
+        };
+        assert_eq!(allocate(10_000_000.0, 0, &[hidden]), vec![None]);
+        // Never above what the view wants.
+        assert_eq!(
+            allocate(10_000_000.0, 0, &[demand(&CAMERA, 0, 1)]),
+            vec![Some(0)]
+        );
+    }
+
+    #[test]
+    fn a_layer_not_arriving_is_skipped() {
+        let d = Demand {
+            layers: vec![None, Some(450_000.0), Some(1_300_000.0)],
+            wanted: Some(2),
+            priority: 1,
+        };
+        assert_eq!(
+            allocate(500_000.0, 0, std::slice::from_ref(&d)),
+            vec![Some(1)]
+        );
+        assert_eq!(allocate(2_000_000.0, 0, &[d]), vec![Some(2)]);
+    }
+
+    #[test]
+    fn down_at_once_up_after_a_steady_hold_and_no_flapping() {
+        let t0 = std::time::Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let mut h = Hysteresis::default();
+        assert_eq!(
+            h.settle(Some(2), Some(0), Some(0), at(0)),
+            Some(0),
+            "down at once"
+        );
+        assert_eq!(h.settle(Some(0), Some(2), Some(0), at(100)), Some(0));
+        assert_eq!(
+            h.settle(Some(0), Some(2), Some(0), at(2_000)),
+            Some(0),
+            "held"
+        );
+        // The estimate dips: the hold starts over.
+        assert_eq!(h.settle(Some(0), Some(0), Some(0), at(2_500)), Some(0));
+        assert_eq!(h.settle(Some(0), Some(2), Some(0), at(3_000)), Some(0));
+        assert_eq!(h.settle(Some(0), Some(2), Some(0), at(5_900)), Some(0));
+        assert_eq!(
+            h.settle(Some(0), Some(2), Some(0), at(6_000)),
+            Some(2),
+            "up after 3 s steady"
+        );
+        // A flapping estimate never takes it up.
+        let mut f = Hysteresis::default();
+        for i in 0..100u64 {
+            let allowed = if i % 2 == 0 { Some(2) } else { Some(0) };
+            assert_eq!(f.settle(Some(0), allowed, Some(0), at(i * 500)), Some(0));
+        }
+        // From paused, the first layer goes at once (a track with nothing is frozen already).
+        let mut p = Hysteresis::default();
+        assert_eq!(p.settle(None, Some(0), Some(0), at(0)), Some(0));
+        // Not even the lowest fits: the lowest while it lasts, paused only after a while.
+        assert_eq!(p.settle(Some(2), None, Some(0), at(100)), Some(0));
+        assert_eq!(p.settle(Some(0), None, Some(0), at(1_500)), Some(0));
+        assert_eq!(p.settle(Some(0), None, Some(0), at(2_100)), None);
+        // A wobble does not pause.
+        let mut w = Hysteresis::default();
+        assert_eq!(w.settle(Some(1), None, Some(0), at(0)), Some(0));
+        assert_eq!(w.settle(Some(0), Some(0), Some(0), at(1_000)), Some(0));
+        assert_eq!(w.settle(Some(0), None, Some(0), at(2_500)), Some(0));
     }
 }

@@ -39,11 +39,24 @@ pub enum Dropped {
     Refused(Refused),
 }
 
+/// A packet a DownTrack wrote into a buffer: a header of `header_len` bytes, then the
+/// payload; the transport-wide sequence number, when negotiated, goes at `transport_cc_at`
+/// (two bytes, written by the sender as the packet leaves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    pub header_len: usize,
+    pub transport_cc_at: Option<usize>,
+    pub video: bool,
+}
+
+/// The padding in one probing packet: the most one packet can carry.
+pub const PADDING_BYTES: usize = 255;
+
 /// What a DownTrack made of one packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// The packet is in the buffer: a header of this many bytes, then the payload.
-    Send { header_len: usize },
+    /// The packet is in the buffer.
+    Send(Shape),
     /// Not its layer (or it is paused): not a loss, nothing to count. It may want a keyframe
     /// of the layer it waits to switch to.
     Skip { wants_keyframe: bool },
@@ -76,6 +89,8 @@ pub struct DownTrack {
     layers: LayerSelector,
     /// VP8: picture ids and TL0PICIDX kept continuous across layer switches.
     pictures: Option<PictureIds>,
+    /// The last packet forwarded ended a frame: padding may follow without splitting one.
+    last_marker: bool,
 }
 
 /// What a sender report tells the subscriber (RFC 3550 §6.4.1): the counters wrap, as the
@@ -118,6 +133,7 @@ impl DownTrack {
             report: SendCounters::default(),
             layers: LayerSelector::new(Some(0)),
             pictures: None,
+            last_marker: false,
         }
     }
 
@@ -170,11 +186,6 @@ impl DownTrack {
 
     pub fn transport_down(&mut self) {
         self.transport_ready = false;
-    }
-
-    /// Forgets the current run: the next packet sent starts on a keyframe.
-    pub fn resync(&mut self) {
-        self.forwarder.restart();
     }
 
     /// The track's layers changed (a publisher renegotiated): start again on a keyframe of
@@ -245,7 +256,7 @@ impl DownTrack {
                 return refused;
             }
         };
-        let header_len = write_header(
+        let shape = write_header(
             buf,
             ssrc,
             negotiated,
@@ -256,6 +267,7 @@ impl DownTrack {
             ntp_now,
         );
         buf.extend_from_slice(&incoming.packet.payload);
+        let header_len = shape.header_len;
         let picture = self.pictures.as_mut().and_then(|ids| {
             let payload = &mut buf[header_len..];
             let d = vp8::Descriptor::parse(payload)?;
@@ -273,7 +285,11 @@ impl DownTrack {
                 picture,
             });
         }
-        Outcome::Send { header_len }
+        self.last_marker = incoming.packet.header.marker;
+        Outcome::Send(Shape {
+            video: self.video,
+            ..shape
+        })
     }
 
     /// Whether `incoming` goes to this subscriber, and under which numbers; what is sent is
@@ -324,12 +340,12 @@ impl DownTrack {
         now: Instant,
         ntp_now: u64,
         buf: &mut BytesMut,
-    ) -> Option<usize> {
+    ) -> Option<Shape> {
         let negotiated = self.negotiated.as_ref().filter(|_| self.transport_ready)?;
         let sent = self.sent_log.as_ref()?.get(sequence_number)?;
         let history = history_of(sent.layer)?;
         let kept = history.get(sent.source_sequence_number, sent.source_timestamp, now)?;
-        let header_len = write_header(
+        let shape = write_header(
             buf,
             self.ssrc,
             negotiated,
@@ -341,12 +357,44 @@ impl DownTrack {
         );
         buf.extend_from_slice(&kept.packet.payload);
         if let Some((picture, tl0)) = sent.picture {
-            let payload = &mut buf[header_len..];
+            let payload = &mut buf[shape.header_len..];
             if let Some(d) = vp8::Descriptor::parse(payload) {
                 vp8::rewrite(payload, &d, picture, tl0);
             }
         }
-        Some(header_len)
+        Some(Shape {
+            video: self.video,
+            ..shape
+        })
+    }
+
+    /// Writes into `buf` a padding-only packet (RFC 3550 §5.1: no payload, `PADDING_BYTES`
+    /// of padding), numbered next in the stream, to probe the subscriber's downlink. Only
+    /// between frames of a running video stream: a padding packet inside a frame's numbers
+    /// would leave the frame incomplete.
+    pub fn pad(&mut self, now: Instant, ntp_now: u64, buf: &mut BytesMut) -> Option<Shape> {
+        if !self.video || !self.last_marker || !self.is_sending() {
+            return None;
+        }
+        let negotiated = self.negotiated.as_ref()?;
+        let rewritten = self.forwarder.pad(now)?;
+        let shape = write_header(
+            buf,
+            self.ssrc,
+            negotiated,
+            false,
+            rewritten.sequence_number,
+            rewritten.timestamp,
+            &Carried::default(),
+            ntp_now,
+        );
+        buf[0] |= 0x20;
+        buf.resize(shape.header_len + PADDING_BYTES - 1, 0);
+        buf.extend_from_slice(&[PADDING_BYTES as u8]);
+        Some(Shape {
+            video: true,
+            ..shape
+        })
     }
 
     /// A retransmission (`packet`, its header `header_len` bytes) went out: sender reports
@@ -383,7 +431,8 @@ impl DownTrack {
 }
 
 /// Marshals one outgoing packet's header into `buf` (cleared first): the subscriber's SSRC,
-/// payload type, numbering and extensions, to go before the publisher's payload. Its length.
+/// payload type, numbering and extensions, to go before the publisher's payload. Its length,
+/// and where the transport-wide sequence number goes (`video` is left for the caller).
 #[allow(clippy::too_many_arguments)]
 fn write_header(
     buf: &mut BytesMut,
@@ -394,7 +443,7 @@ fn write_header(
     timestamp: u32,
     carried: &Carried,
     ntp_now: u64,
-) -> usize {
+) -> Shape {
     buf.clear();
     buf.extend_from_slice(&[
         0x80,
@@ -403,10 +452,15 @@ fn write_header(
     buf.extend_from_slice(&sequence_number.to_be_bytes());
     buf.extend_from_slice(&timestamp.to_be_bytes());
     buf.extend_from_slice(&ssrc.to_be_bytes());
-    if negotiated.extensions.marshal(buf, carried, ntp_now) {
+    let written = negotiated.extensions.marshal(buf, carried, ntp_now);
+    if written.block {
         buf[0] |= 0x10;
     }
-    buf.len()
+    Shape {
+        header_len: buf.len(),
+        transport_cc_at: written.transport_cc_at,
+        video: false,
+    }
 }
 
 #[cfg(test)]
@@ -442,7 +496,7 @@ mod tests {
     ) -> Result<rtp::Packet, Outcome> {
         let mut buf = BytesMut::new();
         match dt.forward(inc, now, 0, &mut buf) {
-            Outcome::Send { header_len } => {
+            Outcome::Send(Shape { header_len, .. }) => {
                 let mut wire = &buf[..];
                 let packet = <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut wire)
                     .expect("a forwarded packet parses");

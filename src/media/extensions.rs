@@ -15,6 +15,8 @@ pub const AUDIO_LEVEL: &str = "urn:ietf:params:rtp-hdrext:ssrc-audio-level";
 pub const ABS_SEND_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-send-time";
 pub const VIDEO_ORIENTATION: &str = "urn:3gpp:video-orientation";
 pub const PLAYOUT_DELAY: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+pub const TRANSPORT_CC: &str =
+    "http://www.ietf.org/id/draft-holmer-rmcat-transport-wide-cc-extensions-01";
 
 /// What the server negotiates with every peer, and the test client too: `sdes:mid` on both
 /// kinds (the stack's simulcast set has it for video only) and the forwarded extensions.
@@ -96,6 +98,18 @@ impl Carried {
 pub struct SubscriberExtensions {
     ids: ExtensionIds,
     mid: Option<(u8, Bytes)>,
+    /// The transport-wide sequence number's id: written as a placeholder, which the sender
+    /// fills as the packet leaves.
+    transport_cc: Option<u8>,
+}
+
+/// What [`SubscriberExtensions::marshal`] wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// A header extension block: the caller sets the header's X bit.
+    pub block: bool,
+    /// Where in `out` the two bytes of the transport-wide sequence number go.
+    pub transport_cc_at: Option<usize>,
 }
 
 impl SubscriberExtensions {
@@ -104,7 +118,19 @@ impl SubscriberExtensions {
             .and_then(|id| u8::try_from(id).ok())
             .filter(|&id| id != 0 && !mid.is_empty())
             .map(|id| (id, Bytes::copy_from_slice(mid.as_bytes())));
-        SubscriberExtensions { ids, mid }
+        SubscriberExtensions {
+            ids,
+            mid,
+            transport_cc: None,
+        }
+    }
+
+    /// Every packet carries a transport-wide sequence number under `id` (when negotiated).
+    pub fn with_transport_cc(mut self, id: Option<u16>) -> Self {
+        self.transport_cc = id
+            .and_then(|id| u8::try_from(id).ok())
+            .filter(|&id| id != 0);
+        self
     }
 
     /// Writes the subscriber's extensions into a packet being marshalled: its MID, then what
@@ -115,9 +141,9 @@ impl SubscriberExtensions {
     ///
     /// The one-byte form carries ids 1–14 and values of 1–16 bytes; when an id or the MID does
     /// not fit it, every extension of the packet goes in the two-byte form.
-    pub fn marshal(&self, out: &mut BytesMut, carried: &Carried, now_ntp: u64) -> bool {
+    pub fn marshal(&self, out: &mut BytesMut, carried: &Carried, now_ntp: u64) -> Written {
         let abs = abs_send_time_bytes(now_ntp);
-        let mut values: [(u8, &[u8]); N + 1] = [(0, &[]); N + 1];
+        let mut values: [(u8, &[u8]); N + 2] = [(0, &[]); N + 2];
         let mut count = 0;
         if let Some((id, mid)) = &self.mid {
             values[0] = (*id, &mid[..]);
@@ -130,9 +156,14 @@ impl SubscriberExtensions {
             values[count] = (id, if at == ABS_SEND_TIME_AT { &abs } else { value });
             count += 1;
         }
+        // Last, so its place is easy to find: the sender writes the number there.
+        if let Some(id) = self.transport_cc {
+            values[count] = (id, &[0, 0]);
+            count += 1;
+        }
         let values = &values[..count];
         if values.is_empty() {
-            return false;
+            return Written::default();
         }
         let one_byte = values
             .iter()
@@ -145,11 +176,15 @@ impl SubscriberExtensions {
         };
         out.extend_from_slice(&profile.to_be_bytes());
         out.extend_from_slice(&[0, 0]); // length in words, set below
+        let mut transport_cc_at = None;
         for (id, value) in values {
             if one_byte {
                 out.extend_from_slice(&[(id << 4) | (value.len() as u8 - 1)]);
             } else {
                 out.extend_from_slice(&[*id, value.len() as u8]);
+            }
+            if Some(*id) == self.transport_cc {
+                transport_cc_at = Some(out.len());
             }
             out.extend_from_slice(value);
         }
@@ -158,7 +193,10 @@ impl SubscriberExtensions {
         out.resize(start + 4 + padded, 0);
         let words = (padded / 4) as u16;
         out[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
-        true
+        Written {
+            block: true,
+            transport_cc_at,
+        }
     }
 }
 
@@ -349,7 +387,7 @@ mod tests {
             let expected = expected.marshal().unwrap();
             let mut ours = BytesMut::from(&expected[..12]);
             ours[0] &= !0x10;
-            if sub.marshal(&mut ours, &carried, ntp) {
+            if sub.marshal(&mut ours, &carried, ntp).block {
                 ours[0] |= 0x10;
             }
             assert_eq!(&ours[..], &expected[..], "{ids:?} {mid_id:?}");
@@ -391,5 +429,49 @@ mod tests {
         let v = out.get_extension(5).unwrap();
         let v = (u32::from(v[0]) << 16) | (u32::from(v[1]) << 8) | u32::from(v[2]);
         assert_eq!(v, 3 << 17);
+    }
+
+    #[test]
+    fn the_transport_wide_number_has_a_place_the_sender_fills() {
+        let publisher = ExtensionIds::from_negotiated([(AUDIO_LEVEL, 1)]);
+        let header = header_with(&[(1, &[0x85])]);
+        let carried = Carried::read(&header, &publisher);
+        // One-byte form, and two-byte form (a MID longer than 16 bytes forces it).
+        for (mid, mid_id) in [("0", Some(4)), ("a-mid-of-twenty-bytes", Some(4))] {
+            let sub = SubscriberExtensions::new(
+                ExtensionIds::from_negotiated([(AUDIO_LEVEL, 3)]),
+                mid_id,
+                mid,
+            )
+            .with_transport_cc(Some(5));
+            let mut out = BytesMut::from(&header_bytes()[..]);
+            let written = sub.marshal(&mut out, &carried, 0);
+            assert!(written.block);
+            let at = written.transport_cc_at.expect("a place for the number");
+            out[0] |= 0x10;
+            out[at..at + 2].copy_from_slice(&0xbeefu16.to_be_bytes());
+            let packet =
+                <rtp::Packet as rtc::shared::marshal::Unmarshal>::unmarshal(&mut out.freeze())
+                    .unwrap();
+            assert_eq!(
+                packet.header.get_extension(5).unwrap().as_ref(),
+                &[0xbe, 0xef]
+            );
+            assert_eq!(packet.header.get_extension(3).unwrap().as_ref(), &[0x85]);
+            assert_eq!(
+                packet.header.get_extension(4).unwrap().as_ref(),
+                mid.as_bytes()
+            );
+        }
+        // Not negotiated: no place.
+        let sub =
+            SubscriberExtensions::new(ExtensionIds::default(), None, "").with_transport_cc(None);
+        let mut out = BytesMut::new();
+        assert_eq!(sub.marshal(&mut out, &carried, 0), Written::default());
+    }
+
+    /// A bare 12-byte RTP header.
+    fn header_bytes() -> [u8; 12] {
+        [0x80, 96, 0, 1, 0, 0, 0, 2, 0, 0, 0, 3]
     }
 }

@@ -62,6 +62,9 @@ const RESET_AFTER_OLD_IN_A_ROW: u32 = 64;
 /// half the 16-bit space or more as one backwards.
 const MAX_OUT_JUMP: u64 = (1 << 15) - 1;
 
+/// Padding goes in only when this many numbers up to the highest sent were all sent.
+const PAD_AFTER_COMPLETE: u32 = 16;
+
 #[derive(Debug, Clone, Copy)]
 struct Run {
     /// Extended upstream number of the packet the run started on.
@@ -198,6 +201,26 @@ impl Forwarder {
         Decision::Forward(Rewritten {
             sequence_number: out as u16,
             timestamp,
+        })
+    }
+
+    /// The numbers of a packet inserted into the running stream (padding), after the highest
+    /// sent: what upstream sends next moves up by one to make room. `None` while waiting for
+    /// a keyframe, or while a packet below the highest is missing (it may still arrive, or be
+    /// retransmitted, under the number it was given).
+    pub fn pad(&mut self, now: Instant) -> Option<Rewritten> {
+        let run = self.run.as_mut()?;
+        if !self.out_seen.recent_complete(PAD_AFTER_COMPLETE) {
+            return None;
+        }
+        let out = self.out_highest + 1;
+        run.seq_offset += 1;
+        self.out_seen.insert(out);
+        self.out_highest = out;
+        self.last_out_at = Some(now);
+        Some(Rewritten {
+            sequence_number: out as u16,
+            timestamp: self.last_out_ts,
         })
     }
 
@@ -518,5 +541,38 @@ mod tests {
         }
         assert_eq!(refused, RESET_AFTER_OLD_IN_A_ROW - 1);
         assert_eq!(resumed, Some(last.wrapping_add(1)));
+    }
+
+    #[test]
+    fn padding_takes_the_next_number_and_upstream_moves_up_past_a_wrap() {
+        let now = Instant::now();
+        let mut f = Forwarder::new(true, 90_000, 65_500, 0);
+        assert_eq!(f.pad(now), None, "nothing to pad before a keyframe");
+        let mut last = Rewritten {
+            sequence_number: 0,
+            timestamp: 0,
+        };
+        for seq in 100..120u16 {
+            last = fwd(f.decide(3, seq, 9000, seq == 100, now));
+        }
+        let mut expected = last.sequence_number;
+        // Hundreds of padding packets, far past the 16-bit wrap of the outgoing numbers.
+        for _ in 0..200 {
+            expected = expected.wrapping_add(1);
+            let pad = f.pad(now).expect("a complete stream takes padding");
+            assert_eq!(pad.sequence_number, expected);
+            assert_eq!(
+                pad.timestamp, last.timestamp,
+                "padding carries the last frame's time"
+            );
+        }
+        let next = fwd(f.decide(3, 120, 12_000, false, now));
+        assert_eq!(next.sequence_number, expected.wrapping_add(1));
+        // A gap upstream (121 missing) stops padding until it is far enough behind.
+        fwd(f.decide(3, 122, 12_000, false, now));
+        assert_eq!(f.pad(now), None, "121 may still come under its number");
+        let late = fwd(f.decide(3, 121, 12_000, false, now));
+        assert_eq!(late.sequence_number, expected.wrapping_add(2));
+        assert!(f.pad(now).is_some());
     }
 }

@@ -11,4 +11,5 @@ pub mod kind;
 pub mod layers;
 pub mod receiver;
 pub mod sequence;
+pub mod speech;
 pub mod vp8;

@@ -104,6 +104,12 @@ impl SeenWindow {
         }
     }
 
+    /// Whether the `n` numbers up to the highest (`n` at most 64) were all seen.
+    pub fn recent_complete(&self, n: u32) -> bool {
+        let mask = if n >= 64 { u64::MAX } else { (1u64 << n) - 1 };
+        self.highest.is_some() && self.bits[0] & mask == mask
+    }
+
     /// Moves every bit `by` places towards the old end.
     fn shift(&mut self, by: u64) {
         if by >= WINDOW {

@@ -10,11 +10,12 @@ use crate::signal::chat;
 /// One room's worker.
 pub struct EngineLink {
     worker: WorkerHandle,
+    room: Arc<str>,
 }
 
 impl MediaLink for EngineLink {
     fn add_participant(&self, participant_id: &str) {
-        self.worker.add_participant(participant_id);
+        self.worker.add_participant(participant_id, &self.room);
     }
 
     fn remove_participant(&self, participant_id: &str) {
@@ -46,11 +47,12 @@ pub struct EnginePlacer {
 }
 
 impl MediaPlacer for EnginePlacer {
-    fn place(&self, _room_name: &str) -> Placement {
+    fn place(&self, room_name: &str) -> Placement {
         let host = self.engine.place();
         Placement {
             link: Arc::new(EngineLink {
                 worker: self.engine.worker(host),
+                room: Arc::from(room_name),
             }),
             host,
         }

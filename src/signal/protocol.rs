@@ -149,6 +149,22 @@ pub enum ServerMessage {
         track_id: String,
         muted: bool,
     },
+    /// The simulcast layers of a track this client publishes that anyone needs now.
+    Layers {
+        track_id: String,
+        active: Vec<String>,
+    },
+    /// Who speaks, loudest first (`[]`: nobody).
+    Speakers {
+        speakers: Vec<SpeakerInfo>,
+    },
+    /// Not in the shared protocol (clients may ignore it): a track this client receives was
+    /// paused because not even its lowest layer fits the client's bandwidth, or resumed.
+    TrackPaused {
+        participant_id: String,
+        track_id: String,
+        paused: bool,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -156,6 +172,14 @@ pub enum ServerMessage {
         request_type: Option<String>,
     },
     Pong,
+}
+
+/// One entry of `speakers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpeakerInfo {
+    pub participant_id: String,
+    /// 0–1, louder higher.
+    pub level: f32,
 }
 
 /// `ice_servers` entry of `joined`, shaped for `RTCPeerConnection`.

@@ -25,7 +25,9 @@ use crate::room::{
 use crate::signal::chat;
 use crate::signal::limits::SocketPermit;
 use crate::signal::outbox::{Outbox, Overflow};
-use crate::signal::protocol::{Candidate, ClientMessage, ErrorCode, IceServerInfo, ServerMessage};
+use crate::signal::protocol::{
+    Candidate, ClientMessage, ErrorCode, IceServerInfo, ServerMessage, SpeakerInfo,
+};
 use crate::signal::sdp::{count as count_sdp, media_sections};
 use crate::AppState;
 
@@ -545,6 +547,27 @@ impl Session {
             }
             EngineEvent::ChannelMessage { text, data } => self.on_chat(text, &data),
             EngineEvent::MediaLost { reason } => return Flow::Close(CLOSE_POLICY, reason),
+            EngineEvent::Layers { track_id, active } => {
+                self.send(ServerMessage::Layers { track_id, active })
+            }
+            EngineEvent::Speakers { speakers } => self.send(ServerMessage::Speakers {
+                speakers: speakers
+                    .iter()
+                    .map(|s| SpeakerInfo {
+                        participant_id: s.participant_id.clone(),
+                        level: f32::from(s.level) / 100.0,
+                    })
+                    .collect(),
+            }),
+            EngineEvent::TrackPaused {
+                publisher_id,
+                track_id,
+                paused,
+            } => self.send(ServerMessage::TrackPaused {
+                participant_id: publisher_id,
+                track_id,
+                paused,
+            }),
             EngineEvent::Failed { message } => {
                 self.error(ErrorCode::Internal, message, Some("join".into()));
                 return Flow::Close(CLOSE_INTERNAL, "internal error");

@@ -1,0 +1,144 @@
+//! A subscriber connection's congestion control: the transport-wide sequence number on each
+//! packet sent to it, the bandwidth estimate its feedback gives (REMB when it sends no
+//! transport-wide feedback), and the padding a probe for more takes.
+
+use std::time::{Duration, Instant};
+
+use interceptor::convert_twcc;
+use rtc::rtcp::transport_feedbacks::transport_layer_cc::TransportLayerCc;
+
+use crate::media::bwe::SendSideEstimator;
+
+/// How each subscriber's estimate starts and what bounds it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BweSettings {
+    /// Bits a second before the first feedback.
+    pub start: f64,
+    pub max: f64,
+}
+
+impl BweSettings {
+    /// No estimate goes below this: audio and the lowest layer of a screen share.
+    pub const MIN: f64 = 150_000.0;
+}
+
+/// What protection adds to each packet (the SRTP authentication tag, at most).
+const SRTP_OVERHEAD: usize = 16;
+
+/// Most padding written at once: a probe's packets are spread over its duration.
+const MAX_PADDING_BURST: usize = 8 * 1024;
+
+/// A REMB this far below the highest one says the link is the limit.
+const REMB_FALL: f64 = 0.85;
+
+/// A probe's padding goes out in steps this far apart.
+pub const PADDING_EVERY: Duration = Duration::from_millis(5);
+
+pub struct Congestion {
+    estimator: SendSideEstimator,
+    /// Transport-wide feedback arrived: the estimator runs.
+    twcc: bool,
+    /// The subscriber's own estimate, when it sends REMB instead, and the highest it sent.
+    remb: Option<f64>,
+    remb_peak: f64,
+    /// REMB fell: the subscriber's link is the limit.
+    remb_fell: bool,
+    probe: Option<Probe>,
+}
+
+/// A probe in progress: its rate, and what has been sent since it began.
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    rate: f64,
+    started: Instant,
+    sent: usize,
+}
+
+impl Congestion {
+    pub fn new(settings: BweSettings) -> Self {
+        Congestion {
+            estimator: SendSideEstimator::new(settings.start, BweSettings::MIN, settings.max),
+            twcc: false,
+            remb: None,
+            remb_peak: 0.0,
+            remb_fell: false,
+            probe: None,
+        }
+    }
+
+    /// A packet of `len` bytes leaves: the transport-wide sequence number it carries.
+    pub fn on_sent(&mut self, len: usize, now: Instant) -> u16 {
+        let size = len + SRTP_OVERHEAD;
+        if let Some(p) = self.probe.as_mut() {
+            p.sent += size;
+        }
+        self.estimator.on_sent(size, now)
+    }
+
+    pub fn on_twcc(&mut self, feedback: &TransportLayerCc, now: Instant) {
+        self.twcc = true;
+        self.estimator.on_feedback(&convert_twcc(feedback), now);
+    }
+
+    pub fn on_remb(&mut self, bitrate: f64) {
+        self.remb = Some(bitrate);
+        self.remb_peak = self.remb_peak.max(bitrate);
+        self.remb_fell |= bitrate < self.remb_peak * REMB_FALL;
+    }
+
+    /// What the subscriber's downlink carries, bits a second, once the link has shown itself
+    /// to be the limit (a backoff for delay or loss, a falling REMB). Until then everything
+    /// the subscriber's views ask for is sent: an estimate that has only seen what was sent
+    /// so far says nothing about what more would do, and holding back a new participant's
+    /// video until a probe answers would delay every join. Once constrained, more comes
+    /// through probing (TWCC) or the subscriber's own estimate (REMB).
+    pub fn budget(&self) -> Option<f64> {
+        if self.twcc {
+            self.estimator
+                .has_backed_off()
+                .then(|| self.estimator.estimate())
+        } else {
+            self.remb.filter(|_| self.remb_fell)
+        }
+    }
+
+    pub fn rtt(&self) -> Option<Duration> {
+        self.estimator.rtt()
+    }
+
+    /// The fraction of packets the subscriber reported lost since the last call.
+    pub fn take_loss(&mut self) -> Option<f64> {
+        self.estimator.take_loss()
+    }
+
+    /// The subscriber would take `wanted` bits a second: true when a probe for it starts now
+    /// (the caller sends its padding, [`Congestion::padding_due`]). Only with transport-wide
+    /// feedback: nothing else tells how a probe arrived.
+    pub fn start_probe(&mut self, wanted: f64, now: Instant) -> bool {
+        if !self.twcc || self.probe.is_some() {
+            return false;
+        }
+        let Some(rate) = self.estimator.probe(wanted, now) else {
+            return false;
+        };
+        self.probe = Some(Probe {
+            rate,
+            started: now,
+            sent: 0,
+        });
+        true
+    }
+
+    /// The padding, in bytes, to send now to keep the probe at its rate (media sent counts);
+    /// `None` once the probe is over.
+    pub fn padding_due(&mut self, now: Instant) -> Option<usize> {
+        let p = self.probe?;
+        if self.estimator.probing(now).is_none() {
+            self.probe = None;
+            return None;
+        }
+        let elapsed = now.saturating_duration_since(p.started).as_secs_f64();
+        let due = (p.rate * elapsed / 8.0) as usize;
+        Some(due.saturating_sub(p.sent).min(MAX_PADDING_BURST))
+    }
+}
