@@ -320,12 +320,14 @@ async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
 /// this holds its prefix against the server's).
 #[test]
 fn the_synthetic_vp8_reads_as_the_server_reads_it() {
-    use switchboard::load::payload::{read_stamp, vp8_prefix, write_stamp, Stamp};
+    use switchboard::load::payload::{read_stamp, vp8_prefix, vp8_prefix_with, write_stamp, Stamp};
     use switchboard::media::keyframe::vp8_is_keyframe;
+    use switchboard::media::vp8::keyframe_size;
     let stamp = Stamp {
         sent_at_micros: 123_456_789,
         publisher_id: "p0123".into(),
         counter: 42,
+        layer: None,
     };
     let mut keyframe = Vec::new();
     vp8_prefix(&mut keyframe, true, true);
@@ -340,4 +342,30 @@ fn the_synthetic_vp8_reads_as_the_server_reads_it() {
     vp8_prefix(&mut middle, false, true);
     write_stamp(&mut middle, &stamp, 0);
     assert!(!vp8_is_keyframe(&middle));
+    assert_eq!(keyframe_size(&keyframe), None, "no size without simulcast");
+    // A simulcast layer's keyframe: picture id in the descriptor, and the size the server
+    // chooses layers by.
+    let mut layered = Vec::new();
+    vp8_prefix_with(
+        &mut layered,
+        true,
+        true,
+        Some(0x4321 & 0x7fff),
+        Some((640, 360)),
+    );
+    write_stamp(
+        &mut layered,
+        &Stamp {
+            layer: Some(1),
+            ..stamp.clone()
+        },
+        300,
+    );
+    assert!(vp8_is_keyframe(&layered));
+    assert_eq!(keyframe_size(&layered), Some((640, 360)));
+    assert_eq!(read_stamp(&layered).unwrap().layer, Some(1));
+    let mut delta = Vec::new();
+    vp8_prefix_with(&mut delta, true, false, Some(5), Some((640, 360)));
+    assert!(!vp8_is_keyframe(&delta));
+    assert_eq!(keyframe_size(&delta), None);
 }

@@ -153,6 +153,8 @@ impl LoadConfig {
             clip,
             flood: None,
             start_muted: Vec::new(),
+            simulcast: false,
+            layer_bitrates_bps: None,
         }
     }
 
