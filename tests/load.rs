@@ -5,6 +5,10 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use switchboard::load::bottleneck::LinkConfig;
+use switchboard::load::client::{Client, JoinOptions};
+use switchboard::load::publish::PublishOptions;
+use switchboard::load::received::RemoteTrackStats;
 use switchboard::load::report::Thresholds;
 use switchboard::load::{run, LoadConfig};
 
@@ -368,4 +372,312 @@ fn the_synthetic_vp8_reads_as_the_server_reads_it() {
     vp8_prefix_with(&mut delta, true, false, Some(5), Some((640, 360)));
     assert!(!vp8_is_keyframe(&delta));
     assert_eq!(keyframe_size(&delta), None);
+}
+
+/// A room with one simulcast publisher and subscribers, each behind its own emulated downlink:
+/// what a test of layer selection needs, in a few lines.
+///
+/// ```ignore
+/// let room = SimulcastRoom::join(&server.ws_url(), &[LinkConfig::default(), downlink(300_000)]).await;
+/// room.wait_layer(1, 0).await; // the shaped subscriber moves to the low layer
+/// room.wait_layer(0, 2).await; // the other stays on the top one
+/// room.subscribers[1].set_downlink(Some(3_000_000));
+/// room.wait_layer(1, 2).await; // and comes back up once its link does
+/// ```
+struct SimulcastRoom {
+    publisher: Client,
+    subscribers: Vec<Client>,
+}
+
+/// A downlink of `bps` bits per second (200 ms of queue, at least 64 KiB), no delay or loss.
+fn downlink(bps: u64) -> LinkConfig {
+    LinkConfig {
+        rate_bps: Some(bps),
+        ..LinkConfig::default()
+    }
+}
+
+impl SimulcastRoom {
+    /// Layers at 150, 300 and 1,000 kbit/s, no audio: the low layer fits a 300 kbit/s link.
+    fn publish_options() -> PublishOptions {
+        PublishOptions {
+            simulcast: true,
+            audio: false,
+            video_bitrate_bps: 1_000_000,
+            keyframe_interval: Duration::from_secs(60),
+            ..PublishOptions::default()
+        }
+    }
+
+    async fn join(url: &str, downlinks: &[LinkConfig]) -> Self {
+        Self::join_with(url, downlinks, Self::publish_options()).await
+    }
+
+    /// Joins the subscribers first (each with its downlink), then the publisher, and waits
+    /// until every subscriber receives its video.
+    async fn join_with(url: &str, downlinks: &[LinkConfig], options: PublishOptions) -> Self {
+        let room = "simulcast";
+        let mut subscribers = Vec::new();
+        for (i, link) in downlinks.iter().enumerate() {
+            let join = JoinOptions {
+                downlink: *link,
+                seed: i as u64 + 1,
+                ..JoinOptions::default()
+            };
+            let client = Client::join_with(url, room, &format!("sub-{i}"), &join)
+                .await
+                .expect("a subscriber joins");
+            subscribers.push(client);
+        }
+        let publisher = Client::join(url, room, "pub").await.expect("joins");
+        publisher
+            .publish(options)
+            .await
+            .expect("publishes simulcast");
+        let room = SimulcastRoom {
+            publisher,
+            subscribers,
+        };
+        for s in &room.subscribers {
+            s.wait_received("simulcast video", WAIT, |r| {
+                r.values()
+                    .any(|t| t.kind == "video" && t.is_simulcast() && t.distinct > 10)
+            })
+            .await
+            .expect("the subscriber receives the simulcast video");
+        }
+        room
+    }
+
+    /// The track id subscribers name in `subscription`.
+    fn track_id(&self) -> String {
+        format!("{}-video", self.publisher.id)
+    }
+
+    /// What subscriber `i` received of the video so far.
+    fn video(&self, i: usize) -> RemoteTrackStats {
+        self.subscribers[i]
+            .received()
+            .into_values()
+            .find(|t| t.stream_id == self.publisher.id && t.kind == "video")
+            .expect("video received")
+    }
+
+    /// Waits until subscriber `i` receives layer `layer` (0 lowest), read from the stamps.
+    async fn wait_layer(&self, i: usize, layer: u8) -> RemoteTrackStats {
+        self.subscribers[i]
+            .wait_layer(&self.publisher.id, layer, WAIT)
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "subscriber {i} never got layer {layer} ({e}): {:?}",
+                    self.video(i).runs
+                )
+            })
+    }
+}
+
+/// The runs of one layer each follow one another in the subscriber's sequence numbers with
+/// nothing between, and lose nothing inside (loopback).
+fn assert_continuous(video: &RemoteTrackStats, who: &str) {
+    assert!(!video.runs.is_empty(), "{who}: no layer received");
+    for pair in video.runs.windows(2) {
+        assert_ne!(pair[0].layer, pair[1].layer, "{who}: {:?}", video.runs);
+        assert_eq!(
+            pair[0].sequences().1 + 1,
+            pair[1].sequences().0,
+            "{who}: the server's numbering runs on across a switch: {:?}",
+            video.runs
+        );
+    }
+    for run in &video.runs {
+        assert_eq!(run.lost(), 0, "{who}: {run:?}");
+    }
+    assert_eq!(video.sequence_gaps, 0, "{who}: sequence numbers skip");
+    assert_eq!(video.picture_id_jumps, 0, "{who}: VP8 picture ids skip");
+    assert_eq!(video.duplicates, 0, "{who}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_subscribers_get_one_layer_each_and_a_small_view_moves_one_down() {
+    let server = start_server().await;
+    let room = SimulcastRoom::join(&server.ws_url(), &[LinkConfig::default(); 2]).await;
+    // Nobody said how large they show it: both end up on the top layer.
+    for i in 0..2 {
+        room.wait_layer(i, 2).await;
+    }
+    let before = [room.video(0), room.video(1)];
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for (i, then) in before.iter().enumerate() {
+        let now = room.video(i);
+        let (was, is) = (then.runs.last().unwrap(), now.runs.last().unwrap());
+        assert_eq!((was.layer, is.layer), (2, 2));
+        assert!(
+            is.last_counter() > was.last_counter() + 20,
+            "subscriber {i}: the publisher's counters advance: {was:?} then {is:?}"
+        );
+    }
+
+    // Subscriber 0 shows it small: 300 x 170 is covered by the low layer (320 x 180).
+    room.subscribers[0].set_view_size(&room.track_id(), 300, 170);
+    room.wait_layer(0, 0).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (low, high) = (room.video(0), room.video(1));
+    assert_eq!(low.layer(), Some(0));
+    let on_low = low.runs.last().unwrap();
+    assert!(on_low.received > 30, "{on_low:?}");
+    assert_eq!(
+        high.layer(),
+        Some(2),
+        "the other subscriber stays on the top"
+    );
+    assert_eq!(
+        high.runs.last().unwrap().started_at,
+        before[1].runs.last().unwrap().started_at,
+        "... without a switch: {:?}",
+        high.runs
+    );
+    assert_continuous(&low, "the small view");
+    assert_continuous(&high, "the large view");
+    // The layers are the publisher's: each run's counters are its layer's own, which have
+    // counted every packet of that layer since the publisher started.
+    let stats = &room.publisher.publish_stats;
+    let sent: Vec<u64> = stats
+        .layer_packets
+        .iter()
+        .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+        .collect();
+    assert!(sent.iter().all(|&n| n > 50), "{sent:?}");
+    assert!(u64::from(on_low.last_counter()) < sent[0]);
+    assert!(
+        sent[2] > sent[1] && sent[1] > sent[0],
+        "{sent:?}: bitrates rise by layer"
+    );
+    // The switch down asked the publisher for a keyframe of the low layer.
+    let key = stats.layer_keyframes[0].load(std::sync::atomic::Ordering::Relaxed);
+    assert!(key >= 2, "{key} keyframes of layer 0");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulcast_load_run_reports_layers_over_time_without_loss() {
+    let server = start_server().await;
+    let config = LoadConfig {
+        publishers: 1,
+        subscribers: 2,
+        simulcast: true,
+        duration: Duration::from_secs(4),
+        video_bitrate: 600_000,
+        ..small(server.ws_url())
+    };
+    let report = run(config).await.expect("load run");
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.packets_lost, 0, "{}", report.table());
+    for p in report.participants.iter().filter(|p| !p.publishes) {
+        let video = p.tracks.iter().find(|t| t.kind == "video").unwrap();
+        assert!(video.simulcast, "{}", p.name);
+        assert_eq!(video.layer_seconds.len(), 3);
+        assert!(
+            video.layer_seconds[2] > 2.0,
+            "{}: {:?}",
+            p.name,
+            video.layer_seconds
+        );
+        assert_eq!(video.expected, Some(video.packets), "{}", p.name);
+        assert!(video.first_counter.is_none());
+        assert!(!video.layer_runs.is_empty());
+        assert!(video.timeline.len() >= 4, "{:?}", video.timeline);
+        assert!(video.timeline.iter().any(|s| s.layer == Some(2)));
+        assert!(
+            video.mean_bitrate_bps > 300_000.0,
+            "{}",
+            video.mean_bitrate_bps
+        );
+        let audio = p.tracks.iter().find(|t| t.kind == "audio").unwrap();
+        assert!(!audio.simulcast && audio.layer_seconds.is_empty());
+        assert_eq!(audio.lost, Some(0));
+    }
+    let table = report.table();
+    assert!(table.contains("sub-0-0 <- pub-0-0  q "), "{table}");
+    let page = switchboard::load::html::render(&report);
+    assert!(page.contains("<svg") && page.contains("simulcast layer"));
+    assert!(
+        !page.contains("<script src") && !page.contains("<link"),
+        "self-contained"
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// The emulated downlink on real peers: a 300 kbit/s link with 75 ms of delay in front of one
+/// subscriber caps what it receives and delays it, the other gets everything at once; raised
+/// mid-run, the shaped one gets everything too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_emulated_downlink_caps_and_delays_and_can_be_raised_mid_run() {
+    let server = start_server().await;
+    let url = server.ws_url();
+    let shaped = LinkConfig {
+        delay: Duration::from_millis(75),
+        ..downlink(300_000)
+    };
+    let free = Client::join(&url, "shaped", "free").await.unwrap();
+    let join = JoinOptions {
+        downlink: shaped,
+        ..JoinOptions::default()
+    };
+    let slow = Client::join_with(&url, "shaped", "slow", &join)
+        .await
+        .unwrap();
+    let publisher = Client::join(&url, "shaped", "pub").await.unwrap();
+    publisher
+        .publish(PublishOptions {
+            audio: false,
+            video_bitrate_bps: 800_000,
+            ..PublishOptions::default()
+        })
+        .await
+        .unwrap();
+    let video = |c: &Client| {
+        c.received()
+            .into_values()
+            .find(|t| t.kind == "video")
+            .expect("video")
+    };
+    // The payload bits of the last `n` whole seconds, per second.
+    let recent_bitrate = |t: &RemoteTrackStats, n: usize| {
+        let seconds = t.timeline();
+        let whole = &seconds[..seconds.len().saturating_sub(1)];
+        let last = &whole[whole.len().saturating_sub(n)..];
+        last.iter().map(|s| s.bytes * 8).sum::<u64>() / last.len().max(1) as u64
+    };
+    for c in [&free, &slow] {
+        c.wait_received("video", WAIT, |r| r.values().any(|t| t.packets > 10))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (f, s) = (video(&free), video(&slow));
+    let (fast_rate, slow_rate) = (recent_bitrate(&f, 2), recent_bitrate(&s, 2));
+    assert!(fast_rate > 650_000, "unshaped: {fast_rate} bit/s");
+    assert!(
+        (200_000..=310_000).contains(&slow_rate),
+        "300 kbit/s link: {slow_rate} bit/s of payload"
+    );
+    let median = |t: &RemoteTrackStats| {
+        t.latency_us
+            .as_ref()
+            .map_or(0, |h| h.value_at_quantile(0.5))
+    };
+    assert!(median(&s) >= 75_000, "{} us", median(&s));
+    assert!(median(&f) < 50_000, "{} us", median(&f));
+    let link = slow.downlink_stats();
+    assert!(link.overflowed > 0, "the queue overflowed: {link:?}");
+    assert_eq!(free.downlink_stats().datagrams, 0, "nothing to shape");
+
+    // The network gets faster: everything comes through.
+    slow.set_downlink(None);
+    assert_eq!(slow.link().rate_bps, None);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let raised = recent_bitrate(&video(&slow), 2);
+    assert!(raised > 650_000, "raised: {raised} bit/s");
+    server.shutdown().await.unwrap();
 }

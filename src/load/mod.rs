@@ -11,6 +11,7 @@ pub mod config;
 pub mod error;
 mod expect;
 pub mod feedback;
+pub mod html;
 mod negotiate;
 pub mod payload;
 pub mod peer;
