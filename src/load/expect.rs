@@ -312,12 +312,14 @@ fn timeline_of(stats: &RemoteTrackStats, origin: Instant) -> Vec<TimelineSample>
     stats
         .timeline()
         .iter()
+        // The second under way when the run stopped, if it is too short to say a rate.
+        .filter(|s| s.length >= Duration::from_millis(200))
         .map(|s| {
             let latency = |us: f64| (s.latency_samples > 0).then_some(us / 1000.0);
             TimelineSample {
                 t: s.at.saturating_duration_since(origin).as_secs_f64(),
                 layer: s.layer,
-                bitrate_bps: s.bytes as f64 * 8.0,
+                bitrate_bps: s.bytes as f64 * 8.0 / s.length.as_secs_f64(),
                 packets: s.packets,
                 lost: s.lost,
                 freezes: s.freezes,

@@ -148,6 +148,8 @@ impl LayerRun {
 pub struct Second {
     /// When the second began.
     pub at: Instant,
+    /// How long it is: a second, but for the one under way (to the last packet so far).
+    pub length: Duration,
     pub packets: u64,
     /// Payload bytes.
     pub bytes: u64,
@@ -166,6 +168,7 @@ impl Second {
     fn starting(at: Instant) -> Self {
         Second {
             at,
+            length: Duration::from_secs(1),
             packets: 0,
             bytes: 0,
             lost: 0,
@@ -284,6 +287,9 @@ impl RemoteTrackStats {
         let mut seconds = self.seconds.clone();
         if let Some(mut current) = self.current {
             current.lost = self.missing().saturating_sub(self.missing_at_close);
+            current.length = self.last_packet_at.map_or(Duration::ZERO, |last| {
+                last.saturating_duration_since(current.at)
+            });
             seconds.push(current);
         }
         seconds
@@ -870,5 +876,11 @@ mod tests {
         assert_eq!(t[0].bytes, 100 * 107 + 7);
         assert!(t[0].latency_samples == 100 && t[0].latency_max_us > 0);
         assert_eq!(t[4].at.duration_since(t[0].at), Duration::from_secs(4));
+        assert_eq!(t[0].length, Duration::from_secs(1));
+        assert_eq!(
+            t[4].length,
+            Duration::from_millis(990),
+            "under way: to the last packet"
+        );
     }
 }

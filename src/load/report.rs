@@ -97,7 +97,7 @@ pub struct TimelineSample {
     pub t: f64,
     /// The simulcast layer of its last packet (none: not simulcast, or nothing arrived).
     pub layer: Option<u8>,
-    /// Payload bits received in the second.
+    /// Payload bits received in the second, per second (the last one may be shorter).
     pub bitrate_bps: f64,
     pub packets: u64,
     /// Counters that went missing in the second, net of the ones repaired in it.
