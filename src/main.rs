@@ -91,11 +91,16 @@ async fn shutdown_signal() {
 
 async fn run_load(config: switchboard::load::LoadConfig) -> anyhow::Result<()> {
     let json = config.json.clone();
+    let html = config.html.clone();
     let report = switchboard::load::run(config).await?;
     print!("{}", report.table());
     if let Some(path) = json {
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = html {
+        let page = switchboard::load::html::render(&report);
+        std::fs::write(&path, page).with_context(|| format!("writing {}", path.display()))?;
     }
     if !report.passed() {
         std::process::exit(2);

@@ -62,7 +62,9 @@ impl Worker {
                 continue;
             };
             let dks: Vec<usize> = m.downtracks_by_ssrc.values().copied().collect();
-            let allocation = self.router.allocate_within(&dks, budget, now);
+            let allocation = self
+                .router
+                .allocate_within(&dks, budget, c.proven(now), now);
             if !allocation.keyframes.is_empty() {
                 debug!(participant = %m.id, budget, wanted = allocation.wanted, "layers within the estimate");
             }

@@ -102,6 +102,11 @@ impl Congestion {
         }
     }
 
+    /// Whether a probe has just shown the path carries the budget.
+    pub fn proven(&self, now: Instant) -> bool {
+        self.twcc && self.estimator.proven(now)
+    }
+
     pub fn rtt(&self) -> Option<Duration> {
         self.estimator.rtt()
     }

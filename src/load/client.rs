@@ -21,6 +21,7 @@ use tokio_tungstenite::tungstenite::Message;
 use webrtc::data_channel::DataChannel;
 use webrtc::media_stream::track_remote::TrackRemote;
 
+use crate::load::bottleneck::{Link, LinkConfig, LinkStats};
 use crate::load::error::ClientError;
 use crate::load::negotiate::read_loop;
 use crate::load::peer::{Pc, PcFactory};
@@ -55,6 +56,11 @@ pub struct JoinOptions {
     /// Holds each subscriber answer this long after the local description is set (its
     /// connectivity checks start at once): a client on a slow signaling path, as tests need.
     pub answer_delay: Duration,
+    /// The emulated downlink in front of what the subscriber PC receives (rate, delay, loss);
+    /// the default changes nothing. [`Client::set_downlink`] changes it while it runs.
+    pub downlink: LinkConfig,
+    /// Seeds the downlink's random loss.
+    pub seed: u64,
 }
 
 /// One participant: its signaling socket, its two peer connections, what it publishes and
@@ -157,7 +163,9 @@ impl Client {
         };
 
         let metrics = Arc::new(Metrics::default());
-        let factory = Arc::new(PcFactory::loopback(metrics));
+        let factory = Arc::new(
+            PcFactory::loopback(metrics).with_downlink(Link::new(options.downlink, options.seed)),
+        );
         let shared = Arc::new(Shared {
             freeze_threshold_us: AtomicU64::new(DEFAULT_FREEZE_THRESHOLD.as_micros() as u64),
             answer_delay: options.answer_delay,
@@ -192,6 +200,63 @@ impl Client {
             tasks: Mutex::new(vec![writer, reader]),
             media_tasks: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Serves the subscriber's emulated downlink at `rate_bps` from now on (`None`: no limit),
+    /// as a network whose capacity changes.
+    pub fn set_downlink(&self, rate_bps: Option<u64>) {
+        if let Ok(mut link) = self.factory.downlink().lock() {
+            link.set_rate(rate_bps, Instant::now());
+        }
+    }
+
+    /// Replaces the whole downlink emulation (rate, delay, loss) from now on.
+    pub fn set_link(&self, config: LinkConfig) {
+        if let Ok(mut link) = self.factory.downlink().lock() {
+            link.set_rate(config.rate_bps, Instant::now());
+            link.set_config(config);
+        }
+    }
+
+    /// The downlink emulation as it is now.
+    pub fn link(&self) -> LinkConfig {
+        self.factory
+            .downlink()
+            .lock()
+            .map(|l| l.config())
+            .unwrap_or_default()
+    }
+
+    /// What the downlink emulation did so far: datagrams delivered, lost, dropped at the queue.
+    pub fn downlink_stats(&self) -> LinkStats {
+        self.factory
+            .downlink()
+            .lock()
+            .map(|l| l.stats())
+            .unwrap_or_default()
+    }
+
+    /// Tells the server how large this client shows a track it receives (`subscription`), in
+    /// device pixels: the server picks the simulcast layer that covers it.
+    pub fn set_view_size(&self, track_id: &str, width: u32, height: u32) {
+        let message = ClientMessage::Subscription {
+            track_id,
+            enabled: true,
+            width,
+            height,
+        };
+        self.send_raw(message.encode());
+    }
+
+    /// Pauses (`false`) or resumes a track this client receives (`subscription`).
+    pub fn set_track_enabled(&self, track_id: &str, enabled: bool) {
+        let message = ClientMessage::Subscription {
+            track_id,
+            enabled,
+            width: 0,
+            height: 0,
+        };
+        self.send_raw(message.encode());
     }
 
     /// Sends a raw text frame (tests use it to send malformed input).

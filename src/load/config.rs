@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use crate::load::bottleneck::LinkConfig;
 use crate::load::clip::Clip;
 use crate::load::error::LoadError;
 use crate::load::publish::PublishOptions;
@@ -58,6 +59,34 @@ pub struct LoadConfig {
     /// pattern) or an IVF file. Latency is not measured on clip packets.
     #[arg(long)]
     pub clip: Option<String>,
+    /// Publish the synthetic video as three simulcast layers (rids q, h, f: 320x180, 640x360,
+    /// 1280x720), each its own RTP stream with its own keyframes.
+    #[arg(long)]
+    pub simulcast: bool,
+    /// The simulcast layers' bitrates, lowest first: `150kbit,450kbit,1.5Mbit`. Default: 15 %,
+    /// 30 % and 100 % of --video-bitrate.
+    #[arg(long, value_parser = parse_layer_bitrates)]
+    pub layer_bitrates: Option<[u32; 3]>,
+    /// An emulated bottleneck in front of what subscribers receive: its rate (`300kbit`,
+    /// `2Mbit`, or bits per second), served from a drop-tail queue of 200 ms of the rate (at
+    /// least 64 KiB).
+    #[arg(long, value_parser = parse_bitrate)]
+    pub downlink: Option<u64>,
+    /// Random loss on the subscribers' downlink: `3%`.
+    #[arg(long, value_parser = parse_percent)]
+    pub loss: Option<f64>,
+    /// Fixed delay on the subscribers' downlink: `75ms`.
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Only the first N subscribers of each room get the emulated downlink (default: all).
+    #[arg(long)]
+    pub shaped_subscribers: Option<usize>,
+    /// Seeds the emulated downlinks' random loss: the same seed loses the same datagrams.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the report as a self-contained HTML page with plots over time to this file.
+    #[arg(long)]
+    pub html: Option<std::path::PathBuf>,
     /// Room name prefix; rooms are PREFIX-0, PREFIX-1, ...
     #[arg(long, default_value = "load")]
     pub room_prefix: String,
@@ -101,6 +130,14 @@ impl Default for LoadConfig {
             frame_rate: 30,
             keyframe_interval: 10.0,
             clip: None,
+            simulcast: false,
+            layer_bitrates: None,
+            downlink: None,
+            loss: None,
+            delay: None,
+            shaped_subscribers: None,
+            seed: 1,
+            html: None,
             room_prefix: "load".into(),
             pid: None,
             json: None,
@@ -118,6 +155,10 @@ pub(crate) struct Planned {
     pub(crate) room: String,
     pub(crate) name: String,
     pub(crate) publishes: bool,
+    /// Its emulated downlink (transparent unless shaped).
+    pub(crate) downlink: LinkConfig,
+    /// Seeds its downlink's random loss.
+    pub(crate) seed: u64,
 }
 
 impl LoadConfig {
@@ -130,17 +171,40 @@ impl LoadConfig {
                     room: room.clone(),
                     name: format!("pub-{r}-{p}"),
                     publishes: true,
+                    downlink: LinkConfig::default(),
+                    seed: self.seed_of(plan.len()),
                 });
             }
             for s in 0..self.subscribers {
+                let shaped = self.shaped_subscribers.is_none_or(|n| s < n);
                 plan.push(Planned {
                     room: room.clone(),
                     name: format!("sub-{r}-{s}"),
                     publishes: false,
+                    downlink: if shaped {
+                        self.downlink()
+                    } else {
+                        LinkConfig::default()
+                    },
+                    seed: self.seed_of(plan.len()),
                 });
             }
         }
         plan
+    }
+
+    /// The seed of the `index`th participant planned: each its own.
+    fn seed_of(&self, index: usize) -> u64 {
+        self.seed.wrapping_mul(1_000_003).wrapping_add(index as u64)
+    }
+
+    /// The emulated downlink of a shaped subscriber.
+    pub fn downlink(&self) -> LinkConfig {
+        LinkConfig {
+            rate_bps: self.downlink,
+            delay: self.delay.unwrap_or_default(),
+            loss: self.loss.unwrap_or(0.0),
+        }
     }
 
     pub(crate) fn publish_options(&self, clip: Option<Arc<Clip>>) -> PublishOptions {
@@ -153,6 +217,8 @@ impl LoadConfig {
             clip,
             flood: None,
             start_muted: Vec::new(),
+            simulcast: self.simulcast,
+            layer_bitrates_bps: self.layer_bitrates,
         }
     }
 
@@ -167,6 +233,14 @@ impl LoadConfig {
             return Err(LoadError::Shape(
                 "--duration and --ramp must be positive".into(),
             ));
+        }
+        if self.simulcast && (self.clip.is_some() || self.no_video) {
+            return Err(LoadError::Shape(
+                "--simulcast sends synthetic video: not with --clip or --no-video".into(),
+            ));
+        }
+        if self.loss.is_some_and(|l| !(0.0..=1.0).contains(&l)) {
+            return Err(LoadError::Shape("--loss must be 0% to 100%".into()));
         }
         Ok(())
     }
@@ -185,9 +259,124 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("expected a duration like 90s, 15m or 1h ({e})"))
 }
 
+/// Bitrates on the command line: `300kbit`, `1.5Mbit`, `2Gbit`, `500k`, `2M`, `64kbps`, or
+/// plain bits per second.
+pub fn parse_bitrate(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a bitrate like 300kbit or 2Mbit, got {s:?}"))?;
+    let scale = match unit.trim() {
+        "" | "bit" | "bps" | "b" => 1.0,
+        "k" | "kbit" | "kbps" | "Kbit" | "Kbps" => 1e3,
+        "M" | "Mbit" | "Mbps" | "m" | "mbit" | "mbps" => 1e6,
+        "G" | "Gbit" | "Gbps" | "g" | "gbit" | "gbps" => 1e9,
+        other => {
+            return Err(format!(
+                "unknown bitrate unit {other:?} (bit, kbit, Mbit, Gbit)"
+            ))
+        }
+    };
+    let bps = number * scale;
+    if !bps.is_finite() || bps < 1.0 {
+        return Err(format!("expected a positive bitrate, got {s:?}"));
+    }
+    Ok(bps.round() as u64)
+}
+
+/// Three bitrates, lowest layer first: `150kbit,450kbit,1.5Mbit`.
+pub fn parse_layer_bitrates(s: &str) -> Result<[u32; 3], String> {
+    let rates: Vec<u64> = s.split(',').map(parse_bitrate).collect::<Result<_, _>>()?;
+    let rates: Vec<u32> = rates
+        .into_iter()
+        .map(|r| u32::try_from(r).map_err(|_| format!("{r} bit/s is too fast")))
+        .collect::<Result<_, _>>()?;
+    rates
+        .try_into()
+        .map_err(|_| format!("expected three bitrates, lowest first, got {s:?}"))
+}
+
+/// A percentage: `3%`, `0.5%` or `3` (percent either way), as a fraction.
+pub fn parse_percent(s: &str) -> Result<f64, String> {
+    let number = s.trim().trim_end_matches('%').trim();
+    let percent: f64 = number
+        .parse()
+        .map_err(|_| format!("expected a percentage like 3%, got {s:?}"))?;
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("expected 0% to 100%, got {s:?}"));
+    }
+    Ok(percent / 100.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bitrates_and_percentages_read_as_a_person_writes_them() {
+        assert_eq!(parse_bitrate("300kbit"), Ok(300_000));
+        assert_eq!(parse_bitrate("1.5Mbit"), Ok(1_500_000));
+        assert_eq!(parse_bitrate("2Gbit"), Ok(2_000_000_000));
+        assert_eq!(parse_bitrate("500k"), Ok(500_000));
+        assert_eq!(parse_bitrate("64kbps"), Ok(64_000));
+        assert_eq!(parse_bitrate("800000"), Ok(800_000));
+        assert!(parse_bitrate("fast").is_err());
+        assert!(parse_bitrate("3 furlongs").is_err());
+        assert!(parse_bitrate("0kbit").is_err());
+        assert_eq!(
+            parse_layer_bitrates("150kbit,450kbit,1.3Mbit"),
+            Ok([150_000, 450_000, 1_300_000])
+        );
+        assert!(parse_layer_bitrates("150k,450k").is_err());
+        assert_eq!(parse_percent("3%"), Ok(0.03));
+        assert_eq!(parse_percent("0.5%"), Ok(0.005));
+        assert_eq!(parse_percent("10"), Ok(0.1));
+        assert!(parse_percent("120%").is_err());
+        assert!(parse_percent("lots").is_err());
+    }
+
+    #[test]
+    fn the_first_subscribers_of_each_room_are_shaped() {
+        let config = LoadConfig {
+            rooms: 2,
+            publishers: 1,
+            subscribers: 3,
+            downlink: Some(300_000),
+            delay: Some(Duration::from_millis(75)),
+            loss: Some(0.03),
+            shaped_subscribers: Some(1),
+            ..LoadConfig::default()
+        };
+        let plan = config.plan();
+        let shaped: Vec<&str> = plan
+            .iter()
+            .filter(|p| !p.downlink.is_transparent())
+            .map(|p| p.name.as_str())
+            .collect();
+        assert_eq!(shaped, ["sub-0-0", "sub-1-0"]);
+        let link = plan[1].downlink;
+        assert_eq!(link.rate_bps, Some(300_000));
+        assert_eq!(link.delay, Duration::from_millis(75));
+        assert_eq!(link.loss, 0.03);
+        let everyone = LoadConfig {
+            shaped_subscribers: None,
+            ..config
+        };
+        let shaped = everyone
+            .plan()
+            .iter()
+            .filter(|p| !p.downlink.is_transparent())
+            .count();
+        assert_eq!(shaped, 6, "all subscribers, never the publishers");
+        // Each subscriber's loss has its own seed.
+        let seeds: std::collections::HashSet<u64> =
+            everyone.plan().iter().map(|p| p.seed).collect();
+        assert_eq!(seeds.len(), 8);
+    }
 
     #[test]
     fn durations_read_as_a_person_writes_them() {

@@ -1,5 +1,6 @@
 //! What each participant of a run should have received, against what it did: loss counted
-//! on the publishers' own counters, and freezes.
+//! on the publishers' own counters (within each run of one layer, with simulcast), freezes,
+//! and the track second by second.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::load::client::Client;
 use crate::load::config::{LoadConfig, Planned};
 use crate::load::received::RemoteTrackStats;
-use crate::load::report::TrackReport;
+use crate::load::report::{LayerRunReport, TimelineSample, TrackReport};
 
 /// A participant that joined, with its client.
 pub(crate) struct Joined {
@@ -15,28 +16,46 @@ pub(crate) struct Joined {
     pub(crate) client: Client,
 }
 
-/// Packets each publisher has sent, per kind, read from its own counters.
+/// Packets each publisher has sent, per kind and per simulcast layer, read from its own
+/// counters.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SentCounts(HashMap<(String, &'static str), u64>);
+pub(crate) struct SentCounts {
+    kinds: HashMap<(String, &'static str), u64>,
+    layers: HashMap<String, [u64; 3]>,
+}
 
 impl SentCounts {
     pub(crate) fn of(joined: &[Joined]) -> Self {
-        let mut counts = HashMap::new();
+        let mut counts = SentCounts::default();
         for j in joined.iter().filter(|j| j.planned.publishes) {
             let stats = &j.client.publish_stats;
             let load =
                 |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-            counts.insert((j.client.id.clone(), "video"), load(&stats.video_packets));
-            counts.insert((j.client.id.clone(), "audio"), load(&stats.audio_packets));
+            let id = &j.client.id;
+            counts
+                .kinds
+                .insert((id.clone(), "video"), load(&stats.video_packets));
+            counts
+                .kinds
+                .insert((id.clone(), "audio"), load(&stats.audio_packets));
+            counts.layers.insert(
+                id.clone(),
+                std::array::from_fn(|l| load(&stats.layer_packets[l])),
+            );
         }
-        SentCounts(counts)
+        counts
     }
 
     pub(crate) fn get(&self, publisher_id: &str, kind: &str) -> u64 {
-        self.0
+        self.kinds
             .iter()
             .find(|((id, k), _)| id == publisher_id && *k == kind)
             .map_or(0, |(_, n)| *n)
+    }
+
+    /// Video packets of each simulcast layer.
+    pub(crate) fn layers(&self, publisher_id: &str) -> [u64; 3] {
+        self.layers.get(publisher_id).copied().unwrap_or_default()
     }
 
     pub(crate) fn total_of(&self, publisher_id: &str) -> u64 {
@@ -49,6 +68,9 @@ pub(crate) struct Window {
     pub(crate) settled_at: Instant,
     pub(crate) stopped_at: Instant,
     pub(crate) freeze_threshold: Duration,
+    /// Where the report's timelines count seconds from (the run's start); `None`: no
+    /// timelines (the progress line needs none).
+    pub(crate) origin: Option<Instant>,
 }
 
 /// One expected remote track: a publisher of the room and one kind it sends.
@@ -59,8 +81,12 @@ struct ExpectedTrack {
     kind: &'static str,
     /// Whether its packets carry stamps (a clip's video does not: no loss figure for it).
     stamped: bool,
+    /// Sent in simulcast layers: loss is counted within each run of one layer received.
+    simulcast: bool,
     /// The publisher's counter when the window opened.
     sent_at_settle: Option<u64>,
+    /// With simulcast: its lowest layer's counter then.
+    lowest_layer_at_settle: Option<u64>,
 }
 
 /// What each participant should receive.
@@ -101,7 +127,9 @@ impl Expectations {
                     publisher_name: j.planned.name.clone(),
                     kind,
                     stamped,
+                    simulcast: kind == "video" && config.simulcast && stamped,
                     sent_at_settle: settled.map(|c| c.get(&j.client.id, kind)),
+                    lowest_layer_at_settle: settled.map(|c| c.layers(&j.client.id)[0]),
                 });
             }
         }
@@ -139,12 +167,11 @@ impl Expectations {
                 Some(at) => out.all_media = Some(out.all_media.map_or(at, |a: Instant| a.max(at))),
                 None => all_started = false,
             }
-            out.tracks.push(track_outcome(
-                t,
-                stats,
-                sent_end.get(&t.publisher_id, t.kind),
-                window,
-            ));
+            let sent = Sent {
+                packets: sent_end.get(&t.publisher_id, t.kind),
+                layers: sent_end.layers(&t.publisher_id),
+            };
+            out.tracks.push(track_outcome(t, stats, sent, window));
         }
         if !all_started {
             out.all_media = None;
@@ -153,11 +180,22 @@ impl Expectations {
     }
 }
 
+/// What a publisher had sent of one track: its packets, and with simulcast each layer's.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sent {
+    packets: u64,
+    layers: [u64; 3],
+}
+
+/// How many of a track's simulcast runs the report lists (a run that switches layers every
+/// few seconds for an hour would list a thousand).
+const RUNS_REPORTED: usize = 200;
+
 /// One expected track as one participant received it.
 fn track_outcome(
     t: &ExpectedTrack,
     stats: Option<&RemoteTrackStats>,
-    sent: u64,
+    sent: Sent,
     window: &Window,
 ) -> TrackReport {
     let first = stats.and_then(|s| s.first_counter).map(u64::from);
@@ -165,14 +203,27 @@ fn track_outcome(
         (Some(f), Some(s)) => f.min(s),
         (Some(f), None) => f,
         (None, Some(s)) => s,
-        (None, None) => sent,
+        (None, None) => sent.packets,
     };
-    let (expected, lost) = if t.stamped {
-        let expected = sent.saturating_sub(start);
-        let lost = stats.map_or(expected, |s| s.lost_of(start, sent));
-        (Some(expected), Some(lost))
-    } else {
-        (None, None)
+    let (expected, lost) = match (t.stamped, t.simulcast, stats) {
+        (false, _, _) => (None, None),
+        // Each run of a layer from its first packet received to its last (the last run to
+        // the last packet sent): the layers the subscriber was not on are not expected.
+        (true, true, Some(s)) if s.is_simulcast() => {
+            let (expected, lost) = s.simulcast_loss(&sent.layers);
+            (Some(expected), Some(expected.min(lost)))
+        }
+        // Nothing of it arrived: at least its lowest layer was due from the settle time on.
+        (true, true, _) => {
+            let from = t.lowest_layer_at_settle.unwrap_or(sent.layers[0]);
+            let expected = sent.layers[0].saturating_sub(from);
+            (Some(expected), Some(expected))
+        }
+        (true, false, _) => {
+            let expected = sent.packets.saturating_sub(start);
+            let lost = stats.map_or(expected, |s| s.lost_of(start, sent.packets));
+            (Some(expected), Some(lost))
+        }
     };
     // Freezes: long gaps between packets, plus a stream that started late in the window or
     // stopped before the publisher did.
@@ -193,6 +244,36 @@ fn track_outcome(
             frozen += gap;
         }
     }
+    let simulcast = stats.is_some_and(RemoteTrackStats::is_simulcast);
+    let since = |origin: Instant, at: Instant| at.saturating_duration_since(origin).as_secs_f64();
+    let (timeline, layer_runs) = match (window.origin, stats) {
+        (Some(origin), Some(s)) => (
+            timeline_of(s, origin),
+            s.runs
+                .iter()
+                .enumerate()
+                .take(RUNS_REPORTED)
+                .map(|(i, r)| LayerRunReport {
+                    layer: r.layer,
+                    first_counter: r.first_counter(),
+                    last_counter: r.last_counter(),
+                    received: r.received,
+                    lost: r.lost(),
+                    from_s: since(origin, r.started_at),
+                    to_s: since(
+                        origin,
+                        s.runs.get(i + 1).map_or(r.last_at, |next| next.started_at),
+                    ),
+                })
+                .collect(),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let bytes = stats.map_or(0, |s| s.bytes);
+    let receiving = match (first_at, last_at) {
+        (Some(first), Some(last)) => last.saturating_duration_since(first).as_secs_f64(),
+        _ => 0.0,
+    };
     TrackReport {
         publisher_id: t.publisher_id.clone(),
         publisher_name: t.publisher_name.clone(),
@@ -209,7 +290,44 @@ fn track_outcome(
         foreign_packets: stats.map_or(0, |s| s.foreign_packets),
         first_counter: stats.and_then(|s| s.first_counter),
         last_counter: stats.and_then(|s| s.last_counter),
+        bytes,
+        mean_bitrate_bps: if receiving > 0.0 {
+            bytes as f64 * 8.0 / receiving
+        } else {
+            0.0
+        },
+        simulcast,
+        layer_seconds: match stats {
+            Some(s) if simulcast => s.layer_time().iter().map(Duration::as_secs_f64).collect(),
+            _ => Vec::new(),
+        },
+        layer_switches: stats.map_or(0, |s| s.runs.len().saturating_sub(1) as u64),
+        layer_runs,
+        timeline,
     }
+}
+
+/// A track's seconds as the report gives them, counted from `origin`.
+fn timeline_of(stats: &RemoteTrackStats, origin: Instant) -> Vec<TimelineSample> {
+    stats
+        .timeline()
+        .iter()
+        // The second under way when the run stopped, if it is too short to say a rate.
+        .filter(|s| s.length >= Duration::from_millis(200))
+        .map(|s| {
+            let latency = |us: f64| (s.latency_samples > 0).then_some(us / 1000.0);
+            TimelineSample {
+                t: s.at.saturating_duration_since(origin).as_secs_f64(),
+                layer: s.layer,
+                bitrate_bps: s.bytes as f64 * 8.0 / s.length.as_secs_f64(),
+                packets: s.packets,
+                lost: s.lost,
+                freezes: s.freezes,
+                latency_ms: latency(s.latency_sum_us as f64 / f64::from(s.latency_samples.max(1))),
+                latency_max_ms: latency(s.latency_max_us as f64),
+            }
+        })
+        .collect()
 }
 
 fn clock_rate_of(kind: &str) -> Option<u32> {
@@ -239,7 +357,25 @@ mod tests {
             publisher_name: "pub".into(),
             kind: "video",
             stamped: true,
+            simulcast: false,
             sent_at_settle,
+            lowest_layer_at_settle: None,
+        }
+    }
+
+    fn sent(packets: u64) -> Sent {
+        Sent {
+            packets,
+            layers: [0; 3],
+        }
+    }
+
+    fn window(settled_at: Instant, stopped_at: Instant) -> Window {
+        Window {
+            settled_at,
+            stopped_at,
+            freeze_threshold: Duration::from_millis(500),
+            origin: None,
         }
     }
 
@@ -259,14 +395,10 @@ mod tests {
     #[test]
     fn a_stream_that_stops_before_its_publisher_is_lost_and_frozen() {
         let t0 = Instant::now();
-        let window = Window {
-            settled_at: t0,
-            stopped_at: t0 + Duration::from_secs(60),
-            freeze_threshold: Duration::from_millis(500),
-        };
+        let window = window(t0, t0 + Duration::from_secs(60));
         // Everything up to counter 32,767, then nothing while the publisher sent 70,000.
         let stats = received(100, 32_767, t0, t0 + Duration::from_secs(20));
-        let t = track_outcome(&expected(Some(150)), Some(&stats), 70_000, &window);
+        let t = track_outcome(&expected(Some(150)), Some(&stats), sent(70_000), &window);
         assert_eq!(t.expected, Some(70_000 - 100));
         assert_eq!(t.lost, Some(70_000 - 32_768));
         assert_eq!(t.freezes, 1);
@@ -276,12 +408,8 @@ mod tests {
     #[test]
     fn a_stream_that_never_arrives_is_all_lost_and_frozen() {
         let t0 = Instant::now();
-        let window = Window {
-            settled_at: t0,
-            stopped_at: t0 + Duration::from_secs(10),
-            freeze_threshold: Duration::from_millis(500),
-        };
-        let t = track_outcome(&expected(Some(200)), None, 1_200, &window);
+        let window = window(t0, t0 + Duration::from_secs(10));
+        let t = track_outcome(&expected(Some(200)), None, sent(1_200), &window);
         assert_eq!(
             (t.expected, t.lost, t.packets),
             (Some(1_000), Some(1_000), 0)
@@ -292,13 +420,27 @@ mod tests {
     #[test]
     fn a_complete_stream_has_no_loss_and_no_freeze() {
         let t0 = Instant::now();
-        let window = Window {
-            settled_at: t0 + Duration::from_secs(2),
-            stopped_at: t0 + Duration::from_secs(10),
-            freeze_threshold: Duration::from_millis(500),
-        };
+        let window = window(t0 + Duration::from_secs(2), t0 + Duration::from_secs(10));
         let stats = received(10, 999, t0, t0 + Duration::from_millis(9_990));
-        let t = track_outcome(&expected(Some(300)), Some(&stats), 1_000, &window);
+        let t = track_outcome(&expected(Some(300)), Some(&stats), sent(1_000), &window);
         assert_eq!((t.expected, t.lost, t.freezes), (Some(990), Some(0), 0));
+    }
+
+    #[test]
+    fn a_simulcast_track_that_never_arrives_owes_its_lowest_layer() {
+        let t0 = Instant::now();
+        let window = window(t0, t0 + Duration::from_secs(10));
+        let track = ExpectedTrack {
+            simulcast: true,
+            lowest_layer_at_settle: Some(100),
+            ..expected(Some(900))
+        };
+        let sent = Sent {
+            packets: 3_000,
+            layers: [400, 800, 1_800],
+        };
+        let t = track_outcome(&track, None, sent, &window);
+        assert_eq!((t.expected, t.lost), (Some(300), Some(300)));
+        assert!(t.timeline.is_empty() && t.layer_seconds.is_empty());
     }
 }

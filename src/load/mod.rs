@@ -4,12 +4,14 @@
 //! `metrics` and `ratelimit`), and speaks the protocol as `docs/protocol.md` writes it, so the
 //! two sides of every test are separate implementations and a shared bug cannot hide itself.
 
+pub mod bottleneck;
 pub mod client;
 pub mod clip;
 pub mod config;
 pub mod error;
 mod expect;
 pub mod feedback;
+pub mod html;
 mod negotiate;
 pub mod payload;
 pub mod peer;

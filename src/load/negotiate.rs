@@ -157,7 +157,7 @@ pub(crate) async fn read_loop(
                         shared: shared.clone(),
                         pc: PcKind::Subscriber,
                     });
-                    match factory.build(handler).await {
+                    match factory.build_subscriber(handler).await {
                         Ok(pc) => *slot = Some(pc),
                         Err(_) => continue,
                     }

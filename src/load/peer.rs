@@ -12,6 +12,7 @@ use webrtc::peer_connection::{
     RTCConfigurationBuilder, Registry, SettingEngine, SettingEngineBuilder,
 };
 
+use crate::load::bottleneck::{Link, LinkConfig, ShapedSocket, SharedLink};
 use crate::load::error::ClientError;
 use crate::load::feedback::ClientFeedback;
 use crate::load::wire::{Candidate, TrackKind};
@@ -24,6 +25,8 @@ pub type Pc = Arc<PcHandle>;
 pub struct PcFactory {
     bind_ip: IpAddr,
     metrics: Arc<Metrics>,
+    /// The emulated downlink in front of the subscriber PC's socket (transparent unless set).
+    downlink: SharedLink,
 }
 
 impl PcFactory {
@@ -32,7 +35,19 @@ impl PcFactory {
         PcFactory {
             bind_ip: IpAddr::from([127, 0, 0, 1]),
             metrics,
+            downlink: Arc::new(std::sync::Mutex::new(Link::new(LinkConfig::default(), 0))),
         }
+    }
+
+    /// The subscriber PC receives through `link`.
+    pub fn with_downlink(mut self, link: Link) -> Self {
+        self.downlink = Arc::new(std::sync::Mutex::new(link));
+        self
+    }
+
+    /// The emulated downlink, to change or read while it runs.
+    pub fn downlink(&self) -> &SharedLink {
+        &self.downlink
     }
 
     fn setting_engine(&self) -> SettingEngine {
@@ -53,7 +68,20 @@ impl PcFactory {
         handler: Arc<dyn PeerConnectionEventHandler>,
     ) -> Result<Pc, ClientError> {
         let pc = self
-            .build_on(SocketAddr::new(self.bind_ip, 0), handler)
+            .build_on(SocketAddr::new(self.bind_ip, 0), handler, None)
+            .await?;
+        Ok(Arc::new(PcHandle::new(Box::new(pc), self.metrics.clone())))
+    }
+
+    /// Builds the subscriber's peer connection: what it receives comes through the emulated
+    /// downlink.
+    pub async fn build_subscriber(
+        &self,
+        handler: Arc<dyn PeerConnectionEventHandler>,
+    ) -> Result<Pc, ClientError> {
+        let addr = SocketAddr::new(self.bind_ip, 0);
+        let pc = self
+            .build_on(addr, handler, Some(self.downlink.clone()))
             .await?;
         Ok(Arc::new(PcHandle::new(Box::new(pc), self.metrics.clone())))
     }
@@ -62,6 +90,7 @@ impl PcFactory {
         &self,
         addr: SocketAddr,
         handler: Arc<dyn PeerConnectionEventHandler>,
+        downlink: Option<SharedLink>,
     ) -> Result<impl PeerConnection, ClientError> {
         let mut media_engine = MediaEngine::default();
         media_engine
@@ -77,7 +106,10 @@ impl PcFactory {
             );
         let configuration = RTCConfigurationBuilder::new().build();
         PeerConnectionBuilder::new()
-            .with_runtime(Arc::new(SizedSocketsRuntime(webrtc::runtime::TokioRuntime)))
+            .with_runtime(Arc::new(SizedSocketsRuntime {
+                runtime: webrtc::runtime::TokioRuntime,
+                downlink,
+            }))
             .with_configuration(configuration)
             .with_media_engine(media_engine)
             .with_interceptor_registry(registry)
@@ -99,16 +131,28 @@ const NACK_LOG_PACKETS: u16 = 8192;
 /// on a busy machine loses what arrives meanwhile. Browsers size theirs up too.
 const SOCKET_RECEIVE_BUFFER: usize = 4 << 20;
 
-/// webrtc-rs's tokio runtime, with every UDP socket's receive buffer sized for the rate.
-#[derive(Debug)]
-struct SizedSocketsRuntime(webrtc::runtime::TokioRuntime);
+/// webrtc-rs's tokio runtime, with every UDP socket's receive buffer sized for the rate, and
+/// what it receives put through an emulated downlink when there is one.
+struct SizedSocketsRuntime {
+    runtime: webrtc::runtime::TokioRuntime,
+    downlink: Option<SharedLink>,
+}
+
+impl std::fmt::Debug for SizedSocketsRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SizedSocketsRuntime")
+            .field("runtime", &self.runtime)
+            .field("shaped", &self.downlink.is_some())
+            .finish()
+    }
+}
 
 impl webrtc::runtime::Runtime for SizedSocketsRuntime {
     fn spawn(
         &self,
         future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.0.spawn(future)
+        self.runtime.spawn(future)
     }
 
     fn spawn_reactor(
@@ -116,7 +160,7 @@ impl webrtc::runtime::Runtime for SizedSocketsRuntime {
         pool_size: usize,
         future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     ) -> Box<dyn webrtc::runtime::JoinHandle> {
-        self.0.spawn_reactor(pool_size, future)
+        self.runtime.spawn_reactor(pool_size, future)
     }
 
     fn wrap_udp_socket(
@@ -124,14 +168,18 @@ impl webrtc::runtime::Runtime for SizedSocketsRuntime {
         socket: std::net::UdpSocket,
     ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncUdpSocket>> {
         set_receive_buffer(&socket, SOCKET_RECEIVE_BUFFER);
-        self.0.wrap_udp_socket(socket)
+        let socket = self.runtime.wrap_udp_socket(socket)?;
+        Ok(match &self.downlink {
+            Some(link) => Arc::new(ShapedSocket::new(socket, link.clone())),
+            None => socket,
+        })
     }
 
     fn wrap_tcp_listener(
         &self,
         listener: std::net::TcpListener,
     ) -> std::io::Result<Arc<dyn webrtc::runtime::AsyncTcpListener>> {
-        self.0.wrap_tcp_listener(listener)
+        self.runtime.wrap_tcp_listener(listener)
     }
 
     fn connect_tcp<'a>(
@@ -145,7 +193,7 @@ impl webrtc::runtime::Runtime for SizedSocketsRuntime {
                 + 'a,
         >,
     > {
-        self.0.connect_tcp(remote_addr)
+        self.runtime.connect_tcp(remote_addr)
     }
 
     fn resolve_host<'a>(
@@ -154,32 +202,32 @@ impl webrtc::runtime::Runtime for SizedSocketsRuntime {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = std::io::Result<Vec<SocketAddr>>> + Send + 'a>,
     > {
-        self.0.resolve_host(host)
+        self.runtime.resolve_host(host)
     }
 
     fn sleep(
         &self,
         duration: std::time::Duration,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
-        self.0.sleep(duration)
+        self.runtime.sleep(duration)
     }
 
     fn interval(&self, period: std::time::Duration) -> Box<dyn webrtc::runtime::AsyncInterval> {
-        self.0.interval(period)
+        self.runtime.interval(period)
     }
 
     fn block_on(&self, future: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + '_>>) {
-        self.0.block_on(future)
+        self.runtime.block_on(future)
     }
 
     fn yield_now(
         &self,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'static>> {
-        self.0.yield_now()
+        self.runtime.yield_now()
     }
 
     fn name(&self) -> &'static str {
-        self.0.name()
+        self.runtime.name()
     }
 }
 

@@ -50,6 +50,7 @@ impl Progress {
                 settled_at: *settled_at,
                 stopped_at: Instant::now(),
                 freeze_threshold: Duration::MAX,
+                origin: None,
             };
             for j in joined {
                 if let Some(r) = j

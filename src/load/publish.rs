@@ -1,4 +1,5 @@
-//! What a client publishes, and how: the publisher peer connection, its tracks and offers.
+//! What a client publishes, and how: the publisher peer connection, its tracks (video in one
+//! stream or in three simulcast layers) and offers.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,15 +9,20 @@ use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodec, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
+use tokio::task::JoinHandle;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::Track;
 
 use crate::load::client::Client;
 use crate::load::clip::Clip;
 use crate::load::error::ClientError;
 use crate::load::negotiate::PcEvents;
 use crate::load::peer::Pc;
-use crate::load::senders::{send_audio, send_clip, send_flood, send_video};
+use crate::load::senders::{
+    send_audio, send_clip, send_flood, send_video, watch_keyframe_requests, LayerStream,
+    VideoStream,
+};
 use crate::load::wire::{ClientMessage, PcKind};
 
 /// What to publish.
@@ -37,7 +43,62 @@ pub struct PublishOptions {
     /// Kinds (`"audio"`, `"video"`) announced muted: `mute` goes right after the offer,
     /// before any media, as a client that joins with its microphone off does.
     pub start_muted: Vec<String>,
+    /// Send the synthetic video as three simulcast layers ([`SIMULCAST_LAYERS`]), each its own
+    /// RTP stream named by its rid, as a browser's camera does.
+    pub simulcast: bool,
+    /// Each layer's bitrate, lowest first; `None`: the layers' shares of `video_bitrate_bps`.
+    pub layer_bitrates_bps: Option<[u32; 3]>,
 }
+
+/// One simulcast layer the synthetic publisher sends.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimulcastLayer {
+    pub rid: &'static str,
+    /// The picture size its keyframes announce.
+    pub width: u16,
+    pub height: u16,
+    /// Its bitrate, as a share of the video bitrate.
+    pub share: f64,
+}
+
+/// The layers, lowest first (the offer lists them in this order, which is what the server
+/// goes by): a quarter, half and full size, at 15 %, 30 % and 100 % of the video bitrate.
+pub const SIMULCAST_LAYERS: [SimulcastLayer; 3] = [
+    SimulcastLayer {
+        rid: "q",
+        width: 320,
+        height: 180,
+        share: 0.15,
+    },
+    SimulcastLayer {
+        rid: "h",
+        width: 640,
+        height: 360,
+        share: 0.30,
+    },
+    SimulcastLayer {
+        rid: "f",
+        width: 1280,
+        height: 720,
+        share: 1.0,
+    },
+];
+
+impl PublishOptions {
+    /// The bitrate of simulcast layer `layer`.
+    pub fn layer_bitrate(&self, layer: usize) -> u32 {
+        match self.layer_bitrates_bps {
+            Some(rates) => rates[layer.min(2)],
+            None => {
+                (f64::from(self.video_bitrate_bps) * SIMULCAST_LAYERS[layer.min(2)].share) as u32
+            }
+        }
+    }
+}
+
+/// The header extensions that name a simulcast stream (RFC 8852, RFC 8843).
+const MID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:mid";
+const RID_URI: &str = "urn:ietf:params:rtp-hdrext:sdes:rtp-stream-id";
 
 /// A fast, fixed-rate stream of one-packet VP8 frames (the first a keyframe, and one on
 /// every PLI), stamped like the rest.
@@ -59,6 +120,8 @@ impl Default for PublishOptions {
             clip: None,
             flood: None,
             start_muted: Vec::new(),
+            simulcast: false,
+            layer_bitrates_bps: None,
         }
     }
 }
@@ -70,6 +133,27 @@ pub struct PublishStats {
     pub audio_packets: AtomicU64,
     pub keyframes: AtomicU64,
     pub plis_received: AtomicU64,
+    /// With simulcast: video packets, keyframes and keyframe requests per layer.
+    pub layer_packets: [AtomicU64; 3],
+    pub layer_keyframes: [AtomicU64; 3],
+    pub layer_plis: [AtomicU64; 3],
+}
+
+/// A track on the publisher PC, before media starts on it.
+enum Outgoing {
+    /// One RTP stream.
+    Single {
+        kind: RtpCodecKind,
+        track: Arc<TrackLocalStaticRTP>,
+        ssrc: u32,
+        payload_type: u8,
+    },
+    /// A video track in simulcast layers, lowest first, one SSRC each.
+    Simulcast {
+        track: Arc<TrackLocalStaticRTP>,
+        ssrcs: [u32; 3],
+        payload_type: u8,
+    },
 }
 
 impl Client {
@@ -103,10 +187,13 @@ impl Client {
                 sdp_fmtp_line: String::new(),
                 rtcp_feedback: vec![],
             };
-            senders.push(
+            let synthetic = options.clip.is_none() && options.flood.is_none();
+            senders.push(if options.simulcast && synthetic {
+                self.add_simulcast_track(&pc, codec).await?
+            } else {
                 self.add_local_track(&pc, "video", RtpCodecKind::Video, codec)
-                    .await?,
-            );
+                    .await?
+            });
         }
         *self.publisher.lock().await = Some(pc.clone());
         self.offer_publisher(&pc).await?;
@@ -127,28 +214,83 @@ impl Client {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for (kind, track, ssrc, payload_type) in senders {
+        let mut tasks = Vec::new();
+        for outgoing in senders {
             let stats = self.publish_stats.clone();
             let id = self.id.clone();
             let options = options.clone();
-            let task = tokio::spawn(async move {
-                if kind == RtpCodecKind::Video {
+            match outgoing {
+                Outgoing::Single {
+                    kind: RtpCodecKind::Video,
+                    track,
+                    ssrc,
+                    payload_type,
+                } => tasks.push(tokio::spawn(async move {
                     match (options.clip.clone(), options.flood) {
                         (Some(clip), _) => send_clip(track, ssrc, payload_type, clip, stats).await,
                         (None, Some(flood)) => {
                             send_flood(track, ssrc, payload_type, id, flood, stats).await
                         }
                         (None, None) => {
-                            send_video(track, ssrc, payload_type, id, options, stats).await
+                            let (wanted, feedback) =
+                                watch_keyframe_requests(&track, &stats, &[ssrc]);
+                            let video = VideoStream {
+                                ssrc,
+                                payload_type,
+                                bitrate_bps: options.video_bitrate_bps,
+                                keyframe_wanted: wanted[0].clone(),
+                                simulcast: None,
+                            };
+                            send_video(track, video, id, options, stats).await;
+                            feedback.abort();
                         }
                     }
-                } else {
+                })),
+                Outgoing::Single {
+                    track,
+                    ssrc,
+                    payload_type,
+                    ..
+                } => tasks.push(tokio::spawn(async move {
                     send_audio(track, ssrc, payload_type, id, stats).await
+                })),
+                Outgoing::Simulcast {
+                    track,
+                    ssrcs,
+                    payload_type,
+                } => {
+                    let names = match simulcast_names(&pc, &track).await {
+                        Ok(names) => names,
+                        Err(e) => {
+                            tasks.iter().for_each(JoinHandle::abort);
+                            return Err(e);
+                        }
+                    };
+                    let (wanted, feedback) = watch_keyframe_requests(&track, &stats, &ssrcs);
+                    tasks.push(feedback);
+                    let layers = ssrcs.into_iter().zip(wanted).enumerate();
+                    for (layer, (ssrc, keyframe_wanted)) in layers {
+                        let spec = SIMULCAST_LAYERS[layer];
+                        let video = VideoStream {
+                            ssrc,
+                            payload_type,
+                            bitrate_bps: options.layer_bitrate(layer),
+                            keyframe_wanted,
+                            simulcast: Some(LayerStream {
+                                layer: layer as u8,
+                                size: (spec.width, spec.height),
+                                extensions: names.of(spec.rid),
+                            }),
+                        };
+                        let (track, id, stats, options) =
+                            (track.clone(), id.clone(), stats.clone(), options.clone());
+                        tasks.push(tokio::spawn(send_video(track, video, id, options, stats)));
+                    }
                 }
-            });
-            if let Ok(mut tasks) = self.media_tasks.lock() {
-                tasks.push(task);
             }
+        }
+        if let Ok(mut media_tasks) = self.media_tasks.lock() {
+            media_tasks.extend(tasks);
         }
         Ok(())
     }
@@ -159,8 +301,66 @@ impl Client {
         label: &str,
         kind: RtpCodecKind,
         codec: RTCRtpCodec,
-    ) -> Result<(RtpCodecKind, Arc<TrackLocalStaticRTP>, u32, u8), ClientError> {
+    ) -> Result<Outgoing, ClientError> {
         let ssrc = rand::random::<u32>() | 1;
+        let coding = RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: codec.clone(),
+            ..Default::default()
+        };
+        let (track, payload_type) = self
+            .add_track_with(pc, label, kind, &codec, vec![coding])
+            .await?;
+        Ok(Outgoing::Single {
+            kind,
+            track,
+            ssrc,
+            payload_type,
+        })
+    }
+
+    /// The video track in three layers: one coding per layer, each with its rid and SSRC, so
+    /// the offer lists `a=rid:q send`, `h`, `f` and `a=simulcast:send q;h;f`, lowest first.
+    async fn add_simulcast_track(
+        &self,
+        pc: &Pc,
+        codec: RTCRtpCodec,
+    ) -> Result<Outgoing, ClientError> {
+        let ssrcs: [u32; 3] = std::array::from_fn(|_| rand::random::<u32>() | 1);
+        let codings = SIMULCAST_LAYERS
+            .iter()
+            .zip(ssrcs)
+            .map(|(layer, ssrc)| RTCRtpEncodingParameters {
+                rtp_coding_parameters: RTCRtpCodingParameters {
+                    rid: layer.rid.to_string(),
+                    ssrc: Some(ssrc),
+                    ..Default::default()
+                },
+                codec: codec.clone(),
+                ..Default::default()
+            })
+            .collect();
+        let (track, payload_type) = self
+            .add_track_with(pc, "video", RtpCodecKind::Video, &codec, codings)
+            .await?;
+        Ok(Outgoing::Simulcast {
+            track,
+            ssrcs,
+            payload_type,
+        })
+    }
+
+    async fn add_track_with(
+        &self,
+        pc: &Pc,
+        label: &str,
+        kind: RtpCodecKind,
+        codec: &RTCRtpCodec,
+        codings: Vec<RTCRtpEncodingParameters>,
+    ) -> Result<(Arc<TrackLocalStaticRTP>, u8), ClientError> {
         let track_id = format!("{}-{label}", self.id);
         let mime = codec.mime_type.clone();
         let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
@@ -168,14 +368,7 @@ impl Client {
             track_id,
             label.to_string(),
             kind,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec,
-                ..Default::default()
-            }],
+            codings,
         )));
         let sender = pc
             .add_track(track.clone() as Arc<dyn TrackLocal>)
@@ -192,7 +385,7 @@ impl Client {
             .find(|c| c.rtp_codec.mime_type.eq_ignore_ascii_case(&mime))
             .map(|c| c.payload_type)
             .ok_or_else(|| ClientError::Rtc(format!("{mime} not negotiable")))?;
-        Ok((kind, track, ssrc, payload_type))
+        Ok((track, payload_type))
     }
 
     /// Stops publishing one kind by renegotiating the publisher PC without it.
@@ -240,4 +433,61 @@ impl Client {
             }
         }
     }
+}
+
+/// How a simulcast track's packets name their stream: the transceiver's mid and the
+/// negotiated ids of the mid and rid header extensions. The server's stack maps a simulcast
+/// stream's SSRC to its layer by them, as the offer carries no SSRCs for the layers.
+struct SimulcastNames {
+    mid_id: u8,
+    mid: bytes::Bytes,
+    rid_id: u8,
+}
+
+impl SimulcastNames {
+    /// The header extensions of the layer `rid`.
+    fn of(&self, rid: &'static str) -> Vec<(u8, bytes::Bytes)> {
+        vec![
+            (self.mid_id, self.mid.clone()),
+            (self.rid_id, bytes::Bytes::from_static(rid.as_bytes())),
+        ]
+    }
+}
+
+/// Reads [`SimulcastNames`] off the negotiated publisher PC.
+async fn simulcast_names(
+    pc: &Pc,
+    track: &Arc<TrackLocalStaticRTP>,
+) -> Result<SimulcastNames, ClientError> {
+    let rtc = |e: webrtc::error::Error| ClientError::Rtc(e.to_string());
+    let track_id = track.track_id().await;
+    for transceiver in pc.get_transceivers().await {
+        let Some(sender) = transceiver.sender().await.map_err(rtc)? else {
+            continue;
+        };
+        if sender.track().track_id().await != track_id {
+            continue;
+        }
+        let mid = transceiver
+            .mid()
+            .await
+            .map_err(rtc)?
+            .ok_or_else(|| ClientError::Rtc("simulcast track without a mid".into()))?;
+        let params = sender.get_parameters().await.map_err(rtc)?;
+        let id_of = |uri: &str| {
+            params
+                .rtp_parameters
+                .header_extensions
+                .iter()
+                .find(|e| e.uri == uri)
+                .and_then(|e| u8::try_from(e.id).ok())
+                .ok_or_else(|| ClientError::Rtc(format!("simulcast: {uri} not negotiated")))
+        };
+        return Ok(SimulcastNames {
+            mid_id: id_of(MID_URI)?,
+            mid: bytes::Bytes::from(mid.into_bytes()),
+            rid_id: id_of(RID_URI)?,
+        });
+    }
+    Err(ClientError::Rtc("simulcast track has no sender".into()))
 }

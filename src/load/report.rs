@@ -55,6 +55,74 @@ pub struct TrackReport {
     pub foreign_packets: u64,
     pub first_counter: Option<u32>,
     pub last_counter: Option<u32>,
+    /// Payload bytes received, and over the time it was received.
+    #[serde(default)]
+    pub bytes: u64,
+    #[serde(default)]
+    pub mean_bitrate_bps: f64,
+    /// It arrived in simulcast layers (read from the stamps).
+    #[serde(default)]
+    pub simulcast: bool,
+    /// Simulcast: seconds on each layer, lowest first.
+    #[serde(default)]
+    pub layer_seconds: Vec<f64>,
+    #[serde(default)]
+    pub layer_switches: u64,
+    /// Simulcast: each contiguous run of one layer (the first 200); loss is counted within.
+    #[serde(default)]
+    pub layer_runs: Vec<LayerRunReport>,
+    /// One sample a second.
+    #[serde(default)]
+    pub timeline: Vec<TimelineSample>,
+}
+
+/// One contiguous run of a simulcast layer as a subscriber received it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LayerRunReport {
+    pub layer: u8,
+    /// The layer's own counters of the first and last packet received in the run.
+    pub first_counter: u32,
+    pub last_counter: u32,
+    pub received: u64,
+    pub lost: u64,
+    /// Seconds since the run started: from its first packet to the next run's (or its last).
+    pub from_s: f64,
+    pub to_s: f64,
+}
+
+/// One second of a received track.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TimelineSample {
+    /// Seconds since the load run started, at the beginning of this second.
+    pub t: f64,
+    /// The simulcast layer of its last packet (none: not simulcast, or nothing arrived).
+    pub layer: Option<u8>,
+    /// Payload bits received in the second, per second (the last one may be shorter).
+    pub bitrate_bps: f64,
+    pub packets: u64,
+    /// Counters that went missing in the second, net of the ones repaired in it.
+    pub lost: u64,
+    /// Freezes that ended in the second.
+    pub freezes: u32,
+    /// Publisher to subscriber, mean and max of the second.
+    pub latency_ms: Option<f64>,
+    pub latency_max_ms: Option<f64>,
+}
+
+/// A subscriber's emulated downlink, and what it did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DownlinkReport {
+    /// The rate at the end of the run (none: unlimited).
+    pub rate_bps: Option<u64>,
+    pub delay_ms: f64,
+    pub loss_percent: f64,
+    pub datagrams: u64,
+    pub delivered: u64,
+    /// Lost at random.
+    pub lost: u64,
+    /// Dropped at the tail of the full queue.
+    pub overflowed: u64,
+    pub max_queued_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -85,6 +153,9 @@ pub struct ParticipantReport {
     pub audio_packets_sent: u64,
     pub keyframe_requests_received: u64,
     pub tracks: Vec<TrackReport>,
+    /// Its emulated downlink, when it had one.
+    #[serde(default)]
+    pub downlink: Option<DownlinkReport>,
 }
 
 /// CPU time and resident memory of one process, from `/proc`.
@@ -245,6 +316,17 @@ pub struct Shape {
     pub video_bitrate_bps: u32,
     pub frame_rate: u32,
     pub clip: Option<String>,
+    #[serde(default)]
+    pub simulcast: bool,
+    /// The subscribers' emulated downlink, and how many of each room's have it.
+    #[serde(default)]
+    pub downlink_bps: Option<u64>,
+    #[serde(default)]
+    pub downlink_delay_ms: f64,
+    #[serde(default)]
+    pub downlink_loss_percent: f64,
+    #[serde(default)]
+    pub shaped_subscribers: Option<usize>,
 }
 
 impl From<&LoadConfig> for Shape {
@@ -261,6 +343,11 @@ impl From<&LoadConfig> for Shape {
             video_bitrate_bps: c.video_bitrate,
             frame_rate: c.frame_rate,
             clip: c.clip.clone(),
+            simulcast: c.simulcast,
+            downlink_bps: c.downlink,
+            downlink_delay_ms: c.delay.unwrap_or_default().as_secs_f64() * 1000.0,
+            downlink_loss_percent: c.loss.unwrap_or(0.0) * 100.0,
+            shaped_subscribers: c.shaped_subscribers,
         }
     }
 }
@@ -318,6 +405,9 @@ impl Thresholds {
     }
 }
 
+/// Receivers whose video the table lists one by one.
+const RECEIVER_LINES: usize = 20;
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub shape: Shape,
@@ -366,6 +456,72 @@ impl Report {
         self.thresholds.violations.is_empty()
     }
 
+    /// One line per received video track: time on each simulcast layer, mean bitrate,
+    /// freezes, loss, and the downlink it came through.
+    fn received_lines(&self, out: &mut String) {
+        let lines: Vec<(&ParticipantReport, &TrackReport)> = self
+            .participants
+            .iter()
+            .flat_map(|p| p.tracks.iter().map(move |t| (p, t)))
+            .filter(|(_, t)| t.kind == "video")
+            .collect();
+        if lines.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "{:-<78}", "");
+        let _ = writeln!(
+            out,
+            "video received: time on layers q/h/f, mean bitrate, freezes, loss"
+        );
+        for (p, t) in lines.iter().take(RECEIVER_LINES) {
+            let mut line = format!("  {} <- {}", p.name, t.publisher_name);
+            if t.simulcast {
+                let secs = |l: usize| t.layer_seconds.get(l).copied().unwrap_or(0.0);
+                let _ = write!(
+                    line,
+                    "  q {:.1} s  h {:.1} s  f {:.1} s ({} switch{})",
+                    secs(0),
+                    secs(1),
+                    secs(2),
+                    t.layer_switches,
+                    if t.layer_switches == 1 { "" } else { "es" }
+                );
+            }
+            let _ = write!(
+                line,
+                "  {:.2} Mbit/s  {} freeze{}",
+                t.mean_bitrate_bps / 1e6,
+                t.freezes,
+                if t.freezes == 1 { "" } else { "s" }
+            );
+            if let (Some(lost), Some(expected)) = (t.lost, t.expected) {
+                let _ = write!(
+                    line,
+                    "  loss {lost} ({:.2}%)",
+                    if expected > 0 {
+                        lost as f64 * 100.0 / expected as f64
+                    } else {
+                        0.0
+                    }
+                );
+            }
+            if let Some(d) = &p.downlink {
+                let _ = write!(
+                    line,
+                    "  [downlink {}: {} dropped at the queue, {} lost]",
+                    d.rate_bps
+                        .map_or("unlimited".to_string(), |b| format!("{} kbit/s", b / 1000)),
+                    d.overflowed,
+                    d.lost
+                );
+            }
+            let _ = writeln!(out, "{line}");
+        }
+        if lines.len() > RECEIVER_LINES {
+            let _ = writeln!(out, "  ... and {} more", lines.len() - RECEIVER_LINES);
+        }
+    }
+
     /// The table a person reads at a glance.
     pub fn table(&self) -> String {
         let opt =
@@ -374,11 +530,24 @@ impl Report {
         let s = &self.shape;
         let _ = writeln!(
             out,
-            "switchboard load: {} room(s) x ({} publishers + {} subscribers), {:.0}s, video {} at {} kbit/s {} fps, audio {}",
+            "switchboard load: {} room(s) x ({} publishers + {} subscribers), {:.0}s, video {}{} at {} kbit/s {} fps, audio {}",
             s.rooms, s.publishers_per_room, s.subscribers_per_room, s.duration_seconds,
             if s.video { s.clip.as_deref().unwrap_or("synthetic") } else { "off" },
+            if s.simulcast { " in 3 simulcast layers" } else { "" },
             s.video_bitrate_bps / 1000, s.frame_rate, if s.audio { "on" } else { "off" },
         );
+        if s.downlink_bps.is_some() || s.downlink_delay_ms > 0.0 || s.downlink_loss_percent > 0.0 {
+            let _ = writeln!(
+                out,
+                "downlink of {} subscribers: {}, {:.0} ms delay, {:.1}% loss",
+                s.shaped_subscribers
+                    .map_or("all".to_string(), |n| format!("the first {n}")),
+                s.downlink_bps
+                    .map_or("unlimited".to_string(), |b| format!("{} kbit/s", b / 1000)),
+                s.downlink_delay_ms,
+                s.downlink_loss_percent,
+            );
+        }
         let _ = writeln!(out, "{:-<78}", "");
         let rows: Vec<(&str, String)> = vec![
             (
@@ -514,6 +683,7 @@ impl Report {
         for (k, v) in rows {
             let _ = writeln!(out, "{k:<34} {v}");
         }
+        self.received_lines(&mut out);
         for f in self.failures.iter().take(10) {
             let _ = writeln!(out, "failure: {f}");
         }

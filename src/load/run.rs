@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
-use crate::load::client::Client;
+use crate::load::client::{Client, JoinOptions};
 use crate::load::clip::Clip;
 use crate::load::config::LoadConfig;
 use crate::load::error::LoadError;
@@ -23,8 +23,8 @@ use crate::load::probe::{metrics_url, scrape_counter, server_sample, MemoryTimel
 use crate::load::progress::Progress;
 use crate::load::received::new_latency_histogram;
 use crate::load::report::{
-    LatencySummary, ParticipantReport, ProcessSample, Report, ServerReport, Shape, Thresholds,
-    TrackReport,
+    DownlinkReport, LatencySummary, ParticipantReport, ProcessSample, Report, ServerReport, Shape,
+    Thresholds, TrackReport,
 };
 
 /// Runs a load test and returns its report.
@@ -65,7 +65,12 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         let url = config.url.clone();
         let options = options.clone();
         joins.spawn(async move {
-            let client = Client::join(&url, &planned.room, &planned.name)
+            let join = JoinOptions {
+                downlink: planned.downlink,
+                seed: planned.seed,
+                ..JoinOptions::default()
+            };
+            let client = Client::join_with(&url, &planned.room, &planned.name, &join)
                 .await
                 .map_err(|e| format!("{}: join: {e}", planned.name))?;
             if planned.publishes {
@@ -149,6 +154,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
         settled_at: settled.as_ref().map_or(stopped_at, |(at, _)| *at),
         stopped_at,
         freeze_threshold: config.freeze_threshold,
+        origin: Some(started),
     };
     let expectations = Expectations::new(&config, &joined, settled.as_ref().map(|(_, c)| c));
     let mut participants = Vec::new();
@@ -215,6 +221,7 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
             keyframe_requests_received: stats
                 .plis_received
                 .load(std::sync::atomic::Ordering::Relaxed),
+            downlink: downlink_report(&j.client),
         });
     }
     for j in joined {
@@ -276,6 +283,25 @@ pub async fn run(config: LoadConfig) -> Result<Report, LoadError> {
     };
     report.thresholds = Thresholds::check(&config, &report);
     Ok(report)
+}
+
+/// A shaped participant's downlink, as it was and what it did.
+fn downlink_report(client: &Client) -> Option<DownlinkReport> {
+    let link = client.link();
+    let stats = client.downlink_stats();
+    if link.is_transparent() && stats.lost + stats.overflowed == 0 {
+        return None;
+    }
+    Some(DownlinkReport {
+        rate_bps: link.rate_bps,
+        delay_ms: link.delay.as_secs_f64() * 1000.0,
+        loss_percent: link.loss * 100.0,
+        datagrams: stats.datagrams,
+        delivered: stats.delivered,
+        lost: stats.lost,
+        overflowed: stats.overflowed,
+        max_queued_bytes: stats.max_queued_bytes,
+    })
 }
 
 fn since_start(client: &Client, at: Instant) -> f64 {

@@ -47,6 +47,16 @@ impl Default for SeenCounters {
 }
 
 impl SeenCounters {
+    /// Where `counter` sits on the 64-bit line: next to the highest counter seen (where
+    /// [`insert`](Self::insert) would put it). Places grow by one per counter across wraps, so
+    /// spans and gaps between them are plain subtractions.
+    pub fn place_of(&self, counter: u32) -> u64 {
+        match self.top {
+            None => START + u64::from(counter),
+            Some(top) => place_near(top, counter),
+        }
+    }
+
     /// Records one counter and says whether it was new.
     pub fn insert(&mut self, counter: u32) -> Seen {
         let Some(top) = self.top else {
@@ -222,5 +232,22 @@ mod tests {
         assert_eq!(late.insert(u32::MAX), Seen::Duplicate);
         assert_eq!(late.insert(2), Seen::New);
         assert_eq!(late.insert(3), Seen::Duplicate);
+    }
+
+    #[test]
+    fn places_count_on_across_the_wrap() {
+        let mut seen = SeenCounters::default();
+        let first = seen.place_of(u32::MAX - 1);
+        seen.insert(u32::MAX - 1);
+        assert_eq!(seen.place_of(u32::MAX), first + 1);
+        seen.insert(u32::MAX);
+        assert_eq!(seen.place_of(0), first + 2);
+        assert_eq!(seen.place_of(9), first + 11);
+        seen.insert(9);
+        assert_eq!(
+            seen.place_of(u32::MAX - 1),
+            first,
+            "behind the top, not 4 billion ahead"
+        );
     }
 }

@@ -198,6 +198,14 @@ pub enum ClientMessage<'a> {
         track_id: &'a str,
         muted: bool,
     },
+    /// How large this client shows a track it receives, in device pixels (0 × 0: unknown);
+    /// `enabled: false` pauses it.
+    Subscription {
+        track_id: &'a str,
+        enabled: bool,
+        width: u32,
+        height: u32,
+    },
     Leave,
     Ping,
 }
@@ -428,6 +436,16 @@ mod tests {
         assert_eq!(
             mute.encode(),
             r#"{"type":"mute","track_id":"t1","muted":true}"#
+        );
+        let subscription = ClientMessage::Subscription {
+            track_id: "t1",
+            enabled: true,
+            width: 300,
+            height: 170,
+        };
+        assert_eq!(
+            subscription.encode(),
+            r#"{"type":"subscription","track_id":"t1","enabled":true,"width":300,"height":170}"#
         );
         assert_eq!(ClientMessage::Leave.encode(), r#"{"type":"leave"}"#);
         assert_eq!(ClientMessage::Ping.encode(), r#"{"type":"ping"}"#);

@@ -179,12 +179,25 @@ pub const PAUSE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Hysteresis {
     /// The layer to forward, given the one it forwards (`current`) and the one the budget
-    /// allows now (`allowed`).
+    /// allows now (`allowed`), going up after [`HOLD_BEFORE_UP`].
     pub fn settle(
         &mut self,
         current: Option<u8>,
         allowed: Option<u8>,
         lowest: Option<u8>,
+        now: std::time::Instant,
+    ) -> Option<u8> {
+        self.settle_holding(current, allowed, lowest, HOLD_BEFORE_UP, now)
+    }
+
+    /// [`Hysteresis::settle`], going up after `hold`: none when a probe has just shown the
+    /// path carries the budget, since then the estimate is not a guess to wait out.
+    pub fn settle_holding(
+        &mut self,
+        current: Option<u8>,
+        allowed: Option<u8>,
+        lowest: Option<u8>,
+        hold: std::time::Duration,
         now: std::time::Instant,
     ) -> Option<u8> {
         if allowed.is_none() && current.is_some() && lowest.is_some() {
@@ -207,7 +220,7 @@ impl Hysteresis {
             return allowed;
         }
         let since = *self.up_since.get_or_insert(now);
-        if now.saturating_duration_since(since) >= HOLD_BEFORE_UP {
+        if now.saturating_duration_since(since) >= hold {
             self.up_since = None;
             allowed
         } else {

@@ -46,13 +46,16 @@ const LOSS_SMOOTHING: f64 = 50.0;
 /// A probe cluster: how long, and how far above the estimate at most.
 const PROBE_DURATION: Duration = Duration::from_millis(300);
 const PROBE_FACTOR: f64 = 2.0;
-/// Between probes; after a failed one, longer.
-const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// After a probe that delivered its rate the next (up to twice as high) goes soon, as a
+/// browser's ramp-up does; after a failed one, later.
+const PROBE_AGAIN: Duration = Duration::from_millis(500);
 const PROBE_BACKOFF: Duration = Duration::from_secs(6);
 /// A probe that fell short leaves the estimate at this much of what it delivered.
 const PROBE_SHORTFALL: f64 = 0.9;
 /// A probe succeeds when this much of its rate arrives.
 const PROBE_DELIVERED: f64 = 0.85;
+/// What a probe showed is taken as shown, not guessed, for this long (layers go up at once).
+const PROVEN_FOR: Duration = Duration::from_secs(2);
 /// What a successful probe showed holds this long while less is sent: time for the caller to
 /// move up to it (and for the next probe to confirm it).
 const PROBE_HOLDS: Duration = Duration::from_secs(10);
@@ -426,7 +429,7 @@ impl SendSideEstimator {
                 self.last_change = Some(now);
             }
             self.probed = Some((reached, now));
-            self.next_probe_at = Some(now + PROBE_EVERY);
+            self.next_probe_at = Some(now + PROBE_AGAIN);
         } else {
             // Short of its rate, the probe still shows what the path delivers: with no other
             // traffic on it, about its capacity.
@@ -467,6 +470,13 @@ impl SendSideEstimator {
     /// The rate of the probe running now, if one is.
     pub fn probing(&self, now: Instant) -> Option<f64> {
         self.cluster.filter(|c| now < c.until).map(|c| c.rate)
+    }
+
+    /// Whether the estimate is what a probe delivered in the last [`PROVEN_FOR`].
+    pub fn proven(&self, now: Instant) -> bool {
+        self.probed.is_some_and(|(rate, at)| {
+            now.saturating_duration_since(at) < PROVEN_FOR && self.target <= rate * 1.05
+        })
     }
 
     /// Whether the path has shown congestion (a backoff for delay or loss) yet.

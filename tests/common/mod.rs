@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 
 use switchboard::{Config, MetricsSnapshot, Server};
 
+pub mod simulcast;
+
 pub const WAIT: Duration = Duration::from_secs(20);
 
 pub fn init_tracing() {

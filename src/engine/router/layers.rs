@@ -25,8 +25,19 @@ impl Router {
 
     /// Chooses the layers of one subscriber's DownTracks `dks` within `budget` bits a second
     /// (see [`allocator::allocate`]); down at once, up after the estimate held
-    /// ([`Hysteresis`]).
-    pub fn allocate_within(&mut self, dks: &[usize], budget: f64, now: Instant) -> Allocation {
+    /// ([`Hysteresis`]), or at once when a probe has just `proven` the budget.
+    pub fn allocate_within(
+        &mut self,
+        dks: &[usize],
+        budget: f64,
+        proven: bool,
+        now: Instant,
+    ) -> Allocation {
+        let hold = if proven {
+            Duration::ZERO
+        } else {
+            allocator::HOLD_BEFORE_UP
+        };
         let mut video = Vec::with_capacity(dks.len());
         let mut demands = Vec::with_capacity(dks.len());
         let mut audio = 0;
@@ -75,9 +86,9 @@ impl Router {
             };
             // Before any estimate, it had what its view asks for.
             let current = d.ceiling.unwrap_or(demand.wanted);
-            let ceiling = d
-                .hysteresis
-                .settle(current, allowed, lowest_arriving(demand), now);
+            let ceiling =
+                d.hysteresis
+                    .settle_holding(current, allowed, lowest_arriving(demand), hold, now);
             let was_paused = d.ceiling == Some(None) && d.view.enabled;
             let paused = ceiling.is_none() && demand.wanted.is_some();
             if paused != was_paused {

@@ -248,32 +248,32 @@ fn a_subscriber_gets_what_its_estimate_allows_down_at_once_up_after_a_hold() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let (mut r, rk, dk) = simulcast_subscriber(t0);
-    let a = r.allocate_within(&[dk], 700_000.0, at(0));
+    let a = r.allocate_within(&[dk], 700_000.0, false, at(0));
     assert_eq!(ceiling(&r, dk), Some(Some(1)));
     assert_eq!(a.keyframes, vec![(rk, 1)], "the middle layer's keyframe");
     assert!(a.wanted > 1_000_000.0, "it would take the full layer");
     // The estimate falls under the lowest layer: the lowest at once, paused (and said so)
     // only if that lasts.
-    let a = r.allocate_within(&[dk], 100_000.0, at(250));
+    let a = r.allocate_within(&[dk], 100_000.0, false, at(250));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
     assert!(a.paused_changed.is_empty());
-    let a = r.allocate_within(&[dk], 100_000.0, at(2_300));
+    let a = r.allocate_within(&[dk], 100_000.0, false, at(2_300));
     assert_eq!(ceiling(&r, dk), Some(None));
     assert_eq!(a.paused_changed, vec![(dk, true)]);
     // Back up: the lowest layer at once (it shows nothing meanwhile), and resumed.
-    let a = r.allocate_within(&[dk], 300_000.0, at(2_500));
+    let a = r.allocate_within(&[dk], 300_000.0, false, at(2_500));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
     assert_eq!(a.paused_changed, vec![(dk, false)]);
     // Plenty: held for three seconds first.
-    r.allocate_within(&[dk], 5_000_000.0, at(2_750));
+    r.allocate_within(&[dk], 5_000_000.0, false, at(2_750));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
-    r.allocate_within(&[dk], 5_000_000.0, at(5_000));
+    r.allocate_within(&[dk], 5_000_000.0, false, at(5_000));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
-    let a = r.allocate_within(&[dk], 5_000_000.0, at(5_800));
+    let a = r.allocate_within(&[dk], 5_000_000.0, false, at(5_800));
     assert_eq!(ceiling(&r, dk), Some(Some(2)));
     assert_eq!(a.keyframes, vec![(rk, 2)]);
     // A little short of what it has: it keeps it.
-    r.allocate_within(&[dk], 1_300_000.0, at(6_000));
+    r.allocate_within(&[dk], 1_300_000.0, false, at(6_000));
     assert_eq!(ceiling(&r, dk), Some(Some(2)));
     // A view smaller than the top layer caps it whatever the estimate.
     r.downtrack_mut(dk).unwrap().view = View {
@@ -281,8 +281,20 @@ fn a_subscriber_gets_what_its_estimate_allows_down_at_once_up_after_a_hold() {
         height: 0,
         enabled: false,
     };
-    let a = r.allocate_within(&[dk], 5_000_000.0, at(6_250));
+    let a = r.allocate_within(&[dk], 5_000_000.0, false, at(6_250));
     assert_eq!(a.wanted, 0.0, "a hidden track wants nothing");
+}
+
+#[test]
+fn a_budget_a_probe_has_just_proven_moves_up_without_the_hold() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let (mut r, rk, dk) = simulcast_subscriber(t0);
+    r.allocate_within(&[dk], 200_000.0, false, at(0));
+    assert_eq!(ceiling(&r, dk), Some(Some(0)));
+    let a = r.allocate_within(&[dk], 5_000_000.0, true, at(250));
+    assert_eq!(ceiling(&r, dk), Some(Some(2)));
+    assert_eq!(a.keyframes, vec![(rk, 2)]);
 }
 
 #[test]
