@@ -98,6 +98,7 @@ metrics! {
         bytes_out: "RTP payload bytes forwarded to subscribers.",
         plis_sent: "Keyframe requests (PLI) sent to publishers.",
         keyframe_requests_received: "Keyframe requests (PLI/FIR) received from subscribers.",
+        keyframe_requests_held: "Subscribers' keyframe requests not passed on to the publisher: repeated within a second of the last one.",
         nacks_received: "NACKs received from subscribers.",
         retransmissions: "Packets subscribers NACKed, sent again from the track's shared history.",
         retransmissions_missed: "Packets subscribers NACKed that were no longer kept (--nack-window, --nack-max-age) or never sent to them.",

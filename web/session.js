@@ -191,6 +191,12 @@ function wireSignaling(session) {
     // meters from now on.
     state.serverSpeakers = new Map(m.speakers.map((s) => [s.participant_id, s.level]));
   });
+  on('quality', (m) => {
+    // The server sees both directions of everyone's connection; the page's own reading of
+    // what it receives stays as the fallback for those it has not rated.
+    if (!state.serverQuality) state.serverQuality = new Map();
+    state.serverQuality.set(m.participant_id, m.quality);
+  });
   on('track_paused', (m) => {
     // The server paused a track this page receives: the link cannot carry even its lowest
     // layer. The tile says so rather than freeze.
@@ -291,6 +297,7 @@ function teardown() {
   state.pinned = null;
   state.activeSpeaker = null;
   state.serverSpeakers = null;
+  state.serverQuality = null;
   state.audioBlocked = false;
   $('audio-prompt').hidden = true;
   $('banner').hidden = true;

@@ -34,6 +34,8 @@ export const state = {
   activeSpeaker: null,
   // Who speaks, as the server says (participant id → level); null until it first says.
   serverSpeakers: null,
+  /** participant id -> the server's word for its connection ('excellent'...'lost'). */
+  serverQuality: null,
   localSpeaking: false,
   unread: 0,
   chatFollow: true,

@@ -62,6 +62,9 @@ export function tickLevels() {
   for (const [id, person] of state.people) person.tile.classList.toggle('active-speaker', id === state.activeSpeaker);
 }
 
+/** The server's words for a connection, as the tile's bars show them. */
+const SERVER_LEVELS = { excellent: 'good', good: 'fair', poor: 'poor', lost: 'lost' };
+
 export async function tickStats() {
   const session = state.session;
   if (state.phase !== 'connected' || !session || !session.subscriber) return;
@@ -100,9 +103,12 @@ export async function tickStats() {
     }
     const loss = lost + got > 0 ? lost / (lost + got) : 0;
     const rtt = sample.rtt || 0;
-    const level = stalled ? 'lost' : entries.length ? qualityOf(loss, rtt) : 'unknown';
+    const rated = state.serverQuality && state.serverQuality.get(person.id);
+    const local = stalled ? 'lost' : entries.length ? qualityOf(loss, rtt) : 'unknown';
+    const level = stalled ? 'lost' : rated ? SERVER_LEVELS[rated] || local : local;
     const details = `loss ${(loss * 100).toFixed(1)} %, round trip ${Math.round(rtt * 1000)} ms`;
-    const label = stalled ? 'Connection problem: no media is arriving' : `Connection ${level}: ${details}`;
+    const source = rated ? `server: ${rated}; here: ` : '';
+    const label = stalled ? 'Connection problem: no media is arriving' : `Connection ${level} (${source}${details})`;
     for (const q of [person.quality, person.screen && person.screen.quality].filter(Boolean)) {
       q.className = `quality ${level}`;
       q.setAttribute('aria-label', label);

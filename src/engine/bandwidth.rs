@@ -58,9 +58,12 @@ impl Worker {
             else {
                 continue;
             };
+            let repair = c.retransmission_rate(elapsed);
             let Some(budget) = c.budget() else {
                 continue;
             };
+            // Repair comes first: it is what the subscriber's decoder waits for.
+            let budget = (budget - repair).max(0.0);
             let dks: Vec<usize> = m.downtracks_by_ssrc.values().copied().collect();
             let allocation = self
                 .router

@@ -26,6 +26,7 @@ mod participant;
 pub mod peer;
 mod peers;
 mod publisher;
+mod quality;
 pub mod router;
 mod speakers;
 pub mod srtp;
@@ -45,6 +46,7 @@ use tokio::sync::mpsc;
 
 use crate::media::downtrack::QueueLimits;
 use crate::media::kind::TrackKind;
+pub use crate::media::quality::Quality;
 use crate::metrics::Metrics;
 
 pub use peer::{parse_srtp_profiles, sctp_max_message_for_chat, PeerSettings};
@@ -162,6 +164,11 @@ pub enum EngineEvent {
     },
     /// Who speaks in its room now, loudest first (empty: nobody).
     Speakers { speakers: Arc<[Speaker]> },
+    /// The connection quality of a participant of its room (itself included) changed.
+    Quality {
+        participant_id: String,
+        quality: Quality,
+    },
     /// A track it receives was paused because not even its lowest layer fits the
     /// participant's bandwidth, or resumed.
     TrackPaused {

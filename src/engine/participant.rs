@@ -23,6 +23,7 @@ use crate::engine::router::Router;
 use crate::media::downtrack::Negotiated;
 use crate::media::extensions::{self, ExtensionIds, SubscriberExtensions};
 use crate::media::kind::TrackKind;
+use crate::media::quality::QualityMeter;
 use crate::media::receiver::{Codec, TrackMeta};
 
 /// A track forwarded to this participant: its DownTrack and its m-line.
@@ -47,6 +48,10 @@ pub struct Participant {
     pub joined_at: Instant,
     /// Its media was reported lost: once is enough.
     pub lost: bool,
+    /// Its connection quality as announced to its room.
+    pub quality: QualityMeter,
+    /// It has been told the qualities announced before it came.
+    pub quality_told: bool,
 }
 
 impl Participant {
@@ -102,6 +107,8 @@ impl Participant {
             downtracks_by_ssrc: HashMap::new(),
             joined_at: now,
             lost: false,
+            quality: QualityMeter::default(),
+            quality_told: false,
         }
     }
 }

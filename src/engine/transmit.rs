@@ -62,11 +62,23 @@ impl MediaOut for Transmit<'_> {
         self.udp.give_back(buf);
     }
 
+    fn may_retransmit(&mut self, peer: usize, len: usize, now: Instant) -> bool {
+        self.peers
+            .get_mut(peer)
+            .and_then(|p| p.congestion.as_mut())
+            .is_none_or(|c| c.may_retransmit(len, now))
+    }
+
     fn send(&mut self, peer: usize, mut packet: BytesMut, shape: Shape, now: Instant) -> bool {
         let Some(p) = self.peers.get_mut(peer) else {
             self.udp.give_back(packet);
             return false;
         };
+        if shape.retransmission {
+            if let Some(c) = p.congestion.as_mut() {
+                c.on_retransmitted(packet.len());
+            }
+        }
         // Numbered as it leaves, in the order it leaves: the estimate compares send times.
         if let (Some(at), Some(congestion)) = (shape.transport_cc_at, p.congestion.as_mut()) {
             let seq = congestion.on_sent(packet.len(), now);

@@ -27,7 +27,8 @@ use crate::engine::feedback::is_keyframe_request;
 use crate::engine::participant::Participant;
 use crate::engine::peers::Peers;
 use crate::engine::publisher;
-use crate::engine::router::{Router, RouterConfig};
+use crate::engine::quality::QUALITY_EVERY;
+use crate::engine::router::{Router, RouterConfig, SubscriberKeyframe};
 use crate::engine::speakers::SPEAKERS_EVERY;
 use crate::engine::srtp::Observed;
 use crate::engine::timers::Timers;
@@ -102,6 +103,8 @@ pub(super) enum TimerKey {
     Probe(usize),
     /// Who speaks in each room.
     Speakers,
+    /// Every participant's connection quality.
+    Quality,
 }
 
 pub(super) struct Worker {
@@ -136,6 +139,7 @@ impl Worker {
         timers.set(TimerKey::SenderReports, Some(now + SENDER_REPORT_EVERY));
         timers.set(TimerKey::Layers, Some(now + LAYERS_EVERY));
         timers.set(TimerKey::Speakers, Some(now + SPEAKERS_EVERY));
+        timers.set(TimerKey::Quality, Some(now + QUALITY_EVERY));
         let config = setup.config;
         let router = Router::new(
             RouterConfig {
@@ -383,6 +387,11 @@ impl Worker {
                     }
                     self.allocate_bandwidth(now);
                     self.timers.set(TimerKey::Layers, Some(now + LAYERS_EVERY));
+                }
+                TimerKey::Quality => {
+                    self.assess_quality();
+                    self.timers
+                        .set(TimerKey::Quality, Some(now + QUALITY_EVERY));
                 }
                 TimerKey::Speakers => {
                     self.announce_speakers(now);
@@ -669,6 +678,11 @@ impl Worker {
                 {
                     self.retransmit(owner, nack, now);
                 }
+                let constrained = self
+                    .peers
+                    .get(peer)
+                    .and_then(|p| p.congestion.as_ref())
+                    .is_some_and(|c| c.budget().is_some());
                 for packet in packets.iter().filter(|p| is_keyframe_request(p.as_ref())) {
                     Metrics::add(&self.metrics.keyframe_requests_received, 1);
                     for ssrc in packet.destination_ssrc() {
@@ -679,7 +693,7 @@ impl Worker {
                         // What is forwarded meanwhile goes on: the subscriber may still
                         // decode some of it, and its decoder knows what it can use.
                         if let Some(dk) = dk {
-                            self.downtrack_wants_keyframe(dk, now, false);
+                            self.subscriber_wants_keyframe(dk, constrained, now);
                         }
                     }
                 }
@@ -742,6 +756,24 @@ impl Worker {
             }
         }
         Metrics::add(&self.metrics.sender_reports, reports);
+    }
+
+    /// A subscriber's own keyframe request on DownTrack `dk` (see
+    /// [`Router::subscriber_wants_keyframe`]).
+    fn subscriber_wants_keyframe(&mut self, dk: usize, constrained: bool, now: Instant) {
+        let Some(rk) = self.router.downtrack(dk).map(|d| d.receiver) else {
+            return;
+        };
+        match self.router.subscriber_wants_keyframe(dk, constrained, now) {
+            SubscriberKeyframe::Ask(layer) => self.request_keyframe(rk, layer, now, false),
+            SubscriberKeyframe::StepDown(layer) => {
+                Metrics::add(&self.metrics.layer_switches, 1);
+                self.request_keyframe(rk, layer, now, true);
+            }
+            SubscriberKeyframe::Ignore => {
+                Metrics::add(&self.metrics.keyframe_requests_held, 1);
+            }
+        }
     }
 
     pub(super) fn downtrack_wants_keyframe(&mut self, dk: usize, now: Instant, urgent: bool) {

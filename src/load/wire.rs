@@ -159,6 +159,11 @@ pub enum ServerMessage {
         request_type: Option<String>,
     },
     Pong,
+    /// The server's view of a participant's connection: `excellent`, `good`, `poor`, `lost`.
+    Quality {
+        participant_id: String,
+        quality: String,
+    },
     /// A `type` this client does not know (a newer server's): kept, not acted on.
     #[serde(other)]
     Unknown,

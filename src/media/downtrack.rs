@@ -47,6 +47,8 @@ pub struct Shape {
     pub header_len: usize,
     pub transport_cc_at: Option<usize>,
     pub video: bool,
+    /// A retransmission: it takes from the subscriber's bandwidth like media does.
+    pub retransmission: bool,
 }
 
 /// The padding in one probing packet: the most one packet can carry.
@@ -364,6 +366,7 @@ impl DownTrack {
         }
         Some(Shape {
             video: self.video,
+            retransmission: true,
             ..shape
         })
     }
@@ -460,6 +463,7 @@ fn write_header(
         header_len: buf.len(),
         transport_cc_at: written.transport_cc_at,
         video: false,
+        retransmission: false,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod history;
 pub mod keyframe;
 pub mod kind;
 pub mod layers;
+pub mod quality;
 pub mod receiver;
 pub mod sequence;
 pub mod speech;

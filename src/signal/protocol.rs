@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::IceServer;
 pub use crate::engine::PcKind;
 pub use crate::media::kind::TrackKind;
+pub use crate::media::quality::Quality;
 pub use crate::room::{ParticipantInfo, ParticipantState, TrackInfo};
 
 /// An ICE candidate as the browser's `RTCIceCandidateInit`.
@@ -157,6 +158,11 @@ pub enum ServerMessage {
     /// Who speaks, loudest first (`[]`: nobody).
     Speakers {
         speakers: Vec<SpeakerInfo>,
+    },
+    /// The server's view of a participant's connection (this client's own, or another's).
+    Quality {
+        participant_id: String,
+        quality: Quality,
     },
     /// Not in the shared protocol (clients may ignore it): a track this client receives was
     /// paused because not even its lowest layer fits the client's bandwidth, or resumed.

@@ -550,6 +550,13 @@ impl Session {
             EngineEvent::Layers { track_id, active } => {
                 self.send(ServerMessage::Layers { track_id, active })
             }
+            EngineEvent::Quality {
+                participant_id,
+                quality,
+            } => self.send(ServerMessage::Quality {
+                participant_id,
+                quality,
+            }),
             EngineEvent::Speakers { speakers } => self.send(ServerMessage::Speakers {
                 speakers: speakers
                     .iter()

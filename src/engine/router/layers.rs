@@ -4,7 +4,106 @@
 
 use super::*;
 
+/// A subscriber asking for a keyframe again within this long of the last one passed on cannot
+/// keep up with what it gets: its requests are not passed on to the publisher meanwhile.
+pub const KEYFRAME_REQUEST_AGAIN: Duration = Duration::from_secs(1);
+
+/// What a subscriber's own keyframe request comes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberKeyframe {
+    /// Ask the publisher for a keyframe of this layer.
+    Ask(u8),
+    /// The subscriber moved down to this layer, whose keyframe it waits for: a lower
+    /// layer's keyframe is cheap, and within a constrained link it stops losing packets.
+    StepDown(u8),
+    /// Too soon after the last one: nothing.
+    Ignore,
+}
+
 impl Router {
+    /// Packets expected and arrived on every stream publisher `publisher` sends, since the
+    /// last call: what its uplink loses.
+    pub fn take_uplink_loss(&mut self, publisher: usize) -> (u64, u64) {
+        let mut total = (0, 0);
+        for (_, r) in self
+            .receivers
+            .iter_mut()
+            .filter(|(_, r)| r.publisher == publisher)
+        {
+            for layer in r.layers.iter_mut().flatten() {
+                let (expected, arrived) = layer.loss.take();
+                total.0 += expected;
+                total.1 += arrived;
+            }
+        }
+        total
+    }
+
+    /// Whether the bandwidth of the subscriber of DownTracks `dks` keeps any of its video
+    /// below the layer its view wants, and whether it paused any.
+    pub fn held_back(&self, dks: &[usize]) -> (bool, bool) {
+        let (mut held, mut paused) = (false, false);
+        for d in dks.iter().filter_map(|&dk| self.downtracks.get(dk)) {
+            let Some(r) = self.receivers.get(d.receiver) else {
+                continue;
+            };
+            let wanted = allocator::layer_for_view(&r.layer_infos(), d.view);
+            match (d.ceiling, wanted) {
+                (Some(None), Some(_)) => paused = true,
+                (Some(Some(c)), Some(w)) if c < w => held = true,
+                _ => {}
+            }
+        }
+        (held, paused)
+    }
+
+    /// A keyframe request from DownTrack `dk`'s subscriber, whose link is `constrained` (its
+    /// estimate limits it). The first goes to the publisher; one repeated within
+    /// [`KEYFRAME_REQUEST_AGAIN`] moves a constrained subscriber's simulcast track a layer
+    /// down, and is otherwise not passed on: one weak subscriber must not make every
+    /// publisher send keyframes twice a second.
+    pub fn subscriber_wants_keyframe(
+        &mut self,
+        dk: usize,
+        constrained: bool,
+        now: Instant,
+    ) -> SubscriberKeyframe {
+        let Some(d) = self.downtracks.get_mut(dk) else {
+            return SubscriberKeyframe::Ignore;
+        };
+        let repeated = d
+            .keyframe_asked_at
+            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_REQUEST_AGAIN);
+        if !repeated {
+            d.keyframe_asked_at = Some(now);
+            return d
+                .downtrack
+                .keyframe_layer()
+                .map_or(SubscriberKeyframe::Ignore, SubscriberKeyframe::Ask);
+        }
+        let current = d.downtrack.layers().current();
+        let lower = match (constrained, current, self.receivers.get(d.receiver)) {
+            (true, Some(current), Some(r)) => {
+                let layers = r.layer_infos();
+                (0..current)
+                    .rev()
+                    .find(|&l| layers.get(usize::from(l)).is_some_and(Option::is_some))
+            }
+            _ => None,
+        };
+        let Some(lower) = lower else {
+            return SubscriberKeyframe::Ignore;
+        };
+        d.ceiling = Some(Some(lower));
+        d.hysteresis = Hysteresis::default();
+        d.keyframe_asked_at = Some(now);
+        tracing::debug!(dk, lower, "keyframe requests again: a layer down");
+        match self.allocate(dk) {
+            Some(layer) => SubscriberKeyframe::StepDown(layer),
+            None => SubscriberKeyframe::Ignore,
+        }
+    }
+
     /// Chooses DownTrack `dk`'s layer for how its subscriber shows the track. The layer whose
     /// keyframe that takes, when it takes one and the DownTrack can send.
     pub fn allocate(&mut self, dk: usize) -> Option<u8> {

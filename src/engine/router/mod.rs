@@ -21,6 +21,7 @@ use crate::media::downtrack::{DownTrack, Dropped, Outcome, QueueLimits, Shape};
 use crate::media::extensions;
 use crate::media::forwarder::Refused;
 use crate::media::history::PacketHistory;
+use crate::media::quality::StreamLoss;
 use crate::media::receiver::{KeyframeRequest, Receiver, TrackMeta};
 use crate::media::speech::SpeechMeter;
 use crate::media::vp8;
@@ -29,6 +30,8 @@ use crate::metrics::{self, Metrics};
 use crate::ratelimit::TokenBucket;
 
 mod layers;
+
+pub use layers::{SubscriberKeyframe, KEYFRAME_REQUEST_AGAIN};
 
 /// A layer with no packet for this long is not arriving.
 const LAYER_IDLE: Duration = Duration::from_millis(600);
@@ -46,6 +49,10 @@ pub trait MediaOut {
     /// Sends `packet` (plain RTP, laid out as `shape` says) on peer connection `peer`; false
     /// if it could not go.
     fn send(&mut self, peer: usize, packet: BytesMut, shape: Shape, now: Instant) -> bool;
+    /// Whether peer `peer`'s link has room for a retransmission of `len` bytes now.
+    fn may_retransmit(&mut self, _peer: usize, _len: usize, _now: Instant) -> bool {
+        true
+    }
 }
 
 /// The limits the Router works within.
@@ -102,6 +109,8 @@ pub struct Layer {
     /// second, smoothed over about a second.
     bytes: u64,
     pub bitrate: f64,
+    /// What the publisher's uplink lost of it (after repair), for its connection quality.
+    loss: StreamLoss,
 }
 
 /// How long fewer simulcast layers must have done before the publisher is asked to stop the
@@ -186,6 +195,8 @@ pub struct DownTrackEntry {
     /// `None`: no estimate, only the view limits it.
     pub ceiling: Option<Option<u8>>,
     hysteresis: Hysteresis,
+    /// When its subscriber's last keyframe request was passed on.
+    keyframe_asked_at: Option<Instant>,
 }
 
 /// One subscriber's layers chosen within its bandwidth ([`Router::allocate_within`]).
@@ -274,6 +285,7 @@ impl Router {
             rid: None,
             bytes: 0,
             bitrate: 0.0,
+            loss: StreamLoss::default(),
         };
         let (rk, created) = match self.tracks.get(&key) {
             Some(&rk) => (rk, false),
@@ -371,6 +383,7 @@ impl Router {
             view: View::default(),
             ceiling: None,
             hysteresis: Hysteresis::default(),
+            keyframe_asked_at: None,
         });
         Metrics::inc(&self.metrics.downtracks);
         self.receivers[rk].downtracks.push(dk);
@@ -428,6 +441,7 @@ impl Router {
         };
         stream.last_packet = arrived;
         stream.bytes += packet.payload.len() as u64 + PACKET_OVERHEAD;
+        stream.loss.on_packet(packet.header.sequence_number);
         if !stream.active {
             stream.active = true;
             entry.resized = true;
@@ -519,7 +533,7 @@ impl Router {
                 missed += 1;
                 continue;
             };
-            if !d.retransmit_budget.allow(now) {
+            if !d.retransmit_budget.allow(now) || !out.may_retransmit(d.peer, buf.len(), now) {
                 out.give_back(buf);
                 limited += 1;
                 continue;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::engine::router::SubscriberKeyframe;
 use crate::media::downtrack::Negotiated;
 use crate::media::extensions::{ExtensionIds, SubscriberExtensions, SDES_MID};
 use crate::media::kind::TrackKind;
@@ -413,4 +414,52 @@ fn an_audio_track_measures_its_speech_from_the_level_extension() {
     }
     let level = r.receiver_mut(rk).unwrap().speech.take(now);
     assert!(level.is_some_and(|l| l > 0.8), "{level:?}");
+}
+
+#[test]
+fn a_subscriber_asking_again_and_again_is_moved_down_not_passed_on() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let (mut r, rk, dk) = simulcast_subscriber(t0);
+    let mut out = Recorded::default();
+    r.fan_out(rk, 2, &vp8(1, true), t0, t0, &mut out);
+    assert_eq!(
+        r.downtrack(dk).unwrap().downtrack.layers().current(),
+        Some(2)
+    );
+    // The first request is passed on; one repeated soon on an open link is not.
+    assert_eq!(
+        r.subscriber_wants_keyframe(dk, false, at(0)),
+        SubscriberKeyframe::Ask(2)
+    );
+    assert_eq!(
+        r.subscriber_wants_keyframe(dk, false, at(300)),
+        SubscriberKeyframe::Ignore
+    );
+    // On a constrained link, a repeat moves it a layer down.
+    assert_eq!(
+        r.subscriber_wants_keyframe(dk, true, at(1_100)),
+        SubscriberKeyframe::Ask(2)
+    );
+    assert_eq!(
+        r.subscriber_wants_keyframe(dk, true, at(1_400)),
+        SubscriberKeyframe::StepDown(1)
+    );
+    assert_eq!(ceiling(&r, dk), Some(Some(1)));
+    r.fan_out(rk, 1, &vp8(2, true), at(1_500), at(1_500), &mut out);
+    assert_eq!(
+        r.downtrack(dk).unwrap().downtrack.layers().current(),
+        Some(1)
+    );
+    // On the lowest layer there is nowhere further down: held.
+    r.fan_out(rk, 0, &vp8(3, true), at(1_600), at(1_600), &mut out);
+    assert_eq!(
+        r.subscriber_wants_keyframe(dk, true, at(1_700)),
+        SubscriberKeyframe::StepDown(0)
+    );
+    r.fan_out(rk, 0, &vp8(4, true), at(1_800), at(1_800), &mut out);
+    assert_eq!(
+        r.subscriber_wants_keyframe(dk, true, at(1_900)),
+        SubscriberKeyframe::Ignore
+    );
 }
