@@ -4,6 +4,8 @@
 #   one room, 1 publisher (1 Mbit/s VP8-sized video + Opus-sized audio), growing subscribers
 #   one room, 2 publishers and 10 subscribers (time to media from every publisher)
 #   10 rooms of 4 publishing participants
+#   one room, 1 simulcast publisher (three layers), SIMULCAST_SUBSCRIBERS subscribers of
+#   which half sit behind an emulated 500 kbit/s downlink: mixed layers
 # Figures land in $OUT/*.json and in a summary table on stdout.
 #
 #   SERVER_BIN=path   server binary to measure (default: this tree's release build); the
@@ -12,6 +14,7 @@
 #   SERVE_ARGS="..."  extra server flags (an older build may not know --udp-port)
 #   SUBSCRIBERS="..." subscriber counts of the one-room shape
 #   DURATION=15       seconds of media per run
+#   SHAPES="..."      which shapes to run (default: one-room two-pubs ten-rooms simulcast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -n "${TESTER_BIN:-}" ]; then
@@ -64,6 +67,10 @@ print("LOSS", r["loss_percent"], file=open(sys.argv[1] + ".loss", "w"))
 PY
 }
 
+SHAPES=${SHAPES:-one-room two-pubs ten-rooms simulcast}
+want() { [[ " $SHAPES " == *" $1 "* ]]; }
+
+if want one-room; then
 echo "== one room, 1 publisher at 1 Mbit/s, growing subscribers"
 for subs in ${SUBSCRIBERS:-10 50 100 200}; do
   run_shape "one-room-$subs" --rooms 1 --publishers 1 --subscribers "$subs" --video-bitrate 1000000
@@ -74,8 +81,21 @@ for subs in ${SUBSCRIBERS:-10 50 100 200}; do
   fi
 done
 
+fi
+
+if want two-pubs; then
 echo "== one room, 2 publishers and 10 subscribers"
 run_shape "two-pubs-ten-subs" --rooms 1 --publishers 2 --subscribers 10 --video-bitrate 1000000
+fi
 
+if want ten-rooms; then
 echo "== 10 rooms of 4 publishing participants"
 run_shape "ten-rooms-of-4" --rooms 10 --publishers 4 --video-bitrate 500000
+fi
+
+if want simulcast; then
+subs=${SIMULCAST_SUBSCRIBERS:-200}
+echo "== one room, 1 simulcast publisher (150k/300k/1M), $subs subscribers, half behind 500 kbit/s"
+run_shape "simulcast-$subs" --rooms 1 --publishers 1 --subscribers "$subs" --simulcast \
+  --video-bitrate 1000000 --downlink 500kbit --shaped-subscribers $((subs / 2))
+fi

@@ -673,4 +673,107 @@ mod tests {
         // Half a second of the 90 kHz clock passed since the last packet went out.
         assert_eq!(sr.rtp_time, last.timestamp.wrapping_add(45_000));
     }
+
+    /// Three layers, each with its own SSRC, numbering, clock and VP8 picture ids, switched
+    /// between 1,000 times (each switch on a keyframe of the new layer): the subscriber sees
+    /// one stream whose sequence numbers, timestamps and picture ids run on without a jump.
+    #[test]
+    fn a_thousand_layer_switches_keep_one_continuous_stream() {
+        let t0 = Instant::now();
+        let mut dt =
+            DownTrack::new(42, true, 90_000, Duration::from_millis(200), 500, 77).with_vp8();
+        dt.set_negotiated(negotiated());
+        dt.transport_up();
+        let mut seq = [1_000u16, 30_000, 65_500];
+        let mut ts = [5u32, 2_000_000_000, 4_294_000_000];
+        let mut picture = [10u16, 16_000, 32_760];
+        let mut tl0 = [1u8, 100, 250];
+        let mut target = 0u8;
+        dt.set_layer(Some(target));
+        let mut switches = 0;
+        let mut last: Option<(u16, u32, u16)> = None;
+        let mut frames_out = 0;
+        for frame in 0..6_000u32 {
+            let now = t0 + Duration::from_millis(u64::from(frame) * 33);
+            if frame % 5 == 0 && frame > 0 {
+                target = (target + 1 + (frame / 5 % 2) as u8) % 3;
+                dt.set_layer(Some(target));
+            }
+            let pending = dt.layers().switch_pending();
+            for layer in 0..3u8 {
+                let l = usize::from(layer);
+                // The layer being switched to answers with a keyframe.
+                let keyframe = frame == 0 || pending == Some(layer);
+                let mut frame_out = None;
+                for part in 0..3u8 {
+                    let mut payload = vec![
+                        0x80 | if part == 0 { 0x10 } else { 0 },
+                        0xc0,
+                        0x80 | (picture[l] >> 8) as u8,
+                        picture[l] as u8,
+                        tl0[l],
+                        u8::from(!keyframe),
+                    ];
+                    payload.extend_from_slice(&[layer; 20]);
+                    let mut p = rtp::Packet::default();
+                    p.header.ssrc = 100 + u32::from(layer);
+                    p.header.sequence_number = seq[l];
+                    p.header.timestamp = ts[l];
+                    p.header.marker = part == 2;
+                    p.payload = bytes::Bytes::from(payload);
+                    seq[l] = seq[l].wrapping_add(1);
+                    let inc = Incoming {
+                        packet: &p,
+                        layer,
+                        is_keyframe: keyframe && part == 0,
+                        carried: Carried::default(),
+                        arrived: now,
+                    };
+                    let Ok(out) = forward(&mut dt, &inc, now) else {
+                        continue;
+                    };
+                    assert_eq!(out.payload[6..], [layer; 20], "frame {frame}");
+                    assert_eq!(out.header.ssrc, 42);
+                    let d = crate::media::vp8::Descriptor::parse(&out.payload).unwrap();
+                    let pid = d.picture_id.unwrap().0;
+                    let (s, t) = (out.header.sequence_number, out.header.timestamp);
+                    if let Some((ls, lt, lp)) = last {
+                        assert_eq!(s, ls.wrapping_add(1), "sequence at frame {frame}");
+                        let step = t.wrapping_sub(lt);
+                        if part == 0 {
+                            assert!(
+                                (1..=6_000).contains(&step),
+                                "timestamp step {step} at frame {frame}"
+                            );
+                            assert_eq!(
+                                pid,
+                                lp.wrapping_add(1) & 0x7fff,
+                                "picture id at frame {frame}"
+                            );
+                        } else {
+                            assert_eq!((step, pid), (0, lp), "within frame {frame}");
+                        }
+                    }
+                    last = Some((s, t, pid));
+                    frame_out = Some(layer);
+                }
+                if let Some(layer) = frame_out {
+                    frames_out += 1;
+                    if pending == Some(layer) {
+                        switches += 1;
+                    }
+                }
+                ts[l] = ts[l].wrapping_add(3_000);
+                picture[l] = picture[l].wrapping_add(1) & 0x7fff;
+                tl0[l] = tl0[l].wrapping_add(1);
+            }
+        }
+        assert!(switches >= 1_000, "{switches} switches");
+        // A frame of one layer each time; at a switch up, the old layer's frame of that
+        // moment too, before the new one's keyframe.
+        assert!(
+            (6_000..=6_000 + switches).contains(&frames_out),
+            "{frames_out} frames out, {switches} switches"
+        );
+    }
 }
