@@ -58,13 +58,26 @@ impl Worker {
             else {
                 continue;
             };
+            let dks: Vec<usize> = m.downtracks_by_ssrc.values().copied().collect();
             let repair = c.retransmission_rate(elapsed);
             let Some(budget) = c.budget() else {
                 continue;
             };
             // Repair comes first: it is what the subscriber's decoder waits for.
             let budget = (budget - repair).max(0.0);
-            let dks: Vec<usize> = m.downtracks_by_ssrc.values().copied().collect();
+            if tracing::enabled!(tracing::Level::TRACE) {
+                let rates: Vec<Vec<Option<f64>>> = dks
+                    .iter()
+                    .filter_map(|&dk| self.router.downtrack(dk))
+                    .filter_map(|d| self.router.receiver(d.receiver))
+                    .map(|r| r.layer_rates())
+                    .collect();
+                let ceilings: Vec<_> = dks
+                    .iter()
+                    .filter_map(|&dk| self.router.downtrack(dk).map(|d| d.ceiling))
+                    .collect();
+                tracing::trace!(participant = %m.id, budget, repair, ?rates, ?ceilings, "estimate");
+            }
             let allocation = self
                 .router
                 .allocate_within(&dks, budget, c.proven(now), now);

@@ -74,6 +74,9 @@ pub(crate) async fn send_video(
             frame_bytes
         };
         let packets = size.div_ceil(MAX_PAYLOAD).max(1);
+        // Split evenly, as an encoder's packetizer does: the frame is `size` bytes, not a
+        // whole number of full packets.
+        let packet_bytes = size.div_ceil(packets);
         for i in 0..packets {
             payload.clear();
             match &video.simulcast {
@@ -92,7 +95,7 @@ pub(crate) async fn send_video(
                 counter: counter.fetch_add(1, Ordering::Relaxed),
                 layer,
             };
-            write_stamp(&mut payload, &stamp, size.min(MAX_PAYLOAD));
+            write_stamp(&mut payload, &stamp, packet_bytes);
             let mut packet = stream.packet(
                 timestamp,
                 i + 1 == packets,

@@ -152,7 +152,7 @@ impl ReceiverEntry {
     }
 
     /// Each layer's bitrate, lowest first (`None`: not arriving).
-    fn layer_rates(&self) -> Vec<Option<f64>> {
+    pub fn layer_rates(&self) -> Vec<Option<f64>> {
         self.layers
             .iter()
             .map(|l| l.as_ref().filter(|l| l.active).map(|l| l.bitrate))
