@@ -15,6 +15,8 @@ need_apt=()
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
 [ -x "${FIREFOX:-/usr/bin/firefox-esr}" ] || need_apt+=(firefox-esr)
 command -v ip >/dev/null || need_apt+=(iproute2)
+# bandwidth.test.mjs makes its microphone wavs (a tone, silence) with ffmpeg.
+command -v ffmpeg >/dev/null || need_apt+=(ffmpeg)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 if [ "${#need_apt[@]}" -gt 0 ]; then

@@ -78,9 +78,10 @@ impl Worker {
                     .collect();
                 tracing::trace!(participant = %m.id, budget, repair, ?rates, ?ceilings, "estimate");
             }
+            let tested = c.tested(now).map_or(budget, |t| (t - repair).max(0.0));
             let allocation = self
                 .router
-                .allocate_within(&dks, budget, c.proven(now), now);
+                .allocate_within(&dks, budget, tested, c.proven(now), now);
             if !allocation.keyframes.is_empty() {
                 debug!(participant = %m.id, budget, wanted = allocation.wanted, "layers within the estimate");
             }

@@ -159,6 +159,17 @@ impl Congestion {
         }
     }
 
+    /// What the path has shown it carries (see [`SendSideEstimator::tested`]): the most a
+    /// subscriber may go up to. Without transport-wide feedback, the budget.
+    pub fn tested(&self, now: Instant) -> Option<f64> {
+        let budget = self.budget()?;
+        Some(if self.twcc {
+            self.estimator.tested(now).min(budget)
+        } else {
+            budget
+        })
+    }
+
     /// Whether a probe has just shown the path carries the budget.
     pub fn proven(&self, now: Instant) -> bool {
         self.twcc && self.estimator.proven(now)

@@ -210,9 +210,11 @@ impl Hysteresis {
             };
         }
         self.short_since = None;
+        // Resuming a paused track is going up too: resumed at the first sign of room, it
+        // freezes again as soon as the estimate wobbles back.
         let up = match (current, allowed) {
             (Some(c), Some(a)) => a > c,
-            (None, Some(_)) => current.is_some(),
+            (None, Some(_)) => true,
             _ => false,
         };
         if !up {
@@ -388,9 +390,12 @@ mod tests {
             let allowed = if i % 2 == 0 { Some(2) } else { Some(0) };
             assert_eq!(f.settle(Some(0), allowed, Some(0), at(i * 500)), Some(0));
         }
-        // From paused, the first layer goes at once (a track with nothing is frozen already).
+        // From paused, back only once the room has held too: resumed at the first sign of it,
+        // a track freezes again at the next wobble.
         let mut p = Hysteresis::default();
-        assert_eq!(p.settle(None, Some(0), Some(0), at(0)), Some(0));
+        assert_eq!(p.settle(None, Some(0), Some(0), at(0)), None);
+        assert_eq!(p.settle(None, Some(0), Some(0), at(2_900)), None);
+        assert_eq!(p.settle(None, Some(0), Some(0), at(3_000)), Some(0));
         // Not even the lowest fits: the lowest while it lasts, paused only after a while.
         assert_eq!(p.settle(Some(2), None, Some(0), at(100)), Some(0));
         assert_eq!(p.settle(Some(0), None, Some(0), at(1_500)), Some(0));

@@ -46,9 +46,13 @@ const LOSS_SMOOTHING: f64 = 50.0;
 /// A probe cluster: how long, and how far above the estimate at most.
 const PROBE_DURATION: Duration = Duration::from_millis(300);
 const PROBE_FACTOR: f64 = 2.0;
+const PROBE_FACTOR_NEAR_LIMIT: f64 = 1.5;
 /// After a probe that delivered its rate the next (up to twice as high) goes soon, as a
 /// browser's ramp-up does; after a failed one, later.
 const PROBE_AGAIN: Duration = Duration::from_millis(500);
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A probe of which this much arrived delivered all of its rate.
+const PROBE_FULL: f64 = 0.95;
 const PROBE_BACKOFF: Duration = Duration::from_secs(6);
 /// A probe that fell short leaves the estimate at this much of what it delivered.
 const PROBE_SHORTFALL: f64 = 0.9;
@@ -429,7 +433,14 @@ impl SendSideEstimator {
                 self.last_change = Some(now);
             }
             self.probed = Some((reached, now));
-            self.next_probe_at = Some(now + PROBE_AGAIN);
+            // All of it arrived: the path may carry more, look again soon; most of it: that is
+            // about the path's rate, look again later.
+            let again = if delivered >= cluster.rate * PROBE_FULL {
+                PROBE_AGAIN
+            } else {
+                PROBE_EVERY
+            };
+            self.next_probe_at = Some(now + again);
         } else {
             // Short of its rate, the probe still shows what the path delivers: with no other
             // traffic on it, about its capacity.
@@ -450,10 +461,17 @@ impl SendSideEstimator {
         if let Some(c) = self.cluster {
             return (now < c.until).then_some(c.rate);
         }
-        if wanted <= self.target * 1.05 || self.next_probe_at.is_some_and(|at| now < at) {
+        if wanted <= self.tested(now) * 1.05 || self.next_probe_at.is_some_and(|at| now < at) {
             return None;
         }
-        let rate = wanted.min(self.target * PROBE_FACTOR).min(self.max);
+        // Where the path already showed its limit, a smaller step: twice a small link's rate
+        // for 300 ms overflows a router's queue, and the probe itself causes the loss.
+        let factor = if self.ceiling.is_some() {
+            PROBE_FACTOR_NEAR_LIMIT
+        } else {
+            PROBE_FACTOR
+        };
+        let rate = wanted.min(self.target * factor).min(self.max);
         // 0 marks packets of no cluster.
         self.next_cluster_id = self.next_cluster_id.checked_add(1).unwrap_or(1);
         self.cluster = Some(Cluster {
@@ -470,6 +488,18 @@ impl SendSideEstimator {
     /// The rate of the probe running now, if one is.
     pub fn probing(&self, now: Instant) -> Option<f64> {
         self.cluster.filter(|c| now < c.until).map(|c| c.rate)
+    }
+
+    /// What the path has shown it carries, bits a second: what arrives now, or what a probe
+    /// delivered lately; never above the estimate. The estimate may run ahead of it (it grows
+    /// with what arrives), but a layer never tried must not go out on that alone.
+    pub fn tested(&self, now: Instant) -> f64 {
+        let received = self.acked.rate().unwrap_or(0.0);
+        let probed = self
+            .probed
+            .filter(|(_, at)| now.saturating_duration_since(*at) < PROBE_HOLDS)
+            .map_or(0.0, |(rate, _)| rate);
+        received.max(probed).min(self.target)
     }
 
     /// Whether the estimate is what a probe delivered in the last [`PROVEN_FOR`].

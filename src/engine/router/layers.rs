@@ -123,12 +123,14 @@ impl Router {
     }
 
     /// Chooses the layers of one subscriber's DownTracks `dks` within `budget` bits a second
-    /// (see [`allocator::allocate`]); down at once, up after the estimate held
-    /// ([`Hysteresis`]), or at once when a probe has just `proven` the budget.
+    /// (see [`allocator::allocate`]); down at once, up (or resumed) only within what the path
+    /// has shown it carries (`tested`) and after the estimate held ([`Hysteresis`]), or at
+    /// once when a probe has just `proven` the budget.
     pub fn allocate_within(
         &mut self,
         dks: &[usize],
         budget: f64,
+        tested: f64,
         proven: bool,
         now: Instant,
     ) -> Allocation {
@@ -166,6 +168,7 @@ impl Router {
             });
         }
         let allowed = allocator::allocate(budget, audio, &demands);
+        let allowed_up = allocator::allocate(tested.min(budget), audio, &demands);
         // What it has now may stay while the budget is a little short: estimates wobble, and
         // a switch costs a keyframe.
         let lenient = allocator::allocate(budget * (1.0 + allocator::KEEP_MARGIN), audio, &demands);
@@ -173,8 +176,12 @@ impl Router {
             wanted,
             ..Allocation::default()
         };
-        for (((dk, allowed), lenient), demand) in
-            video.into_iter().zip(allowed).zip(lenient).zip(&demands)
+        for ((((dk, allowed), allowed_up), lenient), demand) in video
+            .into_iter()
+            .zip(allowed)
+            .zip(allowed_up)
+            .zip(lenient)
+            .zip(&demands)
         {
             let Some(d) = self.downtracks.get_mut(dk) else {
                 continue;
@@ -185,6 +192,12 @@ impl Router {
             };
             // Before any estimate, it had what its view asks for.
             let current = d.ceiling.unwrap_or(demand.wanted);
+            // Up only as far as the path has shown it carries.
+            let allowed = if allowed > current {
+                allowed.min(allowed_up.max(current))
+            } else {
+                allowed
+            };
             let ceiling =
                 d.hysteresis
                     .settle_holding(current, allowed, lowest_arriving(demand), hold, now);

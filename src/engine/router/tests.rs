@@ -249,32 +249,35 @@ fn a_subscriber_gets_what_its_estimate_allows_down_at_once_up_after_a_hold() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let (mut r, rk, dk) = simulcast_subscriber(t0);
-    let a = r.allocate_within(&[dk], 700_000.0, false, at(0));
+    let a = r.allocate_within(&[dk], 700_000.0, 700_000.0, false, at(0));
     assert_eq!(ceiling(&r, dk), Some(Some(1)));
     assert_eq!(a.keyframes, vec![(rk, 1)], "the middle layer's keyframe");
     assert!(a.wanted > 1_000_000.0, "it would take the full layer");
     // The estimate falls under the lowest layer: the lowest at once, paused (and said so)
     // only if that lasts.
-    let a = r.allocate_within(&[dk], 100_000.0, false, at(250));
+    let a = r.allocate_within(&[dk], 100_000.0, 100_000.0, false, at(250));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
     assert!(a.paused_changed.is_empty());
-    let a = r.allocate_within(&[dk], 100_000.0, false, at(2_300));
+    let a = r.allocate_within(&[dk], 100_000.0, 100_000.0, false, at(2_300));
     assert_eq!(ceiling(&r, dk), Some(None));
     assert_eq!(a.paused_changed, vec![(dk, true)]);
-    // Back up: the lowest layer at once (it shows nothing meanwhile), and resumed.
-    let a = r.allocate_within(&[dk], 300_000.0, false, at(2_500));
+    // Room again: resumed on the lowest layer once that has held for three seconds.
+    let a = r.allocate_within(&[dk], 300_000.0, 300_000.0, false, at(2_500));
+    assert_eq!(ceiling(&r, dk), Some(None));
+    assert!(a.paused_changed.is_empty());
+    let a = r.allocate_within(&[dk], 300_000.0, 300_000.0, false, at(5_500));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
     assert_eq!(a.paused_changed, vec![(dk, false)]);
     // Plenty: held for three seconds first.
-    r.allocate_within(&[dk], 5_000_000.0, false, at(2_750));
+    r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, false, at(5_750));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
-    r.allocate_within(&[dk], 5_000_000.0, false, at(5_000));
+    r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, false, at(8_000));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
-    let a = r.allocate_within(&[dk], 5_000_000.0, false, at(5_800));
+    let a = r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, false, at(8_800));
     assert_eq!(ceiling(&r, dk), Some(Some(2)));
     assert_eq!(a.keyframes, vec![(rk, 2)]);
     // A little short of what it has: it keeps it.
-    r.allocate_within(&[dk], 1_300_000.0, false, at(6_000));
+    r.allocate_within(&[dk], 1_300_000.0, 1_300_000.0, false, at(9_000));
     assert_eq!(ceiling(&r, dk), Some(Some(2)));
     // A view smaller than the top layer caps it whatever the estimate.
     r.downtrack_mut(dk).unwrap().view = View {
@@ -282,7 +285,7 @@ fn a_subscriber_gets_what_its_estimate_allows_down_at_once_up_after_a_hold() {
         height: 0,
         enabled: false,
     };
-    let a = r.allocate_within(&[dk], 5_000_000.0, false, at(6_250));
+    let a = r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, false, at(9_250));
     assert_eq!(a.wanted, 0.0, "a hidden track wants nothing");
 }
 
@@ -291,9 +294,9 @@ fn a_budget_a_probe_has_just_proven_moves_up_without_the_hold() {
     let t0 = Instant::now();
     let at = |ms| t0 + Duration::from_millis(ms);
     let (mut r, rk, dk) = simulcast_subscriber(t0);
-    r.allocate_within(&[dk], 200_000.0, false, at(0));
+    r.allocate_within(&[dk], 200_000.0, 200_000.0, false, at(0));
     assert_eq!(ceiling(&r, dk), Some(Some(0)));
-    let a = r.allocate_within(&[dk], 5_000_000.0, true, at(250));
+    let a = r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, true, at(250));
     assert_eq!(ceiling(&r, dk), Some(Some(2)));
     assert_eq!(a.keyframes, vec![(rk, 2)]);
 }
@@ -462,4 +465,22 @@ fn a_subscriber_asking_again_and_again_is_moved_down_not_passed_on() {
         r.subscriber_wants_keyframe(dk, true, at(1_900)),
         SubscriberKeyframe::Ignore
     );
+}
+
+#[test]
+fn an_estimate_the_path_has_not_shown_does_not_take_a_subscriber_up() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let (mut r, _rk, dk) = simulcast_subscriber(t0);
+    r.allocate_within(&[dk], 200_000.0, 200_000.0, false, at(0));
+    assert_eq!(ceiling(&r, dk), Some(Some(0)));
+    // The estimate says 5 Mbit/s, but only 500 kbit/s has been seen to arrive: the middle
+    // layer, not the top, however long it holds.
+    for ms in (250..10_000).step_by(250) {
+        r.allocate_within(&[dk], 5_000_000.0, 500_000.0, false, at(ms));
+    }
+    assert_eq!(ceiling(&r, dk), Some(Some(1)));
+    // Shown to carry it (a probe delivered it): up.
+    r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, true, at(10_000));
+    assert_eq!(ceiling(&r, dk), Some(Some(2)));
 }
