@@ -281,6 +281,9 @@ async fn the_command_line_writes_json_and_gates_on_thresholds() {
 async fn video_lost_on_the_way_to_a_subscriber_is_retransmitted_on_nack() {
     let server = start_server_with(switchboard::Config {
         fault_drop_sent_video_every_nth: Some(20),
+        // Repair on its own: the fault drops every 20th datagram whatever it is, and the
+        // estimator's padding probes would shift which ones (a padding packet is not repaired).
+        no_bwe: true,
         ..switchboard::Config::ephemeral()
     })
     .await;
