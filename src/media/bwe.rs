@@ -425,21 +425,25 @@ impl SendSideEstimator {
         let lossy = f64::from(r.lost) > f64::from(reported) * HIGH_LOSS;
         let ok = !lossy && self.usage != Usage::Over && delivered >= cluster.rate * PROBE_DELIVERED;
         if ok {
-            let reached = delivered.min(cluster.rate);
+            // All of it arrived: the path carries the rate and may carry more, look again
+            // soon. Most of it: that is about the path's own rate, which a queue's burst
+            // overstates; keep a margin under it and look again later.
+            let full = delivered >= cluster.rate * PROBE_FULL;
+            let reached = if full {
+                delivered.min(cluster.rate)
+            } else {
+                delivered * PROBE_SHORTFALL
+            };
             if reached > self.target {
                 self.target = reached.clamp(self.min, self.max);
-                // The path carried all of it: no known ceiling below.
-                self.ceiling = None;
+                if full {
+                    // The path carried all of it: no known ceiling below.
+                    self.ceiling = None;
+                }
                 self.last_change = Some(now);
             }
             self.probed = Some((reached, now));
-            // All of it arrived: the path may carry more, look again soon; most of it: that is
-            // about the path's rate, look again later.
-            let again = if delivered >= cluster.rate * PROBE_FULL {
-                PROBE_AGAIN
-            } else {
-                PROBE_EVERY
-            };
+            let again = if full { PROBE_AGAIN } else { PROBE_EVERY };
             self.next_probe_at = Some(now + again);
         } else {
             // Short of its rate, the probe still shows what the path delivers: with no other
