@@ -186,6 +186,11 @@ impl Router {
             let Some(d) = self.downtracks.get_mut(dk) else {
                 continue;
             };
+            // Nothing of the track arrives (its publisher's media stopped): not a matter of
+            // this subscriber's bandwidth; it goes on as it was when the media comes back.
+            if lowest_arriving(demand).is_none() {
+                continue;
+            }
             let allowed = match d.ceiling {
                 Some(current) if allowed < current && current <= lenient => current,
                 _ => allowed,

@@ -484,3 +484,19 @@ fn an_estimate_the_path_has_not_shown_does_not_take_a_subscriber_up() {
     r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, true, at(10_000));
     assert_eq!(ceiling(&r, dk), Some(Some(2)));
 }
+
+#[test]
+fn a_track_whose_media_stopped_is_not_paused_for_bandwidth() {
+    let t0 = Instant::now();
+    let at = |ms| t0 + Duration::from_millis(ms);
+    let (mut r, rk, dk) = simulcast_subscriber(t0);
+    r.allocate_within(&[dk], 5_000_000.0, 5_000_000.0, false, at(0));
+    assert_eq!(ceiling(&r, dk), Some(Some(2)));
+    // Every layer stops arriving (the publisher's network froze).
+    assert_eq!(r.stalled_layers(at(5_000)), vec![rk]);
+    for ms in (5_000..10_000).step_by(250) {
+        let a = r.allocate_within(&[dk], 300_000.0, 300_000.0, false, at(ms));
+        assert!(a.paused_changed.is_empty(), "told paused at {ms} ms");
+    }
+    assert_eq!(ceiling(&r, dk), Some(Some(2)));
+}
